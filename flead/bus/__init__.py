@@ -1,0 +1,1 @@
+"""Kafka access: client factories built from settings, topic administration."""

@@ -1,0 +1,134 @@
+"""The `flead` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flead.config import Settings, settings_markdown_table, settings_rows
+from flead.local.java import java_problem
+from flead.local.services import LocalServiceError, LocalServices
+from flead.roundtrip import RoundTripError, run_round_trip
+
+app = typer.Typer(
+    help="FLEAD: federated, online anomaly detection on IoT sensor streams.", no_args_is_help=True
+)
+local_app = typer.Typer(help="The embedded local Kafka broker and MongoDB server.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
+
+console = Console(log_path=False)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _services() -> LocalServices:
+    return LocalServices(Settings())
+
+
+def _status_table(services: LocalServices) -> Table:
+    table = Table(title="FLEAD local services")
+    for column in ("service", "PID", "address", "healthy", "detail", "log"):
+        table.add_column(column)
+    for s in services.status():
+        healthy = "[green]yes[/]" if s.healthy else "[red]no[/]"
+        table.add_row(s.name, str(s.pid or "-"), str(s.address), healthy, s.detail, str(s.log_file))
+    return table
+
+
+@local_app.command("up")
+def local_up() -> None:
+    """Start the local services (harmless when they already run) and create the topics."""
+    services = _services()
+    try:
+        with console.status("starting local services") as spinner:
+            services.up(on_event=lambda msg: (spinner.update(msg), console.log(msg)))
+    except LocalServiceError as exc:
+        raise _fail(str(exc)) from None
+    console.print(_status_table(services))
+
+
+@local_app.command("down")
+def local_down() -> None:
+    """Stop the processes `flead local up` started (SIGTERM, then SIGKILL after the grace period)."""
+    for result in _services().down():
+        pid = f" (PID {result.pid})" if result.pid else ""
+        console.print(f"{result.name}{pid}: {result.outcome}")
+
+
+@local_app.command("status")
+def local_status() -> None:
+    """A table of the local services; exits 1 when any is not healthy."""
+    services = _services()
+    console.print(_status_table(services))
+    if not all(s.healthy for s in services.status(probe_timeout_s=1.0)):
+        raise typer.Exit(1)
+
+
+@local_app.command("logs")
+def local_logs(
+    service: str = typer.Argument(None, help="kafka or mongodb (default: both)"),
+    lines: int = typer.Option(50, "--lines", "-n", help="How many lines from the end."),
+) -> None:
+    """The end of the local services' log files."""
+    services = _services()
+    try:
+        names = [services.spec(service).name] if service else [s.name for s in services.specs()]
+    except LocalServiceError as exc:
+        raise _fail(str(exc)) from None
+    for name in names:
+        console.rule(f"{name}: {services.log_file(name)}")
+        console.print(services.tail_log(name, lines) or "(no log yet)", markup=False, highlight=False)
+
+
+@app.command("config")
+def config(
+    markdown: bool = typer.Option(False, help="Print the defaults as the README's Markdown table."),
+) -> None:
+    """The effective settings (environment, .env file, defaults); secrets are masked."""
+    if markdown:
+        console.print(settings_markdown_table(), markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table(title="FLEAD settings")
+    for column in ("variable", "value", "meaning"):
+        table.add_column(column)
+    for row in settings_rows(Settings()):
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command("demo")
+def demo() -> None:
+    """The main job: local services up, then one reading through Kafka and MongoDB and back."""
+    problem = java_problem()
+    if problem:
+        raise _fail(problem, code=2)
+    settings = Settings()
+    services = LocalServices(settings)
+    try:
+        with console.status("starting local services") as spinner:
+            services.up(on_event=lambda msg: (spinner.update(msg), console.log(msg)))
+        with console.status("round trip: Kafka -> consumer group -> MongoDB") as spinner:
+            report = run_round_trip(settings, on_step=lambda msg: (spinner.update(msg), console.log(msg)))
+    except (LocalServiceError, RoundTripError) as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title="Round trip of one reading")
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for what, seconds in report.steps:
+        table.add_row(what, f"{seconds:.3f}")
+    console.print(table)
+    console.print(_status_table(services))
+    console.print(
+        f"Services keep running for interactive use; logs under {Path(settings.state_dir).resolve()}.\n"
+        "Stop them with [bold]flead local down[/]."
+    )
+
+
+if __name__ == "__main__":
+    app()

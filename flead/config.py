@@ -1,0 +1,148 @@
+"""The one settings object. Every host, port, topic, collection and directory comes from here.
+
+Values come from (highest first): constructor arguments, environment variables prefixed
+``FLEAD_`` (e.g. ``FLEAD_KAFKA_BOOTSTRAP_SERVERS``), a ``.env`` file in the working directory,
+and the defaults below, which point at the embedded local services (`flead local up`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Address(tuple):
+    """A (host, port) pair parsed from a URL or a ``host:port`` string."""
+
+    @classmethod
+    def parse(cls, value: str) -> Address:
+        parts = urlsplit(value if "//" in value else f"//{value}")
+        if not parts.hostname or not parts.port:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return cls((parts.hostname, parts.port))
+
+    @property
+    def host(self) -> str:
+        return self[0]
+
+    @property
+    def port(self) -> int:
+        return self[1]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLEAD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers (host:port)."
+    )
+    kafka_session_timeout_ms: int = Field(
+        6000, ge=1000, description="Consumer-group session timeout; a group joins in about half of it."
+    )
+    kafka_heartbeat_interval_ms: int = Field(2000, ge=100, description="Consumer-group heartbeat interval.")
+    kafka_request_timeout_ms: int = Field(10000, ge=1000, description="Kafka request timeout.")
+    topic_readings: str = Field("flead.readings", description="Topic of sensor readings, keyed by device id.")
+    topic_readings_partitions: int = Field(8, ge=1, description="Partitions of the readings topic.")
+    topic_anomalies: str = Field("flead.anomalies", description="Topic of detected anomaly events.")
+    topic_dlq: str = Field("flead.readings.dlq", description="Dead-letter topic for invalid readings.")
+    topic_smoke: str = Field("flead.smoke", description="Topic used by the platform round-trip check.")
+    consumer_group: str = Field("flead-trainer", description="Consumer group of the stream trainer.")
+    smoke_consumer_group: str = Field("flead-smoke", description="Consumer group of the round-trip check.")
+
+    # MongoDB
+    mongo_uri: str = Field(
+        "mongodb://127.0.0.1:27017/?directConnection=true", description="MongoDB connection URI."
+    )
+    mongo_db: str = Field("flead", description="MongoDB database name.")
+    mongo_server_selection_timeout_ms: int = Field(
+        5000, ge=100, description="How long pymongo waits for a reachable server."
+    )
+    collection_smoke: str = Field("smoke_checks", description="Collection written by the round-trip check.")
+
+    # Global model API
+    api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the global model API.")
+    api_key: SecretStr | None = Field(None, description="Token this process presents to the API.")
+    api_admin_key: SecretStr | None = Field(None, description="Admin key of the API.")
+
+    # Files
+    home: Path = Field(Path(".flead"), description="Root of FLEAD's local files.")
+    data_dir: Path | None = Field(None, description="Downloaded and generated raw data (default HOME/data).")
+    lake_dir: Path | None = Field(None, description="Parquet lake, one folder per day (default HOME/lake).")
+    labelled_dir: Path | None = Field(
+        None, description="Lake copy with injected, labelled anomalies (default HOME/labelled)."
+    )
+    state_dir: Path | None = Field(
+        None, description="Local services' PID files, logs and data (default HOME/state)."
+    )
+
+    # Spark
+    spark_master: str = Field("local[*]", description="Spark master URL.")
+
+    # Embedded local services
+    local_start_timeout_s: float = Field(
+        20.0, gt=0, description="How long `flead local up` waits for a service to answer."
+    )
+    local_stop_grace_s: float = Field(
+        10.0, ge=0, description="SIGTERM grace period before `flead local down` sends SIGKILL."
+    )
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            Address.parse(server.strip())
+        return value
+
+    @field_validator("mongo_uri")
+    @classmethod
+    def _check_mongo_uri(cls, value: str) -> str:
+        if not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError(f"must start with mongodb:// or mongodb+srv://, got {value!r}")
+        return value
+
+    def model_post_init(self, __context: object) -> None:
+        self.data_dir = self.data_dir or self.home / "data"
+        self.lake_dir = self.lake_dir or self.home / "lake"
+        self.labelled_dir = self.labelled_dir or self.home / "labelled"
+        self.state_dir = self.state_dir or self.home / "state"
+
+    @cached_property
+    def kafka_address(self) -> Address:
+        """The first bootstrap server: where the embedded broker listens."""
+        return Address.parse(self.kafka_bootstrap_servers.split(",")[0].strip())
+
+    @cached_property
+    def mongo_address(self) -> Address:
+        """Where the embedded MongoDB-protocol server listens."""
+        host = urlsplit(self.mongo_uri).netloc.rsplit("@", 1)[-1].split(",")[0]
+        return Address.parse(host if ":" in host else f"{host}:27017")
+
+
+def settings_rows(settings: Settings | None = None) -> list[tuple[str, str, str]]:
+    """(environment variable, value, description) per field; secrets masked."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name) if settings is not None else info.default
+        if isinstance(value, SecretStr):
+            value = "********"
+        shown = "" if value is None else str(value)
+        rows.append((f"FLEAD_{name.upper()}", shown, info.description or ""))
+    return rows
+
+
+def settings_markdown_table() -> str:
+    """The README's configuration table, generated from the fields' defaults and descriptions."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for env, default, description in settings_rows():
+        lines.append(f"| `{env}` | {f'`{default}`' if default else '(unset)'} | {description} |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Embedded local services for development and tests (Tansu Kafka broker, SecantusDB)."""

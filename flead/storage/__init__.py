@@ -1,0 +1,1 @@
+"""MongoDB access (pymongo) and Parquet lake helpers."""

@@ -1,0 +1,1 @@
+"""Dagster definitions for FLEAD: thin wrappers over the `flead` core library."""

@@ -1,0 +1,52 @@
+"""Session fixtures: the real embedded Kafka broker and MongoDB server on free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flead.config import Settings
+from flead.local.services import LocalServices
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_env(home: Path) -> dict[str, str]:
+    """FLEAD_* variables for a private set of local services under `home`, on free ports."""
+    return {
+        "FLEAD_HOME": str(home),
+        "FLEAD_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "FLEAD_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+    }
+
+
+@pytest.fixture(scope="session")
+def services_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Start the shared local services once per test session and export their settings."""
+    env = service_env(tmp_path_factory.mktemp("flead-home"))
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    services = LocalServices(Settings())
+    try:
+        services.up()
+        yield env
+    finally:
+        services.down()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def settings(services_env: dict[str, str]) -> Settings:
+    return Settings()
