@@ -10,7 +10,7 @@ from rich.table import Table
 
 from flead.config import Settings, settings_markdown_table, settings_rows
 from flead.local.java import java_problem
-from flead.local.services import LocalServiceError, LocalServices
+from flead.local.services import LocalServiceError, LocalServices, ServiceStatus
 from flead.roundtrip import RoundTripError, run_round_trip
 
 app = typer.Typer(
@@ -31,11 +31,11 @@ def _services() -> LocalServices:
     return LocalServices(Settings())
 
 
-def _status_table(services: LocalServices) -> Table:
+def _status_table(statuses: list[ServiceStatus]) -> Table:
     table = Table(title="FLEAD local services")
     for column in ("service", "PID", "address", "healthy", "detail", "log"):
         table.add_column(column)
-    for s in services.status():
+    for s in statuses:
         healthy = "[green]yes[/]" if s.healthy else "[red]no[/]"
         table.add_row(s.name, str(s.pid or "-"), str(s.address), healthy, s.detail, str(s.log_file))
     return table
@@ -47,10 +47,10 @@ def local_up() -> None:
     services = _services()
     try:
         with console.status("starting local services") as spinner:
-            services.up(on_event=lambda msg: (spinner.update(msg), console.log(msg)))
+            result = services.up(on_event=lambda msg: (spinner.update(msg), console.log(msg)))
     except LocalServiceError as exc:
         raise _fail(str(exc)) from None
-    console.print(_status_table(services))
+    console.print(_status_table(result.services))
 
 
 @local_app.command("down")
@@ -64,9 +64,9 @@ def local_down() -> None:
 @local_app.command("status")
 def local_status() -> None:
     """A table of the local services; exits 1 when any is not healthy."""
-    services = _services()
-    console.print(_status_table(services))
-    if not all(s.healthy for s in services.status(probe_timeout_s=1.0)):
+    statuses = _services().status(probe_timeout_s=1.0)
+    console.print(_status_table(statuses))
+    if not all(s.healthy for s in statuses):
         raise typer.Exit(1)
 
 
@@ -112,7 +112,7 @@ def demo() -> None:
     services = LocalServices(settings)
     try:
         with console.status("starting local services") as spinner:
-            services.up(on_event=lambda msg: (spinner.update(msg), console.log(msg)))
+            up = services.up(on_event=lambda msg: (spinner.update(msg), console.log(msg)))
         with console.status("round trip: Kafka -> consumer group -> MongoDB") as spinner:
             report = run_round_trip(settings, on_step=lambda msg: (spinner.update(msg), console.log(msg)))
     except (LocalServiceError, RoundTripError) as exc:
@@ -123,7 +123,7 @@ def demo() -> None:
     for what, seconds in report.steps:
         table.add_row(what, f"{seconds:.3f}")
     console.print(table)
-    console.print(_status_table(services))
+    console.print(_status_table(up.services))
     console.print(
         f"Services keep running for interactive use; logs under {Path(settings.state_dir).resolve()}.\n"
         "Stop them with [bold]flead local down[/]."
