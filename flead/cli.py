@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flead.cli_data import data_app
 from flead.config import Settings, settings_markdown_table, settings_rows
 from flead.local.java import java_problem
 from flead.local.services import LocalServiceError, LocalServices, ServiceStatus
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 local_app = typer.Typer(help="The embedded local Kafka broker and MongoDB server.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
+app.add_typer(data_app, name="data")
 
 console = Console(log_path=False)
 

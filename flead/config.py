@@ -7,6 +7,7 @@ and the defaults below, which point at the embedded local services (`flead local
 
 from __future__ import annotations
 
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -73,6 +74,22 @@ class Settings(BaseSettings):
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the global model API.")
     api_key: SecretStr | None = Field(None, description="Token this process presents to the API.")
     api_admin_key: SecretStr | None = Field(None, description="Admin key of the API.")
+
+    # Data set
+    intel_lab_data_url: str = Field(
+        "http://db.csail.mit.edu/labdata/data.txt.gz", description="The Intel Lab readings (34 MB gzip)."
+    )
+    intel_lab_locs_url: str = Field(
+        "http://db.csail.mit.edu/labdata/mote_locs.txt", description="The Intel Lab mote locations."
+    )
+    download_attempts: int = Field(5, ge=1, description="Tries per download, with exponential backoff.")
+    dataset_start: date = Field(
+        date(2004, 2, 28), description="First day of the data set's daily partitions."
+    )
+    dataset_end: date = Field(date(2004, 4, 5), description="Last day of the data set's daily partitions.")
+    flag_rate_warn: float = Field(
+        0.25, ge=0, le=1, description="Share of out-of-range readings in a day above which its check warns."
+    )
 
     # Files
     home: Path = Field(Path(".flead"), description="Root of FLEAD's local files.")

@@ -23,8 +23,6 @@ config and that device's own readings, never on which other devices are in the i
 
 from __future__ import annotations
 
-import os
-import uuid
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -35,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from flead.datasets.lake import conform_to_lake, partition_path, write_parquet_atomic
 from flead.schema import LAKE_SCHEMA, MEASUREMENTS
 
 ANOMALY_TYPES = ("spike", "stuck_at", "drift", "noise_burst", "dropout")
@@ -56,7 +55,6 @@ EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "magnitude": pl.Float64(),  # in device stds; null for stuck_at and dropout
 }
 EVENTS_FILE = "events.parquet"
-PARTITION_FILE = "part-0.parquet"
 
 # The std of a feature that barely moves (a dark room's light) is floored at the sensor's resolution,
 # so that an event always changes the values.
@@ -141,7 +139,7 @@ def inject_anomalies(
     `frame` itself is never changed; rows no event touches come out bit-identical.
     """
     config = config or InjectionConfig()
-    frame = _lake_rows(frame)
+    frame = conform_to_lake(frame)
     n = frame.height
     order = frame.with_row_index("_row").sort("device_id", "ts", "_row")
     rows = order["_row"].to_numpy().astype(np.int64)
@@ -270,22 +268,10 @@ def _anomalous(rng: np.random.Generator, kind: str, original: np.ndarray, step: 
     raise ValueError(f"unknown anomaly type {kind!r}")
 
 
-def _lake_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    missing = [c for c in LAKE_SCHEMA if c not in frame.columns]
-    wrong = [
-        f"{c}: {frame.schema[c]}"
-        for c, t in LAKE_SCHEMA.items()
-        if c in frame.columns and frame.schema[c] != t
-    ]
-    if missing or wrong:
-        raise ValueError(f"frame does not match LAKE_SCHEMA: missing {missing}, wrong dtypes {wrong}")
-    return frame.select(list(LAKE_SCHEMA))
-
-
 def read_lake_days(root: Path | str, days: Iterable[date | str]) -> pl.DataFrame:
     """The LAKE_SCHEMA rows of the given days of the lake at `root`."""
     frames = [
-        pl.read_parquet(Path(root) / f"date={d}" / "*.parquet", hive_partitioning=False).select(
+        pl.read_parquet(partition_path(root, date.fromisoformat(d) if isinstance(d, str) else d)).select(
             list(LAKE_SCHEMA)
         )
         for d in days
@@ -309,10 +295,10 @@ def write_labelled(
         by_day.setdefault(day, labelled.readings.clear())
     paths = []
     for day in sorted(by_day):
-        path = root / f"date={day.isoformat()}" / PARTITION_FILE
-        _atomic_parquet(by_day[day], path)
+        path = partition_path(root, day)
+        write_parquet_atomic(by_day[day], path)
         paths.append(path)
-    _atomic_parquet(labelled.events, root / EVENTS_FILE)
+    write_parquet_atomic(labelled.events, root / EVENTS_FILE)
     return [*paths, root / EVENTS_FILE]
 
 
@@ -330,13 +316,3 @@ def inject_lake(
     labelled = inject_anomalies(read_lake_days(lake_root, days), config, seed)
     write_labelled(labelled, out_root, days)
     return labelled
-
-
-def _atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # hidden: no reader picks it up
-    try:
-        frame.write_parquet(tmp, compression="zstd", statistics=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

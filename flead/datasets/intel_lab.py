@@ -27,12 +27,9 @@ import polars.selectors as cs
 
 from flead.schema import LAKE_SCHEMA, MEASUREMENTS
 
-DEFAULT_DATA_URL = "http://db.csail.mit.edu/labdata/data.txt.gz"
-DEFAULT_LOCS_URL = "http://db.csail.mit.edu/labdata/mote_locs.txt"
-
 DATA_FILE = "data.txt.gz"
 LOCS_FILE = "mote_locs.txt"
-MOTE_IDS = range(1, 55)
+MOTE_IDS = range(1, 55)  # the deployment's motes; synthetic fleets pass their own range
 
 FIELDS = ("date", "time", "epoch", "moteid", *MEASUREMENTS)
 
@@ -62,9 +59,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 def device_id(mote: int) -> str:
     """The lake's device id of a mote: ``mote-01`` .. ``mote-54``."""
     return f"mote-{mote:02d}"
-
-
-_DEVICE_IDS = {mote: device_id(mote) for mote in MOTE_IDS}
 
 
 # --------------------------------------------------------------------------------------- local sources
@@ -127,14 +121,14 @@ class ParseResult:
         return dict(counts.iter_rows())
 
 
-def parse_files(paths: Iterable[Path]) -> ParseResult:
+def parse_files(paths: Iterable[Path], mote_ids: range = MOTE_IDS) -> ParseResult:
     """Parse the given files as one data set (duplicates are found across all of them)."""
     frames = [read_lines(path) for path in paths]
     lines = pl.concat(frames) if frames else pl.DataFrame(schema=REJECT_SCHEMA).drop("reason")
-    return parse_lines(lines)
+    return parse_lines(lines, mote_ids)
 
 
-def parse_lines(lines: pl.DataFrame) -> ParseResult:
+def parse_lines(lines: pl.DataFrame, mote_ids: range = MOTE_IDS) -> ParseResult:
     """Parse a frame of (source, line, raw) into typed rows and rejects, vectorised."""
     fields = pl.col("raw").str.strip_chars().str.split_exact(" ", len(FIELDS))
     names = [f"_{name}" for name in FIELDS]
@@ -155,7 +149,7 @@ def parse_lines(lines: pl.DataFrame) -> ParseResult:
             *(pl.col(f"_{m}").cast(pl.Float64, strict=False).alias(m) for m in MEASUREMENTS),
         )
         .with_columns(
-            _reason_without_duplicates().alias("reason"),
+            _reason_without_duplicates(mote_ids).alias("reason"),
             pl.any_horizontal(pl.col(f"_{m}").is_null() for m in MEASUREMENTS).alias("missing_fields"),
         )
         .drop(cs.starts_with("_"))  # the field strings are no longer needed: spare the memory
@@ -180,9 +174,9 @@ def parse_lines(lines: pl.DataFrame) -> ParseResult:
     return ParseResult(rows=rows, rejects=rejects, lines=lines.height)
 
 
-def _reason_without_duplicates() -> pl.Expr:
+def _reason_without_duplicates(mote_ids: range) -> pl.Expr:
     """Why a line is rejected (the first problem found), null if it is a good reading."""
-    lo, hi = MOTE_IDS.start, MOTE_IDS.stop - 1
+    lo, hi = mote_ids.start, mote_ids.stop - 1
     reason = (
         pl.when(pl.col("_blank"))
         .then(pl.lit("blank line"))
@@ -224,7 +218,7 @@ def _typed_row() -> list[pl.Expr]:
     for m, (lo, hi) in VALID_RANGES.items():
         out_of_range = out_of_range | ~pl.col(m).is_between(lo, hi).fill_null(True)
     return [
-        pl.col("moteid").replace_strict(_DEVICE_IDS, return_dtype=pl.String).alias("device_id"),
+        _device_id_expr(),
         pl.col("ts"),
         pl.col("epoch"),
         *(pl.col(m) for m in MEASUREMENTS),
@@ -232,6 +226,11 @@ def _typed_row() -> list[pl.Expr]:
         (pl.col("voltage") < LOW_BATTERY_VOLTS).fill_null(False).alias("low_battery"),
         pl.col("missing_fields"),
     ]
+
+
+def _device_id_expr() -> pl.Expr:
+    """`device_id` of the `moteid` column, vectorised (same as `device_id`)."""
+    return pl.format("mote-{}", pl.col("moteid").cast(pl.String).str.zfill(2)).alias("device_id")
 
 
 def read_mote_locations(path: Path) -> pl.DataFrame:
@@ -247,9 +246,7 @@ def read_mote_locations(path: Path) -> pl.DataFrame:
         frame = frame.slice(1)  # the header
     if frame.null_count().sum_horizontal().item():
         raise ValueError(f"{path}: every line must be `moteid x y`")
-    return frame.select(
-        pl.col("moteid").replace_strict(_DEVICE_IDS, return_dtype=pl.String).alias("device_id"), "x", "y"
-    )
+    return frame.select(_device_id_expr(), "x", "y")
 
 
 # -------------------------------------------------------------------------------------------- download
@@ -277,8 +274,8 @@ class IntelLabFiles:
 def download_intel_lab(
     data_dir: Path,
     *,
-    data_url: str = DEFAULT_DATA_URL,
-    locs_url: str = DEFAULT_LOCS_URL,
+    data_url: str,
+    locs_url: str,
     progress: ProgressCallback | None = None,
     attempts: int = 5,
     backoff_s: float = 1.0,

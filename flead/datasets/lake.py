@@ -88,12 +88,12 @@ def partition_path(root: Path, day: date) -> Path:
 
 def write_day(rows: pl.DataFrame, root: Path, day: date) -> PartitionStats:
     """Replace the lake's partition for `day` with the rows of `rows` whose ts falls on that UTC day."""
-    return _write_partition(_lake_rows(rows).filter(pl.col("ts").dt.date() == day), root, day)
+    return _write_partition(conform_to_lake(rows).filter(pl.col("ts").dt.date() == day), root, day)
 
 
 def write_days(rows: pl.DataFrame, root: Path) -> LakeWriteSummary:
     """Replace the partition of every day present in `rows`; other days stay untouched."""
-    rows = _lake_rows(rows)
+    rows = conform_to_lake(rows)
     by_day = rows.with_columns(pl.col("ts").dt.date().alias("_day")).partition_by("_day", as_dict=True)
     stats = [
         _write_partition(frame.drop("_day"), root, day)
@@ -141,7 +141,7 @@ def scan_lake(
 def write_rejects(rejects: pl.DataFrame, root: Path) -> Path:
     """Replace the lake's rejects file (source, line, raw, reason) with `rejects`."""
     path = Path(root) / REJECTS_FILE
-    _atomic_parquet(rejects.select(pl.col(n).cast(t) for n, t in REJECT_SCHEMA.items()), path)
+    write_parquet_atomic(rejects.select(pl.col(n).cast(t) for n, t in REJECT_SCHEMA.items()), path)
     return path
 
 
@@ -164,7 +164,7 @@ def ingest(sources: Sequence[Path], root: Path) -> IngestSummary:
     )
 
 
-def _lake_rows(rows: pl.DataFrame) -> pl.DataFrame:
+def conform_to_lake(rows: pl.DataFrame) -> pl.DataFrame:
     """`rows` with exactly the lake's columns, refusing any other dtype rather than casting it."""
     missing = [name for name in LAKE_SCHEMA if name not in rows.columns]
     wrong = [
@@ -181,13 +181,13 @@ def _write_partition(rows: pl.DataFrame, root: Path, day: date) -> PartitionStat
     # Sorted so the same rows always give the same file, whatever order they came in.
     rows = rows.sort("ts", "device_id", "epoch", maintain_order=True)
     path = partition_path(root, day)
-    _atomic_parquet(rows, path)
+    write_parquet_atomic(rows, path)
     return PartitionStats(
         day=day, rows=rows.height, devices=rows["device_id"].n_unique(), flags=FlagCounts.of(rows), path=path
     )
 
 
-def _atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Hidden and not *.parquet, so no reader ever picks up a half-written temp file.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

@@ -1,0 +1,197 @@
+"""The data set as assets: raw source -> day-partitioned lake -> device registry, labelled benchmark."""
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    DailyPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from flead.config import Settings
+from flead.datasets import lake, pipeline
+from flead.datasets.inject import InjectionConfig
+from flead.schema import LAKE_SCHEMA
+
+SETTINGS = Settings()
+DAILY = DailyPartitionsDefinition(
+    start_date=SETTINGS.dataset_start.isoformat(),
+    end_date=(SETTINGS.dataset_end + timedelta(days=1)).isoformat(),  # exclusive: dataset_end is the last
+)
+LAKE_KEY = AssetKey("readings_lake")
+
+
+class RawSourceConfig(Config):
+    source: str = Field("auto", description="auto (download, else synthetic), download, path or synthetic")
+    path: str | None = Field(None, description="data.txt(.gz) or a folder of Node*.txt files (source=path)")
+    max_mote: int = Field(54, ge=1, description="highest valid mote id in a path source's files")
+    n_devices: int = Field(54, ge=1, description="synthetic fleet size")
+    days: int = Field(38, ge=1, description="synthetic fleet days from the data set's first day")
+    seed: int = 0
+
+
+class LabelConfig(Config):
+    start: str | None = Field(None, description="first lake day to label (default: the lake's first)")
+    end: str | None = Field(None, description="last lake day to label (default: the lake's last)")
+    seed: int = 0
+    rate_scale: float = Field(1.0, gt=0, description="multiplies every anomaly type's rate")
+
+
+@asset(
+    group_name="data",
+    description="The raw readings (Intel Lab download, a local path, or a synthetic fleet), parsed once.",
+)
+def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> MaterializeResult:
+    settings = Settings()
+    raw = pipeline.acquire(
+        settings,
+        pipeline.SourceKind(config.source),
+        Path(config.path) if config.path else None,
+        pipeline.SyntheticSpec(config.n_devices, config.days, config.seed),
+        mote_ids=range(1, config.max_mote + 1),
+    )
+    if raw.note:
+        context.log.warning(raw.note)
+    summary = pipeline.stage(raw, settings)
+    context.log.info(f"{summary.lines} lines: {summary.rows} rows, {summary.rejects} rejects")
+    return MaterializeResult(
+        metadata={
+            "source": summary.kind,
+            "note": summary.note or "-",
+            "files": MetadataValue.json(summary.files),
+            "lines": summary.lines,
+            "rows": summary.rows,
+            "rejects": summary.rejects,
+            "rejects_by_reason": MetadataValue.json(summary.rejects_by_reason),
+            "devices": summary.devices,
+            "first_day": summary.days[0] if summary.days else "-",
+            "last_day": summary.days[-1] if summary.days else "-",
+        }
+    )
+
+
+@asset(
+    group_name="data",
+    deps=[raw_intel_lab],
+    partitions_def=DAILY,
+    check_specs=[
+        AssetCheckSpec("schema", asset=LAKE_KEY, description="columns and dtypes are the lake schema"),
+        AssetCheckSpec(
+            "unique_device_epoch", asset=LAKE_KEY, description="no (device_id, epoch) twice in a day"
+        ),
+        AssetCheckSpec(
+            "flag_rates", asset=LAKE_KEY, description="out-of-range share of a day below the bound"
+        ),
+    ],
+    description="Typed readings, one Parquet folder per UTC day; impossible readings flagged, never dropped.",
+)
+def readings_lake(context: AssetExecutionContext) -> MaterializeResult:
+    settings = Settings()
+    day = date.fromisoformat(context.partition_key)
+    (stats,) = pipeline.write_lake_days(settings, [day]).partitions
+    context.log.info(f"{day}: {stats.rows} rows from {stats.devices} devices")
+    return MaterializeResult(
+        metadata={
+            "rows": stats.rows,
+            "devices": stats.devices,
+            "rejects": pipeline.rejects_per_day(settings).get(day, 0),
+            "out_of_range": stats.flags.out_of_range,
+            "low_battery": stats.flags.low_battery,
+            "missing_fields": stats.flags.missing_fields,
+            "path": MetadataValue.path(str(stats.path)),
+        },
+        check_results=lake_checks(pl.read_parquet(stats.path), settings.flag_rate_warn),
+    )
+
+
+def lake_checks(frame: pl.DataFrame, flag_rate_warn: float) -> list[AssetCheckResult]:
+    """Schema, uniqueness of (device_id, epoch) and the out-of-range share of one day of the lake."""
+    duplicates = frame.height - frame.select("device_id", "epoch").n_unique() if frame.height else 0
+    rate = float(frame["out_of_range"].mean() or 0.0) if frame.height else 0.0
+    return [
+        AssetCheckResult(
+            check_name="schema",
+            passed=dict(frame.schema) == LAKE_SCHEMA,
+            metadata={"columns": MetadataValue.json({n: str(t) for n, t in frame.schema.items()})},
+        ),
+        AssetCheckResult(
+            check_name="unique_device_epoch", passed=duplicates == 0, metadata={"duplicates": duplicates}
+        ),
+        AssetCheckResult(
+            check_name="flag_rates",
+            passed=rate <= flag_rate_warn,
+            severity=AssetCheckSeverity.WARN,
+            metadata={"out_of_range_rate": rate, "bound": flag_rate_warn},
+        ),
+    ]
+
+
+@asset(
+    group_name="data",
+    deps=[readings_lake],
+    description="Devices seen in the lake, with locations when known.",
+)
+def device_registry(context: AssetExecutionContext) -> MaterializeResult:
+    settings = Settings()
+    registry = pipeline.build_device_registry(settings)
+    context.log.info(f"{registry.height} devices")
+    preview = registry.select("device_id", "readings", "days", "out_of_range", "x", "y").head(60)
+    return MaterializeResult(
+        metadata={
+            "devices": registry.height,
+            "with_location": int(registry["x"].is_not_null().sum()),
+            "path": MetadataValue.path(str(pipeline.registry_path(settings))),
+            "preview": MetadataValue.md(_markdown(preview)),
+        }
+    )
+
+
+@asset(
+    group_name="data",
+    deps=[readings_lake],
+    description="The lake with injected, labelled anomalies (a separate data set).",
+)
+def labelled_benchmark(context: AssetExecutionContext, config: LabelConfig) -> MaterializeResult:
+    settings = Settings()
+    days = lake.list_partitions(Path(settings.lake_dir))
+    first = date.fromisoformat(config.start) if config.start else None
+    last = date.fromisoformat(config.end) if config.end else None
+    days = [d for d in days if (first is None or d >= first) and (last is None or d <= last)]
+    base = InjectionConfig()
+    scaled = InjectionConfig(
+        **{
+            f"{kind}_rate": base.rate(kind) * config.rate_scale
+            for kind in ("spike", "stuck_at", "drift", "noise_burst", "dropout")
+        }
+    )
+    labelled = pipeline.label_lake(settings, days, scaled, config.seed)
+    by_type = dict(labelled.events.group_by("anomaly_type").len().sort("anomaly_type").iter_rows())
+    labelled_points = int(labelled.readings["label"].sum())
+    context.log.info(f"{labelled.events.height} events over {len(days)} days")
+    return MaterializeResult(
+        metadata={
+            "days": len(days),
+            "events": labelled.events.height,
+            "events_by_type": MetadataValue.json(by_type),
+            "readings": labelled.readings.height,
+            "labelled_readings": labelled_points,
+            "labelled_share": labelled_points / max(labelled.readings.height, 1),
+            "path": MetadataValue.path(str(settings.labelled_dir)),
+        }
+    )
+
+
+def _markdown(frame: pl.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * frame.width
+    rows = ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join([header, *rows])
