@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     topic_anomalies: str = Field("flead.anomalies", description="Topic of detected anomaly events.")
     topic_dlq: str = Field("flead.readings.dlq", description="Dead-letter topic for invalid readings.")
     topic_smoke: str = Field("flead.smoke", description="Topic used by the platform round-trip check.")
+    max_message_bytes: int = Field(
+        64 * 1024, ge=256, description="Largest reading message accepted; bigger ones go to the DLQ."
+    )
     consumer_group: str = Field("flead-trainer", description="Consumer group of the stream trainer.")
     smoke_consumer_group: str = Field("flead-smoke", description="Consumer group of the round-trip check.")
 
