@@ -1,0 +1,208 @@
+"""Loading any labelled sensor data from CSV / Parquet files, and splitting it per device."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flead.evaluation.loader import load_labelled, split_series
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Path:
+    """Two sites with a file named 0.csv each, ';'-separated, one device per file, no time column."""
+    root = tmp_path / "data"
+    write(root / "site-a" / "0.csv", "temp;hum;note;anomaly\n20.0;40;ok;0\n21.5;41;ok;1\n22.0;42;x;0\n")
+    write(root / "site-b" / "0.csv", "temp;hum;note;anomaly\n10.0;50;ok;0\n11.0;51;ok;0\n")
+    write(root / "site-b" / "readme.txt", "not data")
+    return root
+
+
+def test_one_device_per_file_named_by_path_below_the_common_folder(sites: Path) -> None:
+    loaded = load_labelled([sites], separator=";", label="anomaly")
+    frame = loaded.frame
+    assert frame.columns == ["device_id", "row", "temp", "hum", "label"]
+    assert frame["device_id"].to_list() == ["site-a/0"] * 3 + ["site-b/0"] * 2
+    assert frame["row"].to_list() == [0, 1, 2, 0, 1]
+    assert frame["temp"].to_list() == [20.0, 21.5, 22.0, 10.0, 11.0]
+    assert frame["label"].to_list() == [0, 1, 0, 0, 0]
+    assert frame.schema["hum"] == pl.Float64 and frame.schema["label"] == pl.Int8
+    assert loaded.features == ("temp", "hum")  # numeric columns only, the label excluded
+    assert loaded.order_column == "row"
+
+    files = [sites / "site-b" / "0.csv", sites / "site-a" / "0.csv"]
+    again = load_labelled(files, separator=";", label="anomaly")
+    assert again.frame.equals(frame)
+
+
+def test_device_column_pools_files_and_sorts_by_time(tmp_path: Path) -> None:
+    write(
+        tmp_path / "day2.csv",
+        "when,mote,t,is_anomaly\n2024-01-02 00:00:00,m1,3.0,1\n2024-01-02 00:00:00,m2,30.0,0\n",
+    )
+    write(
+        tmp_path / "day1.csv",
+        "when,mote,t,is_anomaly\n2024-01-01 12:00:00,m1,2.0,0\n2024-01-01 06:00:00,m1,1.0,0\n"
+        "2024-01-01 09:00:00,m2,20.0,0\n",
+    )
+    loaded = load_labelled([tmp_path], time="when", device="mote", label="is_anomaly")
+    frame = loaded.frame
+    assert frame.columns == ["device_id", "ts", "t", "label"]
+    assert frame.schema["ts"] == pl.Datetime("us", "UTC")
+    assert frame["device_id"].to_list() == ["m1", "m1", "m1", "m2", "m2"]
+    assert frame["t"].to_list() == [1.0, 2.0, 3.0, 20.0, 30.0]
+    assert loaded.order_column == "ts"
+
+
+def test_parquet_with_boolean_labels_and_aware_times(tmp_path: Path) -> None:
+    t0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    pl.DataFrame(
+        {
+            "time": [t0 + timedelta(seconds=30 * i) for i in (2, 0, 1)],
+            "temperature": [20, 21, 22],
+            "voltage": [2.6, 2.7, 2.8],
+            "site": ["a", "a", "a"],
+            "bad": [False, True, False],
+        }
+    ).write_parquet(tmp_path / "readings.parquet")
+    loaded = load_labelled([tmp_path / "readings.parquet"], time="time", label="bad")
+    frame = loaded.frame
+    assert loaded.features == ("temperature", "voltage")
+    assert frame["device_id"].unique().to_list() == ["readings"]
+    assert frame["temperature"].to_list() == [21.0, 22.0, 20.0]
+    assert frame["label"].to_list() == [1, 0, 0]
+    assert frame["ts"][0] == t0
+
+
+def test_labels_as_strings_numbers_and_booleans(tmp_path: Path) -> None:
+    text = "x,label\n" + "".join(
+        f"{i},{v}\n" for i, v in enumerate(["True", "false", "YES", "no", " 1", "0", "2.5"])
+    )
+    frame = load_labelled([write(tmp_path / "s.csv", text)]).frame
+    assert frame["label"].to_list() == [1, 0, 1, 0, 1, 0, 1]
+    numeric = load_labelled([write(tmp_path / "n.csv", "x,label\n1,0\n2,3\n3,-1\n")]).frame
+    assert numeric["label"].to_list() == [0, 1, 1]
+    inferred = load_labelled([write(tmp_path / "b.csv", "x,label\n1,true\n2,false\n")]).frame
+    assert inferred["label"].to_list() == [1, 0]
+
+
+def test_explicit_features_and_times_with_offsets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "f.csv",
+        "ts_text,a,b,label\n2024-01-01T02:00:00+02:00,1,5,0\n2024-01-01T01:30:00+00:00,2,6,0\n",
+    )
+    loaded = load_labelled([path], time="ts_text", features=["b"])
+    assert loaded.features == ("b",)
+    assert loaded.frame.columns == ["device_id", "ts", "b", "label"]
+    assert loaded.frame["ts"].to_list() == [
+        datetime(2024, 1, 1, 0, 0, tzinfo=UTC),
+        datetime(2024, 1, 1, 1, 30, tzinfo=UTC),
+    ]
+
+
+def test_unix_seconds_and_missing_values(tmp_path: Path) -> None:
+    path = write(tmp_path / "u.csv", "t,x,label\n1700000060,NaN,0\n1700000000,1.5,1\n1700000030,,0\n")
+    frame = load_labelled([path], time="t").frame
+    assert frame["ts"][0] == datetime.fromtimestamp(1_700_000_000, tz=UTC)
+    assert frame["x"].to_list() == [1.5, None, None]
+
+
+def test_event_ids_are_kept(tmp_path: Path) -> None:
+    path = write(tmp_path / "e.csv", "x,label,event\n1,0,\n2,1,7\n3,1,7\n")
+    frame = load_labelled([path], event="event").frame
+    assert frame.columns == ["device_id", "row", "x", "label", "event_id"]
+    assert frame["event_id"].to_list() == [None, 7, 7]
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "problem"),
+    [
+        ("x,label\n1,0\n", {"time": "when"}, r"missing columns \['when'\]"),
+        ("x,y\n1,0\n", {}, r"missing columns \['label'\]"),
+        ("x,name,label\n1,a,0\n", {"features": ["x", "name"]}, r"not numeric: name \(String\)"),
+        (
+            "when,x,label\n2024-01-01,1,0\nyesterday,2,0\n",
+            {"time": "when"},
+            r"1 values are not times.*yesterday",
+        ),
+        ("when,x,label\nsoon,1,0\n", {"time": "when"}, "cannot parse time column 'when'"),
+        ("x,label\n1,maybe\n", {}, r"neither booleans nor numbers.*maybe"),
+        ("x,label\n1,\n", {}, "1 empty values"),
+        ("x,label\n", {}, "header but no rows"),
+        ("", {}, "the file is empty"),
+    ],
+)
+def test_clear_errors_name_the_file(tmp_path: Path, text: str, kwargs: dict, problem: str) -> None:
+    path = write(tmp_path / "broken.csv", text)
+    with pytest.raises(ValueError, match=problem) as error:
+        load_labelled([path], **kwargs)
+    assert "broken.csv" in str(error.value)
+
+
+def test_no_numeric_columns_and_missing_paths(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no numeric feature columns"):
+        load_labelled([write(tmp_path / "s.csv", "name,label\na,0\n")])
+    with pytest.raises(ValueError, match="no such file or folder"):
+        load_labelled([tmp_path / "absent"])
+    with pytest.raises(ValueError, match="not a CSV or Parquet file"):
+        load_labelled([write(tmp_path / "x.json", "{}")])
+    with pytest.raises(ValueError, match="collide"):
+        load_labelled([write(tmp_path / "c.csv", "x,label\n1,0\n")], features=["label"])
+
+
+def test_files_that_would_name_the_same_device_are_refused(tmp_path: Path) -> None:
+    write(tmp_path / "m1.csv", "x,label\n1,0\n")
+    pl.DataFrame({"x": [2.0], "label": [0]}).write_parquet(tmp_path / "m1.parquet")
+    with pytest.raises(ValueError, match="same device 'm1'"):
+        load_labelled([tmp_path])
+
+
+def test_a_feature_missing_from_one_file_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "a.csv", "x,y,label\n1,2,0\n")
+    write(tmp_path / "b.csv", "x,label\n1,0\n")
+    with pytest.raises(ValueError, match=r"b.csv: missing columns \['y'\]"):
+        load_labelled([tmp_path])
+
+
+def series(counts: dict[str, int]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "device_id": [d for d, n in counts.items() for _ in range(n)],
+            "row": [i for n in counts.values() for i in range(n)],
+        }
+    )
+
+
+def test_split_by_fraction_per_device() -> None:
+    train, score = split_series(series({"a": 10, "b": 4, "c": 100}), train_fraction=0.29)
+    assert train.group_by("device_id").len().sort("device_id")["len"].to_list() == [2, 1, 29]
+    assert score.filter(pl.col("device_id") == "a")["row"].to_list() == list(range(2, 10))
+    assert train.filter(pl.col("device_id") == "c")["row"].max() == 28
+
+
+def test_split_by_rows_per_device() -> None:
+    train, score = split_series(series({"a": 5, "b": 2}), train_rows=3)
+    assert train["device_id"].to_list() == ["a", "a", "a", "b", "b"]
+    assert score["row"].to_list() == [3, 4]
+    assert score["device_id"].to_list() == ["a", "a"]
+
+
+def test_split_needs_exactly_one_valid_option() -> None:
+    frame = series({"a": 3})
+    with pytest.raises(ValueError, match="exactly one"):
+        split_series(frame)
+    with pytest.raises(ValueError, match="exactly one"):
+        split_series(frame, train_fraction=0.5, train_rows=1)
+    with pytest.raises(ValueError, match="within"):
+        split_series(frame, train_fraction=1.5)
+    with pytest.raises(ValueError, match="integer >= 0"):
+        split_series(frame, train_rows=-1)
