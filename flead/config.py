@@ -72,6 +72,19 @@ class Settings(BaseSettings):
         5000, ge=100, description="How long pymongo waits for a reachable server."
     )
     collection_smoke: str = Field("smoke_checks", description="Collection written by the round-trip check.")
+    collection_anomalies: str = Field("anomalies", description="Anomaly events, one per (device_id, ts).")
+    collection_devices: str = Field("devices", description="Per-device status and rolling statistics.")
+    collection_local_updates: str = Field("local_updates", description="Local model updates sent by devices.")
+    collection_global_models: str = Field("global_models", description="Every global model version.")
+    collection_api_config: str = Field("api_config", description="The global API's persisted configuration.")
+    collection_api_keys: str = Field("api_keys", description="Hashed API tokens (device, trainer, admin).")
+    collection_services: str = Field("services", description="Heartbeats of the long-running services.")
+    collection_device_states: str = Field(
+        "device_states", description="The stream trainer's per-device state."
+    )
+    collection_checkpoints: str = Field(
+        "trainer_checkpoints", description="The stream trainer's checkpointed offsets per partition."
+    )
 
     # Global model API
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the global model API.")
@@ -92,6 +105,36 @@ class Settings(BaseSettings):
     dataset_end: date = Field(date(2004, 4, 5), description="Last day of the data set's daily partitions.")
     flag_rate_warn: float = Field(
         0.25, ge=0, le=1, description="Share of out-of-range readings in a day above which its check warns."
+    )
+
+    # Global model service
+    api_max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body the API accepts."
+    )
+    aggregation_strategy: str = Field(
+        "fedavg", description="fedavg, fedavgm, fedadam, median or trimmed_mean (the API's initial config)."
+    )
+    auto_aggregate_threshold: int = Field(
+        8, ge=1, description="Pending updates that trigger an automatic aggregation."
+    )
+    max_staleness: int = Field(
+        10, ge=0, description="Versions an update's base may lag before it is refused."
+    )
+
+    # Stream trainer
+    trainer_max_poll_records: int = Field(5000, ge=1, description="Records the trainer takes per poll.")
+    trainer_checkpoint_records: int = Field(
+        20000, ge=1, description="Records between the trainer's checkpoints."
+    )
+    trainer_checkpoint_seconds: float = Field(
+        10.0, gt=0, description="Seconds between the trainer's checkpoints."
+    )
+    trainer_push_every: int = Field(1024, ge=1, description="Samples a device learns between local updates.")
+    trainer_allowed_lateness_s: float = Field(
+        300.0, ge=0, description="Event-time lateness after which a reading goes to the late side output."
+    )
+    trainer_health_port: int = Field(
+        8081, ge=0, le=65535, description="Port of the trainer's /health endpoint."
     )
 
     # Files

@@ -65,16 +65,21 @@ def test_readme_configuration_table_matches_the_settings():
     assert block.group(1).strip() == settings_markdown_table(), "regenerate with `flead config --markdown`"
 
 
-def test_no_host_port_or_topic_literals_outside_config():
+def test_no_host_port_topic_or_collection_literals_outside_config():
     """Hosts, ports, topics and collections come from flead.config only."""
     defaults = Settings.model_construct()
     literals = {"127.0.0.1:", "localhost:", ":9092", ":27017", "mongodb://"}
     literals |= {
-        getattr(defaults, name)
-        for name in Settings.model_fields
-        if name.startswith(("topic_", "collection_"))
+        getattr(defaults, n)
+        for n in Settings.model_fields
+        if n.startswith("topic_") and n != "topic_readings_partitions"
     }
-    literals.discard(8)
+    collections = [getattr(defaults, n) for n in Settings.model_fields if n.startswith("collection_")]
+    collection_use = re.compile(
+        r"(?:db|database)\[[\"']({})[\"']\]|get_collection\([\"']({})[\"']".format(
+            "|".join(map(re.escape, collections)), "|".join(map(re.escape, collections))
+        )
+    )
     offenders = []
     for path in [
         *REPO.glob("flead/**/*.py"),
@@ -84,7 +89,6 @@ def test_no_host_port_or_topic_literals_outside_config():
         if path.name == "config.py":
             continue
         text = path.read_text()
-        offenders += [
-            f"{path.relative_to(REPO)}: {lit!r}" for lit in literals if isinstance(lit, str) and lit in text
-        ]
+        offenders += [f"{path.relative_to(REPO)}: {lit!r}" for lit in literals if lit in text]
+        offenders += [f"{path.relative_to(REPO)}: {m.group(0)}" for m in collection_use.finditer(text)]
     assert offenders == []
