@@ -1,0 +1,75 @@
+"""One device's side of federation around its `OnlineDetector`: adopt a global version, train, push.
+
+The simulation and the stream trainer both drive devices through this class, so what is measured
+offline is what runs online. The protocol is the one in `flead.federated.client`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from flead.federated.client import ClientConfig, personalise, weight_delta
+from flead.federated.state import GlobalState
+from flead.federated.update import LocalUpdate
+from flead.model.detector import OnlineDetector
+
+
+class DeviceClient:
+    def __init__(
+        self,
+        device_id: str,
+        detector: OnlineDetector,
+        client: ClientConfig | None = None,
+        push_every: int = 1024,
+    ) -> None:
+        if push_every < 1:
+            raise ValueError(f"push_every must be >= 1, got {push_every}")
+        self.device_id = device_id
+        self.detector = detector
+        self.client = client or ClientConfig()
+        self.push_every = push_every
+        self.base_version: int | None = None
+        self.adopted: dict[str, np.ndarray] | None = None  # the global weights adopted last
+        self.anchor: dict[str, np.ndarray] | None = None  # FedProx anchor: weights at that adoption
+        self.reported: dict[str, np.ndarray] | None = None  # weights as of the last push
+        self.sequence = 0
+
+    def adopt(self, state: GlobalState) -> None:
+        """Continue from global `state`, keeping a `personal_mix` share of what was learned locally."""
+        if self.adopted is None:
+            weights = {name: np.array(w, dtype=np.float32) for name, w in state.weights.items()}
+        else:
+            weights = personalise(
+                self.detector.get_weights(), state.weights, self.adopted, self.client.personal_mix
+            )
+        self.detector.set_weights(weights)
+        self.adopted = state.weights
+        self.anchor = weights
+        self.reported = self.detector.get_weights()
+        self.base_version = state.version
+        self.detector.reset_sample_counter()
+
+    def process(self, batch: pl.DataFrame, *, learn: bool = True) -> pl.DataFrame:
+        """Score, judge and (when `learn`) train on one micro-batch of this device's readings."""
+        mu = self.client.proximal_mu if self.anchor is not None else 0.0
+        return self.detector.process_many(batch, learn=learn, proximal_mu=mu, anchor=self.anchor)
+
+    def take_update(self, *, force: bool = False) -> LocalUpdate | None:
+        """The learning since the last push as a delta, once `push_every` samples (or any, if forced)."""
+        samples = self.detector.n_samples_seen
+        if self.base_version is None or samples == 0 or (samples < self.push_every and not force):
+            return None
+        current = self.detector.get_weights()
+        delta = weight_delta(current, self.reported)
+        self.reported = current
+        self.detector.reset_sample_counter()
+        self.sequence += 1
+        return LocalUpdate(
+            device_id=self.device_id,
+            update_id=f"{self.device_id}:{self.sequence}",
+            base_version=self.base_version,
+            n_samples=samples,
+            arrays=delta,
+            kind="delta",
+        )

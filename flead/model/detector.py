@@ -1,0 +1,433 @@
+"""One device's online anomaly detector, River-style: score, judge and learn a micro-batch at a time.
+
+A batch is one device's readings in time order: a polars DataFrame with the model's feature columns
+(and a ``ts`` Datetime column when the model uses the time of day), or an (n, F) NumPy array with
+`ts` given separately. The detector keeps the last readings as context, so every reading of a
+stream gets a score; at the very start the missing context counts as missing values (imputed with
+the running mean). Missing values (null, NaN, inf) are imputed with the last value of the feature in
+the window and left out of the score and the loss.
+
+A reading judged anomalous (score above the threshold) must not teach the model that it is normal:
+it is down-weighted in training by (threshold / score)^2 (``TrainConfig.anomaly_learning``), and hidden
+from the windows of the readings after it (imputed like a missing value), so that those are not
+judged against it. A long run of anomalous readings stops being hidden after ``max_masked_run``
+readings: it is then a new level, and predicting from stale values would flag everything after it.
+The normaliser takes every reading, winsorised at ``input_clip`` standard deviations: skipping
+anomalous ones would lock a device whose normal range has moved into flagging it forever.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from numpy.lib.stride_tricks import sliding_window_view
+
+from flead.model.anomaly_model import AnomalyModel
+from flead.model.config import ModelConfig, TrainConfig
+from flead.model.optim import Adam, clip_by_global_norm
+from flead.model.serialization import pack, unpack
+from flead.model.thresholds import QuantileThreshold, SpotThreshold, threshold_from_state_dict
+from flead.model.training import loss_and_gradient
+from flead.model.windows import autoencoder_targets, build_inputs, hour_of_day
+
+Batch = pl.DataFrame | np.ndarray
+Threshold = QuantileThreshold | SpotThreshold
+
+DETECTOR_FORMAT = "flead-detector"
+DETECTOR_FORMAT_VERSION = 1
+
+
+@dataclass
+class _Chunk:
+    """A chunk of one device's readings on its way through the detector."""
+
+    values: np.ndarray  # (n, F) raw, NaN where missing
+    hours: np.ndarray | None  # (n,) hour of day, if the model uses it
+    seq: np.ndarray  # (context + n, F) float32: context and chunk normalised, NaN where missing
+    current: np.ndarray  # (n, F) float32: the chunk normalised and clipped, what is scored
+
+
+@dataclass
+class _Pass:
+    """One forward pass over a chunk: inputs, the network's activations and the prediction."""
+
+    x: np.ndarray
+    base: np.ndarray | None
+    forward: tuple[np.ndarray, list[np.ndarray]]
+    pred: np.ndarray
+
+
+class OnlineDetector:
+    """A per-device detector: model (network + normaliser), optimiser, threshold and context.
+
+    Build it from a `ModelConfig` (any feature list) or from a shared `AnomalyModel`, e.g. the
+    global model: ``OnlineDetector(ModelConfig(features=("a", "b"), time_features=False))``.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        *,
+        model: AnomalyModel | None = None,
+        train: TrainConfig | None = None,
+        threshold: Threshold | None = None,
+        seed: int = 0,
+        time_column: str = "ts",
+    ) -> None:
+        if model is not None and config is not None:
+            raise ValueError("give either a config or a model, not both")
+        self.model = model if model is not None else AnomalyModel(config, seed)
+        self.train = train or TrainConfig()
+        self.threshold: Threshold = threshold if threshold is not None else QuantileThreshold()
+        self.time_column = time_column
+        t = self.train
+        self.optimizer = Adam(self.model.network.size, t.learning_rate, t.beta1, t.beta2, t.epsilon)
+        cfg = self.model.config
+        self.context = np.full((cfg.context_length, cfg.n_features), np.nan)  # raw values, NaN = none
+        self.readings_seen = 0
+        self.suspect_run = 0  # consecutive readings judged anomalous at the end of the context
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.model.config.features
+
+    # ------------------------------------------------------------------ federated learning interface
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return self.model.get_weights()
+
+    def set_weights(self, weights: dict[str, np.ndarray], *, reset_optimizer: bool = False) -> None:
+        """Adopt (global) weights; the normaliser, threshold, optimiser and context stay this device's."""
+        self.model.set_weights(weights)
+        if reset_optimizer:
+            self.optimizer.reset()
+
+    @property
+    def n_samples_seen(self) -> int:
+        return self.model.n_samples_seen
+
+    def reset_sample_counter(self) -> None:
+        self.model.reset_sample_counter()
+
+    # ------------------------------------------------------------------------------------ online API
+
+    def learn_many(
+        self,
+        batch: Batch,
+        *,
+        ts: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
+        proximal_mu: float = 0.0,
+        anchor: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Train on the batch (without judging it); readings where `exclude` is True are not learned.
+
+        `proximal_mu` > 0 adds proximal_mu / 2 * ||w - anchor||^2 to the loss (FedProx).
+        """
+        values, hours = self._arrays(batch, ts)
+        skip = np.zeros(len(values), bool) if exclude is None else np.asarray(exclude, bool).reshape(-1)
+        if skip.shape != (len(values),):
+            raise ValueError(f"exclude needs one flag per reading ({len(values)})")
+        anchor_flat = self._anchor(proximal_mu, anchor)
+        for lo, hi in self._spans(len(values)):
+            bootstrap = self._bootstrap(values[lo:hi])
+            chunk = self._chunk(values[lo:hi], None if hours is None else hours[lo:hi])
+            run = self._pass(chunk, self._maskable(skip[lo:hi]))
+            self._learn(chunk, (~skip[lo:hi]).astype(np.float32), run, proximal_mu, anchor_flat)
+            self._adapt(chunk, bootstrap)
+            self._advance(chunk, skip[lo:hi])
+
+    def score_many(self, batch: Batch, *, ts: np.ndarray | None = None) -> np.ndarray:
+        """A score per reading (float64, >= 0, finite) from the current state, which is not changed."""
+        values, hours = self._arrays(batch, ts)
+        if not len(values):
+            return np.zeros(0)
+        judged = self.readings_seen >= self.train.warmup
+        scores, _, _, _ = self._judge(
+            self._chunk(values, hours), self.threshold.value if judged else math.inf
+        )
+        return scores
+
+    def process_many(
+        self,
+        batch: Batch,
+        *,
+        ts: np.ndarray | None = None,
+        learn: bool = True,
+        proximal_mu: float = 0.0,
+        anchor: dict[str, np.ndarray] | None = None,
+    ) -> pl.DataFrame:
+        """Prequential: score each chunk with the state before it, judge it, then learn from it.
+
+        Returns one row per reading: ``score``, ``threshold`` (inf while warming up) and
+        ``is_anomaly`` (never during the warm-up). With ``learn=False`` the weights stay frozen while
+        the normaliser, threshold and context still follow the device.
+        """
+        values, hours = self._arrays(batch, ts)
+        n = len(values)
+        scores, thresholds, flags = np.zeros(n), np.full(n, math.inf), np.zeros(n, bool)
+        anchor_flat = self._anchor(proximal_mu, anchor) if learn else None
+        for lo, hi in self._spans(n):
+            bootstrap = self._bootstrap(values[lo:hi])
+            chunk = self._chunk(values[lo:hi], None if hours is None else hours[lo:hi])
+            judged = self.readings_seen >= self.train.warmup
+            limit = self.threshold.value if judged else math.inf
+            score, flag, suspect, run = self._judge(chunk, limit)
+            scores[lo:hi], thresholds[lo:hi], flags[lo:hi] = score, limit, flag
+            if judged:
+                self.threshold.update(score[np.isfinite(chunk.current).any(axis=1)])
+            if learn:
+                self._learn(
+                    chunk, self._learning_weights(score, suspect, limit), run, proximal_mu, anchor_flat
+                )
+            self._adapt(chunk, bootstrap)
+            self._advance(chunk, suspect)
+        return pl.DataFrame(
+            [pl.Series("score", scores), pl.Series("threshold", thresholds), pl.Series("is_anomaly", flags)]
+        )
+
+    # -------------------------------------------------------------------------------------- internals
+
+    def _arrays(self, batch: Batch, ts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(values (n, F) float64 with NaN for missing or non-finite, hours of day or None)."""
+        features = self.features
+        if isinstance(batch, pl.DataFrame):
+            missing = [f for f in features if f not in batch.columns]
+            if missing:
+                raise ValueError(f"the batch lacks the model's feature columns {missing}")
+            # Column by column: much cheaper than a polars select for the small batches of a stream.
+            values = np.empty((batch.height, len(features)))
+            for i, feature in enumerate(features):
+                column = batch.get_column(feature)
+                if not column.dtype.is_numeric():
+                    raise ValueError(f"feature column {feature!r} must be numeric, got {column.dtype}")
+                values[:, i] = column.to_numpy()  # nulls arrive as NaN
+            if ts is None and self.config.time_features:
+                if self.time_column not in batch.columns:
+                    raise ValueError(
+                        f"this model uses the time of day: the batch needs a {self.time_column!r} column"
+                    )
+                ts = batch[self.time_column]
+        else:
+            values = np.asarray(batch, dtype=np.float64)
+            if values.ndim != 2 or values.shape[1] != len(features):
+                raise ValueError(f"an array batch must be (n, {len(features)}) for features {features}")
+        values = np.where(np.isfinite(values), values, np.nan)
+        hours = None
+        if self.config.time_features:
+            if ts is None:
+                raise ValueError("this model uses the time of day: pass ts (timestamps) with an array batch")
+            hours = hour_of_day(_epoch_us(ts))
+            if hours.shape != (len(values),):
+                raise ValueError(f"ts needs one timestamp per reading ({len(values)})")
+        return values, hours
+
+    def _spans(self, n: int) -> list[tuple[int, int]]:
+        size = self.train.batch_size
+        return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+    def _anchor(self, proximal_mu: float, anchor: dict[str, np.ndarray] | None) -> np.ndarray | None:
+        if proximal_mu < 0:
+            raise ValueError("proximal_mu must be >= 0")
+        if not proximal_mu:
+            return None
+        if anchor is None:
+            raise ValueError("proximal_mu needs an anchor: the global weights the round started from")
+        return self.model.network.flatten(anchor)
+
+    def _bootstrap(self, values: np.ndarray) -> bool:
+        """A new stream's first readings define the scale before they are normalised."""
+        if self.model.normalizer.ready:
+            return False
+        self.model.normalizer.update(values)
+        return True
+
+    def _chunk(self, values: np.ndarray, hours: np.ndarray | None) -> _Chunk:
+        seq = self.model.normalizer.transform(np.concatenate([self.context, values])).astype(np.float32)
+        # The scored readings are clipped like the inputs: a level beyond the clip that persists
+        # stops scoring once it is in the window, while a jump to it scores up to (2 * clip)^2.
+        clip = self.config.input_clip
+        current = np.clip(seq[self.config.context_length :], -clip, clip)
+        return _Chunk(values, hours, seq, current)
+
+    def _pass(self, chunk: _Chunk, masked: np.ndarray | None = None) -> _Pass:
+        """The network on the chunk, with the readings where `masked` is True hidden from the inputs."""
+        seq = chunk.seq
+        if masked is not None and masked.any():
+            seq = seq.copy()
+            seq[self.config.context_length :][masked] = np.nan
+        inputs = build_inputs(self.config, seq, chunk.hours)
+        forward = self.model.network.forward(inputs.x)
+        pred = forward[0] + inputs.base if inputs.base is not None else forward[0]
+        return _Pass(inputs.x, inputs.base, forward, pred)
+
+    def _predicted_current(self, pred: np.ndarray) -> np.ndarray:
+        return pred if self.config.kind == "forecaster" else pred[:, -self.config.n_features :]
+
+    def _scores(self, pred: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """Mean squared error over the reading's present features (normalised units); 0 if none."""
+        err = self._predicted_current(pred) - current
+        sq = err * err
+        valid = np.isfinite(sq)
+        count = valid.sum(axis=1)
+        total = np.where(valid, sq, 0.0).sum(axis=1, dtype=np.float64)
+        return total / np.maximum(count, 1)
+
+    def _judge(self, chunk: _Chunk, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Pass]:
+        """(scores, is_anomaly, suspects, the pass to learn from) for a chunk against `limit`.
+
+        A reading above the limit is hidden from the inputs and the chunk scored again, so the
+        readings after an anomaly are judged without it; suspects are the readings flagged by
+        either pass.
+        """
+        run = self._pass(chunk)
+        scores = self._scores(run.pred, chunk.current)
+        flags = scores > limit
+        suspects = flags
+        if flags.any():
+            run = self._pass(chunk, self._maskable(flags))
+            scores = self._scores(run.pred, chunk.current)
+            flags = scores > limit
+            suspects = suspects | flags
+        return scores, flags, suspects, run
+
+    def _learning_weights(self, scores: np.ndarray, suspects: np.ndarray, limit: float) -> np.ndarray:
+        """How much each reading counts in training (float32, 0..1)."""
+        how = self.train.anomaly_learning
+        if how == "learn" or not suspects.any():
+            return np.ones(len(scores), np.float32)
+        if how == "skip":
+            return (~suspects).astype(np.float32)
+        # Weight (threshold / score)^2: a reading just above the threshold still counts almost fully,
+        # so a new normal level is learned, while a wild one barely counts at all.
+        return np.where(suspects, np.minimum(1.0, limit / np.maximum(scores, 1e-30)) ** 2, 1.0).astype(
+            np.float32
+        )
+
+    def _learn(
+        self, chunk: _Chunk, weights: np.ndarray, run: _Pass, proximal_mu: float, anchor: np.ndarray | None
+    ) -> None:
+        """Adam steps on the chunk, each reading's squared errors weighted by `weights`."""
+        cfg, net = self.config, self.model.network
+        if cfg.kind == "forecaster":
+            target = chunk.current
+            mask = np.isfinite(target) * weights[:, None]
+        else:
+            target = autoencoder_targets(cfg, chunk.seq)
+            row_weights = np.concatenate([np.ones(cfg.context_length, np.float32), weights])
+            entry_weights = np.repeat(sliding_window_view(row_weights, cfg.window), cfg.n_features, axis=1)
+            mask = np.isfinite(target) * entry_weights
+        target = np.clip(np.nan_to_num(target, nan=0.0), -cfg.input_clip, cfg.input_clip)
+        forward = run.forward
+        for _ in range(self.train.steps_per_batch):
+            loss_and_gradient(
+                net,
+                run.x,
+                target,
+                mask,
+                base=run.base,
+                proximal_mu=proximal_mu,
+                anchor=anchor,
+                forward=forward,
+            )
+            forward = None  # the weights moved: later steps need a fresh forward pass
+            clip_by_global_norm(net.grad, self.train.clip_norm)
+            self.optimizer.step(net.flat, net.grad)
+        learned = np.isfinite(chunk.values).any(axis=1) & (weights > 0)
+        self.model.n_samples_seen += int(learned.sum())
+
+    def _adapt(self, chunk: _Chunk, bootstrap: bool) -> None:
+        """Move the normaliser with the chunk, winsorised so that a wild reading cannot drag it."""
+        if not bootstrap:
+            self.model.normalizer.update(chunk.values, clip=self.config.input_clip)
+        self.readings_seen += len(chunk.values)
+
+    def _run_positions(self, suspects: np.ndarray) -> np.ndarray:
+        """Per reading, how many suspects directly precede it (its place in a run of suspects)."""
+        index = np.arange(len(suspects))
+        last_clear = np.maximum.accumulate(np.where(suspects, -1, index))
+        return np.where(last_clear < 0, index + self.suspect_run, index - last_clear - 1)
+
+    def _maskable(self, suspects: np.ndarray) -> np.ndarray:
+        """The suspects to hide from later windows: not those deep in a long run.
+
+        A run longer than ``max_masked_run`` is taken as a new normal level for prediction (it is
+        still judged and not learned from); masking it would predict from stale values forever.
+        """
+        return suspects & (self._run_positions(suspects) < self.train.max_masked_run)
+
+    def _advance(self, chunk: _Chunk, suspects: np.ndarray) -> None:
+        """Keep the last readings as context, anomalous ones hidden (see `_maskable`)."""
+        c = self.config.context_length
+        if c:
+            kept = np.where(self._maskable(suspects)[:, None], np.nan, chunk.values)
+            self.context = np.concatenate([self.context, kept])[-c:]
+        if len(suspects):
+            self.suspect_run = int(self._run_positions(suspects)[-1]) + 1 if suspects[-1] else 0
+
+    # ---------------------------------------------------------------------------------- checkpoints
+
+    def to_bytes(self) -> bytes:
+        """Everything needed to resume this device exactly (model, optimiser, threshold, context)."""
+        header = {
+            "format": DETECTOR_FORMAT,
+            "format_version": DETECTOR_FORMAT_VERSION,
+            "model": self.model._header(),
+            "train": self.train.to_dict(),
+            "threshold": self.threshold.state_dict(),
+            "time_column": self.time_column,
+            "context": [[None if math.isnan(x) else x for x in row] for row in self.context.tolist()],
+            "readings_seen": self.readings_seen,
+            "adam_t": self.optimizer.t,
+            "suspect_run": self.suspect_run,
+        }
+        arrays = {**self.model.network.params, "adam.m": self.optimizer.m, "adam.v": self.optimizer.v}
+        return pack(header, arrays)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> OnlineDetector:
+        header, arrays = unpack(data, DETECTOR_FORMAT, (DETECTOR_FORMAT_VERSION,))
+        try:
+            m, v = arrays.pop("adam.m"), arrays.pop("adam.v")
+            model = AnomalyModel._from_parts(header["model"], arrays, list(arrays))
+            detector = cls(
+                model=model,
+                train=TrainConfig.from_dict(header["train"]),
+                threshold=threshold_from_state_dict(header["threshold"]),
+                time_column=header["time_column"],
+            )
+            cfg = model.config
+            context = np.array(header["context"], dtype=np.float64).reshape(
+                cfg.context_length, cfg.n_features
+            )
+            readings_seen, adam_t = int(header["readings_seen"]), int(header["adam_t"])
+            suspect_run = int(header["suspect_run"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"bad detector checkpoint: {exc!r}") from exc
+        if m.shape != (model.network.size,) or v.shape != m.shape:
+            raise ValueError("optimiser state does not match the network")
+        detector.optimizer.m[...], detector.optimizer.v[...], detector.optimizer.t = m, v, adam_t
+        detector.context = context
+        detector.readings_seen, detector.suspect_run = readings_seen, suspect_run
+        return detector
+
+
+def _epoch_us(ts: object) -> np.ndarray:
+    """Epoch microseconds of a polars Datetime series or a NumPy datetime64 array; a missing time
+    counts as midnight (the time of day is only an input, never a reason to fail a batch)."""
+    if isinstance(ts, pl.Series):
+        if not isinstance(ts.dtype, pl.Datetime):
+            raise ValueError(f"timestamps must be a Datetime column, got {ts.dtype}")
+        ts = ts.to_numpy()  # datetime64 in UTC, null as NaT
+    array = np.asarray(ts)
+    if not np.issubdtype(array.dtype, np.datetime64):
+        raise ValueError(f"timestamps must be datetime64, got {array.dtype}")
+    array = array.astype("datetime64[us]")
+    return np.where(np.isnat(array), 0, array.astype(np.int64))

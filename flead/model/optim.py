@@ -1,0 +1,40 @@
+"""Adam and gradient clipping on flat parameter vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def clip_by_global_norm(grad: np.ndarray, max_norm: float) -> float:
+    """Scale `grad` in place so its L2 norm is at most `max_norm`; returns the norm before clipping."""
+    norm = float(np.sqrt(np.dot(grad, grad)))
+    if norm > max_norm:
+        grad *= max_norm / norm
+    return norm
+
+
+class Adam:
+    """Adam (Kingma & Ba) with bias correction, updating a flat parameter vector in place."""
+
+    def __init__(
+        self, size: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7
+    ) -> None:
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.m = np.zeros(size, np.float32)
+        self.v = np.zeros(size, np.float32)
+        self.t = 0
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+        self.t += 1
+        self.m *= self.beta1
+        self.m += (1.0 - self.beta1) * grad
+        self.v *= self.beta2
+        self.v += (1.0 - self.beta2) * grad * grad
+        step = self.lr * np.sqrt(1.0 - self.beta2**self.t) / (1.0 - self.beta1**self.t)
+        params -= step * self.m / (np.sqrt(self.v) + self.eps)
+
+    def reset(self) -> None:
+        """Forget the moments, e.g. after adopting new global weights."""
+        self.m[...] = 0.0
+        self.v[...] = 0.0
+        self.t = 0

@@ -1,0 +1,253 @@
+"""Per-device adaptive thresholds on a stream of anomaly scores (non-negative, larger = stranger).
+
+Both methods work a micro-batch at a time: every score of a batch is compared with the threshold
+the state had before the batch, then the state learns from the batch. Until a method has seen its
+warm-up count of scores the threshold is infinite: no alarms. `state_dict()` is plain JSON.
+
+- `QuantileThreshold`: a high quantile of the scores, estimated from a histogram with log-spaced
+  bins (fixed size, ~7 % relative resolution) whose counts decay with a half-life, so it follows a
+  score distribution that changes as the model learns.
+- `SpotThreshold`: SPOT (Siffer et al., KDD 2017): the scores above an initial high quantile ``t``
+  (the peaks) are fitted with a generalized Pareto distribution, and the threshold is the score that
+  distribution says is exceeded with probability `risk`. Peaks keep being added (alarms excepted)
+  and the fit is refreshed each batch, by the method of moments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return scores[np.isfinite(scores)]
+
+
+def _judge(value: float, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.full(scores.shape, value), scores > value
+
+
+class QuantileThreshold:
+    """The `q`-quantile of the scores seen so far (decayed), from a bounded log-histogram."""
+
+    kind = "quantile"
+
+    def __init__(
+        self,
+        q: float = 0.995,
+        warmup: int = 500,
+        half_life: float | None = 20_000.0,
+        lo: float = 1e-9,
+        hi: float = 1e9,
+        bins_per_decade: int = 32,
+    ) -> None:
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"q must be within (0, 1), got {q}")
+        if warmup < 0 or (half_life is not None and not half_life > 0):
+            raise ValueError("warmup must be >= 0 and half_life > 0 (or None for no decay)")
+        if not 0.0 < lo < hi or bins_per_decade < 1:
+            raise ValueError("need 0 < lo < hi and bins_per_decade >= 1")
+        self.q, self.warmup, self.half_life = q, warmup, half_life
+        self.lo, self.hi, self.bins_per_decade = lo, hi, bins_per_decade
+        self.n_bins = round(math.log10(hi / lo) * bins_per_decade)
+        # bin 0: below lo; bins 1..n_bins: log-spaced; bin n_bins + 1: hi and above
+        self.counts = np.zeros(self.n_bins + 2)
+        self.n_seen = 0
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.n_seen >= self.warmup and self.counts.sum() > 0
+
+    @property
+    def value(self) -> float:
+        return self.quantile(self.q) if self.warmed_up else math.inf
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile of the histogram, interpolated geometrically inside its bin."""
+        cumulative = np.cumsum(self.counts)
+        total = cumulative[-1]
+        if total <= 0:
+            return math.nan
+        target = q * total
+        k = min(int(np.searchsorted(cumulative, target)), self.n_bins + 1)
+        if k == 0:
+            return self.lo
+        if k == self.n_bins + 1:
+            return self.hi
+        within = (target - cumulative[k - 1]) / self.counts[k]
+        return self.lo * 10.0 ** ((k - 1 + within) / self.bins_per_decade)
+
+    def update(self, scores: np.ndarray) -> None:
+        # Alarms are counted too: the quantile only depends on how many scores lie above it, and
+        # leaving out the scores above it would pull it down batch after batch.
+        scores = _finite(scores)
+        if not scores.size:
+            return
+        if self.half_life is not None:
+            self.counts *= 0.5 ** (scores.size / self.half_life)
+        with np.errstate(divide="ignore"):
+            position = np.log10(np.maximum(scores, 0.0) / self.lo) * self.bins_per_decade
+        index = np.clip(np.floor(position) + 1, 0, self.n_bins + 1).astype(np.int64)
+        self.counts += np.bincount(index, minlength=self.n_bins + 2)
+        self.n_seen += scores.size
+
+    def process_many(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(threshold, is_anomaly) per score from the state before the batch; then learn the batch."""
+        result = _judge(self.value, scores)
+        self.update(scores)
+        return result
+
+    def state_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "q": self.q,
+            "warmup": self.warmup,
+            "half_life": self.half_life,
+            "lo": self.lo,
+            "hi": self.hi,
+            "bins_per_decade": self.bins_per_decade,
+            "n_seen": self.n_seen,
+            "counts": self.counts.tolist(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> QuantileThreshold:
+        keys = ("q", "warmup", "half_life", "lo", "hi", "bins_per_decade")
+        threshold = cls(**{k: state[k] for k in keys})
+        counts = np.asarray(state["counts"], dtype=np.float64)
+        if counts.shape != threshold.counts.shape or not np.isfinite(counts).all() or (counts < 0).any():
+            raise ValueError(f"quantile threshold counts must be {threshold.counts.size} numbers >= 0")
+        threshold.counts = counts
+        threshold.n_seen = int(state["n_seen"])
+        return threshold
+
+
+class SpotThreshold:
+    """SPOT: a generalized Pareto tail above the initial `init_quantile` of the first `n_init` scores.
+
+    The most recent `max_peaks` peaks are kept for the fit (bounded state); the exceedance rate of
+    ``t`` uses all scores seen since calibration.
+    """
+
+    kind = "spot"
+
+    def __init__(
+        self, risk: float = 1e-3, n_init: int = 1000, init_quantile: float = 0.98, max_peaks: int = 1000
+    ) -> None:
+        if not 0.0 < risk < 1.0 or not 0.0 < init_quantile < 1.0:
+            raise ValueError("risk and init_quantile must be within (0, 1)")
+        if n_init < 1 or max_peaks < 2:
+            raise ValueError("n_init must be >= 1 and max_peaks >= 2")
+        self.risk, self.n_init, self.init_quantile, self.max_peaks = risk, n_init, init_quantile, max_peaks
+        self.calibration: list[float] = []  # the first scores, until there are n_init of them
+        self.t: float | None = None
+        self.peaks = np.zeros(0)  # excesses over t
+        self.n = 0  # scores seen since calibration (alarms excepted)
+        self.n_peaks = 0  # of which above t
+        self.gamma = 0.0
+        self.sigma = 0.0
+        self.z = math.inf
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.t is not None
+
+    @property
+    def value(self) -> float:
+        return self.z
+
+    def update(self, scores: np.ndarray) -> None:
+        scores = _finite(scores)
+        if not scores.size:
+            return
+        if self.t is None:
+            self.calibration.extend(scores.tolist())
+            if len(self.calibration) >= self.n_init:
+                self._calibrate(np.asarray(self.calibration))
+            return
+        normal = scores[scores <= self.z]  # SPOT does not learn from its alarms
+        self.n += normal.size
+        excess = normal[normal > self.t] - self.t
+        if excess.size:
+            self.peaks = np.concatenate([self.peaks, excess])[-self.max_peaks :]
+            self.n_peaks += excess.size
+            self._fit()
+
+    def _calibrate(self, scores: np.ndarray) -> None:
+        self.t = float(np.quantile(scores, self.init_quantile))
+        excess = scores[scores > self.t] - self.t
+        self.peaks = excess[-self.max_peaks :]
+        self.n, self.n_peaks = scores.size, excess.size
+        self.calibration = []
+        self._fit()
+
+    def _fit(self) -> None:
+        self.gamma, self.sigma = fit_gpd_moments(self.peaks)
+        self.z = spot_threshold(self.t, self.gamma, self.sigma, self.risk, self.n, self.n_peaks)
+
+    def process_many(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(threshold, is_anomaly) per score from the state before the batch; then learn the batch."""
+        result = _judge(self.value, scores)
+        self.update(scores)
+        return result
+
+    def state_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "risk": self.risk,
+            "n_init": self.n_init,
+            "init_quantile": self.init_quantile,
+            "max_peaks": self.max_peaks,
+            "calibration": list(self.calibration),
+            "t": self.t,
+            "peaks": self.peaks.tolist(),
+            "n": self.n,
+            "n_peaks": self.n_peaks,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> SpotThreshold:
+        threshold = cls(**{k: state[k] for k in ("risk", "n_init", "init_quantile", "max_peaks")})
+        threshold.calibration = [float(x) for x in state["calibration"]]
+        threshold.t = None if state["t"] is None else float(state["t"])
+        threshold.peaks = np.asarray(state["peaks"], dtype=np.float64).reshape(-1)
+        threshold.n, threshold.n_peaks = int(state["n"]), int(state["n_peaks"])
+        if threshold.t is not None:
+            threshold._fit()
+        return threshold
+
+
+def fit_gpd_moments(excess: np.ndarray) -> tuple[float, float]:
+    """(shape gamma, scale sigma) of a generalized Pareto distribution by the method of moments.
+
+    Falls back to the exponential tail (gamma = 0) when there are too few distinct peaks.
+    """
+    if excess.size == 0:
+        return 0.0, 0.0
+    mean = float(excess.mean())
+    var = float(excess.var(ddof=1)) if excess.size > 1 else 0.0
+    if var <= 0.0 or excess.size < 3:
+        return 0.0, mean
+    ratio = mean * mean / var
+    return 0.5 * (1.0 - ratio), 0.5 * mean * (1.0 + ratio)
+
+
+def spot_threshold(t: float, gamma: float, sigma: float, risk: float, n: int, n_peaks: int) -> float:
+    """The score exceeded with probability `risk` under the fitted tail (eq. 1 of Siffer et al.)."""
+    if n_peaks == 0 or sigma <= 0.0:
+        return t
+    r = risk * n / n_peaks
+    z = t - sigma * math.log(r) if abs(gamma) < 1e-09 else t + sigma / gamma * (r ** (-gamma) - 1.0)
+    return max(z, t)
+
+
+def threshold_from_state_dict(state: dict) -> QuantileThreshold | SpotThreshold:
+    """Rebuild a threshold from its `state_dict()`; ValueError for an unknown or malformed state."""
+    kinds = {cls.kind: cls for cls in (QuantileThreshold, SpotThreshold)}
+    try:
+        return kinds[state["kind"]].from_state_dict(state)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"bad threshold state: {exc!r}") from exc
