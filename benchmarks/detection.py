@@ -1,7 +1,8 @@
 """Detection quality and cost of federated, local-only, centralized and z-score detection.
 
-    python benchmarks/detection.py [--synthetic-devices 54 --synthetic-days 38] [--train-fraction 0.3]
-                                   [--seed 0] [--markdown docs/results.md]
+    python benchmarks/detection.py [--synthetic-devices 54 --synthetic-days 38]
+                                   [--train-fractions 0.1 0.3] [--quantile 0.98] [--seed 0]
+                                   [--markdown docs/results.md]
 
 Data sets, each built in a temporary home through the same steps as `flead data ingest` and
 `flead data inject` (seeded): the 9 shared real motes (../shared/data/intel_lab, when present) and a
@@ -39,7 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synthetic-devices", type=int, default=54)
     parser.add_argument("--synthetic-days", type=int, default=38)
-    parser.add_argument("--train-fraction", type=float, default=0.3)
+    parser.add_argument("--train-fractions", type=float, nargs="+", default=[0.1, 0.3])
+    parser.add_argument("--quantile", type=float, default=0.98)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
@@ -63,24 +65,29 @@ def main() -> None:
                 "out_of_range_left_out": dropped,
                 "modes": {},
             }
-            for mode in EVALUATION_MODES:
-                outcome = evaluate(series, EvaluationPlan(mode=mode, train_fraction=args.train_fraction))
-                pooled = outcome.evaluation.pooled.to_dict()
-                entry["modes"][mode] = {
-                    "point_f1": pooled["point"]["f1"],
-                    "event_f1": pooled["event"]["f1"],
-                    "pr_auc": pooled["pr_auc"],
-                    "point_precision": pooled["point"]["precision"],
-                    "point_recall": pooled["point"]["recall"],
-                    "false_alarms_per_device_day": pooled["false_alarms_per_device_day"],
-                    "global_versions": len(outcome.history),
-                    "seconds_per_million_readings": round(outcome.seconds_per_million, 2),
-                }
+            for fraction in args.train_fractions:
+                for mode in EVALUATION_MODES:
+                    plan = EvaluationPlan(
+                        mode=mode, train_fraction=fraction, threshold_quantile=args.quantile
+                    )
+                    outcome = evaluate(series, plan)
+                    pooled = outcome.evaluation.pooled.to_dict()
+                    entry["modes"][f"{mode} @ {fraction:g}"] = {
+                        "point_f1": pooled["point"]["f1"],
+                        "event_f1": pooled["event"]["f1"],
+                        "pr_auc": pooled["pr_auc"],
+                        "point_precision": pooled["point"]["precision"],
+                        "point_recall": pooled["point"]["recall"],
+                        "false_alarms_per_device_day": pooled["false_alarms_per_device_day"],
+                        "global_versions": len(outcome.history),
+                        "seconds_per_million_readings": round(outcome.seconds_per_million, 2),
+                    }
             results[name] = entry
     report = {
         "command": "python benchmarks/detection.py "
         + f"--synthetic-devices {args.synthetic_devices} --synthetic-days {args.synthetic_days} "
-        + f"--train-fraction {args.train_fraction} --seed {args.seed}",
+        + f"--train-fractions {' '.join(f'{f:g}' for f in args.train_fractions)} "
+        + f"--quantile {args.quantile:g} --seed {args.seed}",
         "python": platform.python_version(),
         "results": results,
     }
@@ -102,9 +109,10 @@ def markdown(report: dict) -> str:
         f"    {report['command']} --markdown docs/results.md",
         "",
         "Each data set is the lake with anomalies injected by `flead data inject` (seeded); readings the",
-        "lake flags `out_of_range` (dying batteries) are left out. Each device's first part trains its",
-        "detector (prequentially), the rest is scored with frozen weights; all modes judge scores with the",
-        "same per-device adaptive quantile threshold. Metrics are pooled over all scored readings.",
+        "lake flags `out_of_range` (dying batteries) are left out. The first fraction of each device's",
+        "readings (the number after @) trains its detector, prequentially; the rest is scored with frozen",
+        "weights. All modes judge scores with the same per-device adaptive threshold (the --quantile of the",
+        "device's scores so far). Metrics are pooled over all scored readings.",
         "",
     ]
     for name, entry in report["results"].items():

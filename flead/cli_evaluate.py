@@ -41,6 +41,9 @@ def evaluate_command(
     ),
     train_rows: int = typer.Option(None, min=0, help="Fit on the first N rows of each device."),
     online: bool = typer.Option(False, help="Prequential: score every reading, then learn from it."),
+    quantile: float = typer.Option(
+        0.98, min=0.5, max=0.99999, help="Alarm above this quantile of a device's scores."
+    ),
     out: Path = typer.Option(None, help="JSON results file (default HOME/evaluations/evaluation.json)."),
 ) -> None:
     """Measure detection quality (point / event F1, PR-AUC, delay, false alarms) on labelled data."""
@@ -77,7 +80,13 @@ def evaluate_command(
     )
     results = {}
     for m in mode:
-        plan = EvaluationPlan(mode=m, train_fraction=train_fraction, train_rows=train_rows, online=online)
+        plan = EvaluationPlan(
+            mode=m,
+            train_fraction=train_fraction,
+            train_rows=train_rows,
+            online=online,
+            threshold_quantile=quantile,
+        )
         with Progress(
             TextColumn(f"{m:12s}"),
             BarColumn(),
@@ -104,6 +113,7 @@ def evaluate_command(
         "train_fraction": train_fraction,
         "train_rows": train_rows,
         "online": online,
+        "threshold_quantile": quantile,
     }
     path.write_text(json.dumps({"setup": setup, "results": results}, indent=2, allow_nan=False))
     console.print(f"results: {path}")

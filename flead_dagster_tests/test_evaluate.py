@@ -16,6 +16,9 @@ from flead.datasets import pipeline
 from flead.datasets.inject import InjectionConfig, inject_anomalies
 from flead.datasets.intel_lab import parse_files
 from flead.datasets.synthetic import generate_fleet
+from flead.evaluation.loader import LabelledSeries
+from flead.evaluation.runner import EvaluationPlan, evaluate
+from flead.schema import MEASUREMENTS
 
 FLEAD = str(Path(sys.executable).parent / "flead")
 MODES = ("federated", "local", "centralized", "zscore")
@@ -110,3 +113,19 @@ def test_default_is_the_lakes_labelled_benchmark(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "home" / "evaluations" / "evaluation.json").read_text())
     assert set(saved["results"]) == {"zscore", "federated"}
     assert saved["results"]["federated"]["global_versions"] > 0
+
+
+def test_the_neural_detectors_beat_the_zscore_baseline_on_injected_anomalies(tmp_path):
+    fleet = generate_fleet(tmp_path, n_devices=6, days=4, seed=3, failing_fraction=0.0)
+    labelled = inject_anomalies(parse_files(fleet.paths, range(1, 7)).rows, seed=1).readings.sort(
+        "device_id", "ts"
+    )
+    frame = labelled.select("device_id", "ts", *MEASUREMENTS, pl.col("label").cast(pl.Int8), "event_id")
+    series = LabelledSeries(frame=frame, features=MEASUREMENTS, files=())
+    pooled = {
+        mode: evaluate(series, EvaluationPlan(mode=mode, train_fraction=0.3)).evaluation.pooled
+        for mode in MODES
+    }
+    for mode in ("federated", "local", "centralized"):
+        assert pooled[mode].point.f1 > pooled["zscore"].point.f1 + 0.1, mode
+        assert pooled[mode].pr_auc > pooled["zscore"].pr_auc, mode

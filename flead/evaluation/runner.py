@@ -35,6 +35,7 @@ class EvaluationPlan:
     train_rows: int | None = None
     online: bool = False
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    threshold_quantile: float = 0.98  # every mode alarms above this per-device quantile of its scores
     zscore_window: int = 100
 
     def __post_init__(self) -> None:
@@ -43,6 +44,8 @@ class EvaluationPlan:
         chosen = (self.train_fraction is not None) + (self.train_rows is not None) + self.online
         if chosen != 1:
             raise ValueError("choose exactly one of train_fraction, train_rows and online")
+        if not 0.0 < self.threshold_quantile < 1.0:
+            raise ValueError(f"threshold_quantile must be within (0, 1), got {self.threshold_quantile}")
 
 
 @dataclass
@@ -112,11 +115,15 @@ def evaluate(
     started = time.perf_counter()
     history: list[dict] = []
     if plan.mode == "zscore":
-        outputs = _zscore(frame, series.features, plan.zscore_window, plan.simulation.batch_size)
+        outputs = _zscore(
+            frame, series.features, plan.zscore_window, plan.simulation.batch_size, plan.threshold_quantile
+        )
         decisions = outputs[judged["_i"].to_numpy()]
     else:
         model = _model_config(plan.simulation.model, series.features, order == TS)
-        config = SimulationConfig(**{**plan.simulation.__dict__, "model": model})
+        config = SimulationConfig(
+            **{**plan.simulation.__dict__, "model": model, "threshold_quantile": plan.threshold_quantile}
+        )
         result = simulate(
             _streams(train, series.features, order),
             _streams(scored, series.features, order) if scored is not None else None,
@@ -159,14 +166,14 @@ def _streams(frame: pl.DataFrame, features: tuple[str, ...], order: str) -> dict
     return {key[0]: part.select(columns) for key, part in frame.partition_by(DEVICE, as_dict=True).items()}
 
 
-def _zscore(frame: pl.DataFrame, features, window: int, batch_size: int) -> pl.DataFrame:
+def _zscore(frame: pl.DataFrame, features, window: int, batch_size: int, quantile: float) -> pl.DataFrame:
     """Rolling z-scores over each device's whole series, judged by the same adaptive threshold as the
     neural detectors (micro-batch by micro-batch, from the state before each batch)."""
     scores = rolling_zscore(frame, features, window=window).fill_null(0.0).to_numpy()
     flags = np.zeros(frame.height, bool)
     rows = frame.select(DEVICE).with_row_index("_i").group_by(DEVICE, maintain_order=True).agg("_i")
     for _device, index in rows.iter_rows():
-        threshold = QuantileThreshold()
+        threshold = QuantileThreshold(q=quantile)
         for lo in range(0, len(index), batch_size):
             chunk = np.asarray(index[lo : lo + batch_size])
             _, flags[chunk] = threshold.process_many(scores[chunk])

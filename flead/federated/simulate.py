@@ -31,6 +31,7 @@ from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
 from flead.model.config import ModelConfig, TrainConfig
 from flead.model.detector import OnlineDetector
+from flead.model.thresholds import QuantileThreshold
 
 MODES = ("federated", "local", "centralized")
 
@@ -46,6 +47,7 @@ class SimulationConfig:
     aggregate_every: int | None = None  # pending updates that trigger an aggregation (default: devices / 2)
     max_delay_steps: int = 2  # an update arrives 0..max_delay_steps steps after it was sent
     epochs: int = 1  # passes over the train streams
+    threshold_quantile: float = 0.995  # each device's alarm threshold: this quantile of its scores
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -127,7 +129,12 @@ class _Run:
         self.clients = {
             d: DeviceClient(
                 d,
-                OnlineDetector(config.model, train=config.train, seed=config.seed),
+                OnlineDetector(
+                    config.model,
+                    train=config.train,
+                    threshold=QuantileThreshold(q=config.threshold_quantile),
+                    seed=config.seed,
+                ),
                 config.client,
                 config.push_every,
             )
