@@ -19,6 +19,8 @@ demo: install
 	$(BIN)/flead demo
 
 test: install lint
+	@# The dashboard test drives Debian's headless Chromium through selenium.
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
 	$(BIN)/pytest
 
 lint: install

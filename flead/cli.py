@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flead.bus.replay import ReplayError, lake_readings, replay
+from flead.cli_api import api_app
 from flead.cli_data import data_app
 from flead.cli_evaluate import evaluate_command
 from flead.config import Settings, settings_markdown_table, settings_rows
@@ -25,6 +26,7 @@ app = typer.Typer(
 local_app = typer.Typer(help="The embedded local Kafka broker and MongoDB server.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
 app.add_typer(data_app, name="data")
+app.add_typer(api_app, name="api")
 app.command("evaluate")(evaluate_command)
 
 console = Console(log_path=False)

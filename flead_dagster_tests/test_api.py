@@ -1,0 +1,535 @@
+"""The global model API over real HTTP (uvicorn on a free port) against the real MongoDB server: the
+full flow, every authentication case, the size limit, refusals, idempotency, formats and ETags.
+
+Other test_api_* modules reuse ``ApiHarness`` and ``api_harness`` from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flead.cli_api import api_app
+from flead.config import Settings
+from flead.federated import LocalUpdate
+from flead.model import AnomalyModel
+from flead_dagster_tests.conftest import free_port
+from services.global_api.codec import encode_binary_update, encode_json_update
+from services.global_api.live_server import LiveServer
+from services.global_api.service import GlobalModelService
+
+ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
+
+
+def api_settings(**overrides: object) -> Settings:
+    """Settings for a private API: a fresh database and a free port on this machine."""
+    values: dict = {
+        "mongo_db": f"test_api_{uuid.uuid4().hex[:10]}",
+        "api_url": f"http://127.0.0.1:{free_port()}",
+        "api_admin_key": ADMIN_KEY,
+    }
+    return Settings(**{**values, **overrides})
+
+
+class ApiHarness:
+    """A live API plus direct access to its database, keys and a model-shaped update factory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server = LiveServer(settings).start()
+        self.http = httpx.Client(base_url=self.server.url, timeout=60.0)
+        self.service = GlobalModelService.open(settings)
+        self.db = self.service.client[settings.mongo_db]
+        self.shapes = {name: w.shape for name, w in self.service.registry.state(0).weights.items()}
+        self._ids = itertools.count()
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.stop()
+        self.service.client.drop_database(self.settings.mongo_db)
+        self.service.close()
+
+    def token(self, role: str, device: str | None = None) -> str:
+        return self.service.keys.create(role, device_id=device).token
+
+    @staticmethod
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return self.auth(ADMIN_KEY)
+
+    def update(
+        self, device_id: str, *, update_id: str | None = None, base_version: int | None = None, **kwargs
+    ) -> LocalUpdate:
+        """A random delta of the model's shapes; ids count up, the base is the current version."""
+        return make_update(
+            self.shapes,
+            device_id,
+            update_id=update_id or f"u{next(self._ids)}",
+            base_version=self.version() if base_version is None else base_version,
+            **kwargs,
+        )
+
+    def submit(self, update: LocalUpdate | dict, token: str, *, binary: bool = False) -> httpx.Response:
+        if binary:
+            return self.http.post(
+                "/api/local-update",
+                content=encode_binary_update(update),
+                headers={**self.auth(token), "Content-Type": "application/octet-stream"},
+            )
+        body = encode_json_update(update) if isinstance(update, LocalUpdate) else update
+        return self.http.post("/api/local-update", json=body, headers=self.auth(token))
+
+    def version(self) -> int:
+        return self.http.get("/api/status").json()["version"]
+
+    def aggregate(self) -> dict:
+        response = self.http.post("/api/aggregate", headers=self.admin)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def configure(self, **changes: object) -> dict:
+        response = self.http.post("/api/config", json=changes, headers=self.admin)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def model(self, version: int | None = None) -> dict:
+        params = {} if version is None else {"version": version}
+        response = self.http.get("/api/global-model", params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+def make_update(
+    shapes: dict[str, tuple[int, ...]],
+    device_id: str,
+    *,
+    update_id: str,
+    base_version: int,
+    n_samples: int = 100,
+    seed: int = 0,
+    scale: float = 0.01,
+    loss: float = 0.5,
+) -> LocalUpdate:
+    rng = np.random.default_rng(seed)
+    return LocalUpdate(
+        device_id=device_id,
+        update_id=update_id,
+        base_version=base_version,
+        n_samples=n_samples,
+        arrays={
+            name: (rng.standard_normal(shape) * scale).astype(np.float32) for name, shape in shapes.items()
+        },
+        metrics={"loss": loss},
+    )
+
+
+@contextlib.contextmanager
+def api_harness(**overrides: object) -> Iterator[ApiHarness]:
+    harness = ApiHarness(api_settings(**overrides))
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+@pytest.fixture(scope="module")
+def api(services_env) -> Iterator[ApiHarness]:
+    with api_harness() as harness:
+        harness.configure(auto_aggregate_threshold=1000)  # aggregation only when a test asks
+        yield harness
+
+
+@pytest.fixture(autouse=True)
+def _no_pending_updates(request):
+    """Each test starts with nothing pending (aggregated away by the previous test's leftovers)."""
+    if "api" in request.fixturenames:
+        request.getfixturevalue("api").aggregate()
+
+
+def fedavg(base: dict[str, np.ndarray], updates: list[LocalUpdate]) -> dict[str, np.ndarray]:
+    total = sum(u.n_samples for u in updates)
+    return {
+        name: (
+            sum(u.n_samples * (w.astype(np.float64) + u.arrays[name].astype(np.float64)) for u in updates)
+            / total
+        ).astype(np.float32)
+        for name, w in base.items()
+    }
+
+
+def as_json(body: dict) -> dict:
+    """httpx request arguments for a JSON body that may hold NaN or Infinity (httpx refuses them)."""
+    return {"content": json.dumps(body).encode(), "headers": {"Content-Type": "application/json"}}
+
+
+def weights_of(model_json: dict) -> dict[str, np.ndarray]:
+    return AnomalyModel.from_json_dict(model_json["model"]).get_weights()
+
+
+# ------------------------------------------------------------------------------ the full flow
+
+
+def test_full_flow_keys_updates_aggregate_fetch_history(api):
+    runner = CliRunner()
+    env = {"FLEAD_MONGO_DB": api.settings.mongo_db}
+    tokens = {}
+    for device in ("mote-01", "mote-02", "mote-03"):
+        result = runner.invoke(api_app, ["create-key", "--role", "device", "--device", device], env=env)
+        assert result.exit_code == 0, result.output
+        tokens[device] = result.output.strip().splitlines()[-1]
+    result = runner.invoke(api_app, ["create-key", "--role", "trainer", "--name", "stream trainer"], env=env)
+    assert result.exit_code == 0, result.output
+    trainer = result.output.strip().splitlines()[-1]
+    assert all(t.startswith("flead_") for t in [*tokens.values(), trainer])
+    stored = api.db[api.settings.collection_api_keys].find_one({"device_id": "mote-01"})
+    assert tokens["mote-01"] not in str(stored)  # only the hash is stored
+
+    before = api.model()
+    base_version = before["version"]
+    base = weights_of(before)
+    assert before["client"] == {"proximal_mu": 0.0, "personal_mix": 0.5}
+
+    updates = [
+        api.update(device, base_version=base_version, n_samples=n, seed=i, loss=loss)
+        for i, (device, n, loss) in enumerate(
+            [("mote-01", 100, 0.4), ("mote-02", 300, 0.2), ("mote-03", 50, 1.0)]
+        )
+    ]
+    for i, update in enumerate(updates):
+        response = api.submit(update, tokens[update.device_id])
+        assert response.status_code == 202, response.text
+        assert response.json() == {"status": "accepted", "pending": i + 1, "version": base_version}
+    from_trainer = api.update("mote-04", base_version=base_version, n_samples=150, seed=9, loss=0.3)
+    response = api.submit(from_trainer, trainer, binary=True)  # the trainer submits for any device
+    assert response.status_code == 202, response.text
+    updates.append(from_trainer)
+
+    outcome = api.aggregate()
+    assert outcome["created"] is True
+    assert outcome["version"] == base_version + 1
+    assert (outcome["parent_version"], outcome["n_updates"], outcome["n_devices"]) == (base_version, 4, 4)
+
+    after = api.model()
+    assert after["version"] == base_version + 1
+    assert after["parent_version"] == base_version
+    assert after["strategy"] == "fedavg"
+    expected = fedavg(base, updates)
+    for name, weights in weights_of(after).items():
+        np.testing.assert_allclose(weights, expected[name], rtol=1e-6, atol=1e-7)
+
+    binary = api.http.get("/api/global-model", headers={"Accept": "application/octet-stream"})
+    assert binary.headers["content-type"] == "application/octet-stream"
+    model = AnomalyModel.from_bytes(binary.content)
+    assert model.metadata["version"] == base_version + 1
+    for name, weights in model.get_weights().items():
+        np.testing.assert_array_equal(weights, weights_of(after)[name])
+
+    history = api.http.get("/api/history").json()
+    newest = history["versions"][0]
+    assert history["total"] == base_version + 2
+    assert (newest["version"], newest["parent_version"], newest["n_updates"], newest["n_devices"]) == (
+        base_version + 1,
+        base_version,
+        4,
+        4,
+    )
+    assert newest["total_samples"] == 600
+    assert newest["metrics"]["mean_loss"] == pytest.approx(
+        (100 * 0.4 + 300 * 0.2 + 50 * 1.0 + 150 * 0.3) / 600
+    )
+    assert history["versions"][-1]["version"] == 0 and history["versions"][-1]["trigger"] == "init"
+
+    devices = {d["device_id"]: d for d in api.http.get("/api/devices").json()["devices"]}
+    assert {"mote-01", "mote-02", "mote-03", "mote-04"} <= set(devices)
+    assert devices["mote-02"]["n_samples"] == 300 and devices["mote-02"]["status"] == "active"
+
+    old = api.model(version=base_version)
+    assert old["version"] == base_version
+    assert api.http.get("/api/global-model", params={"version": 10_000}).status_code == 404
+
+
+# ------------------------------------------------------------------------------ authentication
+
+
+def test_every_authentication_case(api):
+    device = api.token("device", "mote-10")
+    other_device = api.token("device", "mote-11")
+    trainer = api.token("trainer")
+    admin_key = api.token("admin")
+    update = api.update("mote-10")
+
+    response = api.http.post("/api/local-update", json=encode_json_update(update))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "missing credentials" in response.json()["error"]
+
+    for wrong in ("nonsense", "flead_0123456789abcdef_notthesecret", device + "x", "Basic abc"):
+        response = api.submit(update, wrong)
+        assert response.status_code == 401, wrong
+        assert response.json()["error"] == "invalid or revoked token"
+
+    response = api.submit(update, other_device)
+    assert response.status_code == 403
+    assert "mote-11" in response.json()["error"] and "mote-10" in response.json()["error"]
+
+    for token in (device, trainer):
+        for path, body in (("/api/aggregate", None), ("/api/config", {"max_staleness": 3})):
+            response = api.http.post(path, json=body, headers=api.auth(token))
+            assert response.status_code == 403, (path, response.text)
+            assert "admin" in response.json()["error"]
+    assert api.http.post("/api/aggregate").status_code == 401
+
+    assert api.submit(update, device).status_code == 202
+    assert api.submit(api.update("mote-99"), trainer).status_code == 202
+    for token in (ADMIN_KEY, admin_key):
+        response = api.http.post("/api/aggregate", headers=api.auth(token))
+        assert response.status_code == 200, response.text
+    assert api.http.get("/api/config").json()["max_staleness"] == api.settings.max_staleness  # unchanged
+
+    key_id = device.split("_")[1]
+    assert api.service.keys.revoke(key_id)
+    assert api.submit(api.update("mote-10"), device).status_code == 401
+
+
+# ------------------------------------------------------------------------------ limits and refusals
+
+
+def test_request_over_the_size_limit_is_413(api):
+    token = api.token("trainer")
+    limit = api.settings.api_max_body_bytes
+    body = b'{"device_id": "mote-01", "pad": "' + b"x" * limit + b'"}'
+    headers = {**api.auth(token), "Content-Type": "application/json"}
+    response = api.http.post("/api/local-update", content=body, headers=headers)
+    assert response.status_code == 413
+    assert str(limit) in response.json()["error"]
+
+    def chunks():  # no Content-Length: the limit applies while the body streams in
+        for _ in range(limit // 65536 + 2):
+            yield b"x" * 65536
+
+    response = api.http.post("/api/local-update", content=chunks(), headers=headers)
+    assert response.status_code == 413
+    assert api.http.get("/api/status").json()["updates"]["pending"] == 0
+
+
+def test_nan_and_other_bad_updates_are_refused_with_422(api):
+    token = api.token("trainer")
+    pending_before = api.http.get("/api/status").json()["updates"]["pending"]
+
+    def refused(request: dict) -> str:
+        headers = {**api.auth(token), **request.get("headers", {})}
+        response = api.http.post("/api/local-update", content=request["content"], headers=headers)
+        assert response.status_code == 422, response.text
+        return response.json()["error"]
+
+    nan_update = api.update("mote-20")
+    name = next(iter(nan_update.arrays))
+    nan_update.arrays[name][0, 0] = np.nan
+    assert "NaN" in refused(as_json(encode_json_update(nan_update)))  # the NaN literal, as Python writes it
+    response = api.submit(nan_update, token, binary=True)
+    assert response.status_code == 422 and "NaN" in response.json()["error"]
+
+    good = encode_json_update(api.update("mote-20"))
+    cases = {
+        "shape": {**good, "arrays": {**good["arrays"], name: [[0.0, 1.0]]}},
+        "names do not match": {**good, "arrays": {**good["arrays"], "extra.W": [[1.0]]}},
+        "from the future": {**good, "base_version": 10_000},
+        "numbers only": {**good, "arrays": {**good["arrays"], name: [["a"]]}},
+        "rectangular": {**good, "arrays": {**good["arrays"], name: [[1.0], [1.0, 2.0]]}},
+        "n_samples": {**good, "n_samples": 0},
+        "kind": {**good, "kind": "gradient"},
+        "device_id": {**good, "device_id": ""},
+        "finite": {**good, "metrics": {"loss": float("inf")}},
+    }
+    for expected, body in cases.items():
+        assert expected in refused(as_json(body)), expected
+    assert "not valid JSON" in refused(
+        {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
+    )
+    assert "container" in refused(
+        {"content": b"garbage", "headers": {"Content-Type": "application/octet-stream"}}
+    )
+    response = api.http.post(
+        "/api/local-update", content=b"x", headers={**api.auth(token), "Content-Type": "text/plain"}
+    )
+    assert response.status_code == 415
+    assert api.http.get("/api/status").json()["updates"]["pending"] == pending_before
+
+
+def test_stale_update_is_refused_with_the_reason(api):
+    token = api.token("trainer")
+    api.configure(max_staleness=1)
+    try:
+        base = api.version()
+        for i in range(2):
+            assert api.submit(api.update(f"mote-3{i}"), token).status_code == 202
+            assert api.aggregate()["created"]
+        response = api.submit(api.update("mote-39", base_version=base), token)
+        assert response.status_code == 422
+        assert "too stale" in response.json()["error"]
+    finally:
+        api.configure(max_staleness=api.settings.max_staleness)
+
+
+def test_duplicate_update_is_counted_once(api):
+    token = api.token("device", "mote-40")
+    update = api.update("mote-40", update_id="once", n_samples=77)
+    first = api.submit(update, token)
+    assert first.status_code == 202 and first.json()["pending"] == 1
+    again = api.submit(update, token, binary=True)
+    assert again.status_code == 200
+    assert again.json()["status"] == "duplicate" and again.json()["pending"] == 1
+
+    outcome = api.aggregate()
+    assert outcome["n_updates"] == 1
+    assert api.http.get("/api/history").json()["versions"][0]["total_samples"] == 77
+    late = api.submit(update, token)
+    assert late.status_code == 200 and late.json() == {
+        "status": "duplicate",
+        "pending": 0,
+        "version": api.version(),
+    }
+    outcome = api.aggregate()
+    assert outcome["created"] is False and outcome["reason"] == "no pending updates"
+
+
+# ------------------------------------------------------------------------------ formats and caching
+
+
+def test_etag_and_if_none_match(api):
+    latest = api.http.get("/api/global-model")
+    etag = latest.headers["etag"]
+    assert latest.headers["cache-control"] == "no-cache"
+    not_modified = api.http.get("/api/global-model", headers={"If-None-Match": etag})
+    assert not_modified.status_code == 304
+    assert not_modified.content == b""
+    assert not_modified.headers["etag"] == etag
+
+    binary = api.http.get("/api/global-model", headers={"Accept": "application/octet-stream"})
+    assert binary.headers["etag"] != etag  # per format
+    assert (
+        api.http.get(
+            "/api/global-model", headers={"Accept": "application/octet-stream", "If-None-Match": etag}
+        ).status_code
+        == 200
+    )
+
+    token = api.token("trainer")
+    assert api.submit(api.update("mote-50"), token).status_code == 202
+    api.aggregate()
+    newer = api.http.get("/api/global-model", headers={"If-None-Match": etag})
+    assert newer.status_code == 200  # a new version: a new ETag
+    assert newer.headers["etag"] != etag
+
+    old_version = latest.json()["version"]
+    pinned = api.http.get(
+        "/api/global-model", params={"version": old_version}, headers={"If-None-Match": f'W/"x", {etag}'}
+    )
+    assert pinned.status_code == 304
+    assert "immutable" in pinned.headers["cache-control"]
+
+
+# ------------------------------------------------------------------------------ operations and queries
+
+
+def test_config_is_validated_and_persisted(api):
+    assert api.configure(strategy="median", proximal_mu=0.01)["strategy"] == "median"
+    stored = api.db[api.settings.collection_api_config].find_one({})
+    assert stored["strategy"] == "median" and stored["proximal_mu"] == 0.01
+    for bad in (
+        {"strategy": "best"},
+        {"auto_aggregate_threshold": 0},
+        {"personal_mix": 2},
+        {"colour": "red"},
+    ):
+        response = api.http.post("/api/config", json=bad, headers=api.admin)
+        assert response.status_code == 422, bad
+        assert "error" in response.json()
+    token = api.token("trainer")
+    assert api.submit(api.update("mote-60"), token).status_code == 202
+    created = api.aggregate()
+    assert api.model()["strategy"] == "median"
+    assert api.model()["client"]["proximal_mu"] == 0.01  # served with versions made after the change
+    assert api.http.get("/api/history").json()["versions"][0]["version"] == created["version"]
+    api.configure(strategy="fedavg", proximal_mu=0.0)
+
+
+def test_anomalies_filters_and_pagination(api):
+    anomalies = api.db[api.settings.collection_anomalies]
+    start = datetime(2004, 3, 1, tzinfo=UTC)
+    anomalies.insert_many(
+        [
+            {
+                "_id": f"mote-7{i % 3}:{i}",
+                "device_id": f"mote-7{i % 3}",
+                "ts": start + timedelta(minutes=i),
+                "score": float(i),
+                "threshold": 2.5,
+                "kind": "spike",
+            }
+            for i in range(30)
+        ]
+    )
+    page = api.http.get("/api/anomalies", params={"device": "mote-71", "limit": 4}).json()
+    assert page["total"] == 10 and len(page["items"]) == 4 and page["next_offset"] == 4
+    assert [item["score"] for item in page["items"]] == [28.0, 25.0, 22.0, 19.0]  # newest first
+    assert page["items"][0]["ts"] == (start + timedelta(minutes=28)).isoformat()
+    last = api.http.get("/api/anomalies", params={"device": "mote-71", "limit": 4, "offset": 8}).json()
+    assert len(last["items"]) == 2 and last["next_offset"] is None
+
+    window = {
+        "since": (start + timedelta(minutes=10)).isoformat(),
+        "until": (start + timedelta(minutes=20)).isoformat(),
+    }
+    assert api.http.get("/api/anomalies", params=window).json()["total"] == 10
+    assert api.http.get("/api/anomalies", params={**window, "min_score": 15}).json()["total"] == 5
+    for bad in ({"limit": 0}, {"since": "yesterday"}, {"min_score": "nan"}, {"device": "a b"}):
+        response = api.http.get("/api/anomalies", params=bad)
+        assert response.status_code == 422, bad
+        assert response.json()["error"].startswith("invalid request")
+
+    devices = {d["device_id"]: d for d in api.http.get("/api/devices").json()["devices"]}
+    assert devices["mote-72"]["anomalies"]["count"] == 10
+    assert devices["mote-72"]["anomalies"]["max_score"] == 29.0
+
+
+def test_status_health_metrics_and_errors_are_json(api):
+    status = api.http.get("/api/status").json()
+    assert status["config"]["auto_aggregate_threshold"] == 1000
+    assert status["architecture"]["kind"] == "autoencoder"
+    assert status["versions"] == status["version"] + 1
+
+    health = api.http.get("/health")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "mongodb": True, "version": status["version"]}
+
+    token = api.token("trainer")
+    assert api.submit(api.update("mote-80"), token).status_code == 202
+    api.submit(api.update("mote-80", n_samples=0), token)
+    metrics = api.http.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'flead_api_local_updates_total{outcome="accepted"}' in text
+    assert 'flead_api_local_updates_total{outcome="refused"}' in text
+    assert 'flead_api_aggregations_total{outcome="created",trigger="manual"}' in text
+    assert f"flead_api_global_model_version {float(status['version'])}" in text
+    assert "flead_api_pending_updates 1.0" in text
+    assert 'route="/api/local-update"' in text
+
+    missing = api.http.get("/no/such/thing")
+    assert missing.status_code == 404 and "no such endpoint" in missing.json()["error"]
+    wrong_method = api.http.delete("/api/status")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    assert api.http.get("/api/global-model", params={"version": -1}).status_code == 422

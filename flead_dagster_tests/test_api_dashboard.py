@@ -1,0 +1,124 @@
+"""The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, through selenium):
+both Plotly charts render with data, the tables list the devices and the latest anomalies, and a
+screenshot is saved to artifacts/dashboard.png."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from flead_dagster_tests.test_api import api_harness
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+DEVICES = ("mote-01", "mote-02", "mote-03")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (`make test` installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def api(services_env):
+    with api_harness() as harness:
+        harness.configure(auto_aggregate_threshold=1000)
+        trainer = harness.token("trainer")
+        for round_ in range(4):
+            for i, device in enumerate(DEVICES):
+                update = harness.update(
+                    device, seed=round_ * 3 + i, n_samples=100 + i, loss=1.0 / (round_ + 1)
+                )
+                assert harness.submit(update, trainer).status_code == 202
+            assert harness.aggregate()["created"]
+        start = datetime(2004, 3, 1, tzinfo=UTC)
+        harness.db[harness.settings.collection_anomalies].insert_many(
+            [
+                {
+                    "_id": f"{device}:{i}",
+                    "device_id": device,
+                    "ts": start + timedelta(hours=7 * i + d),
+                    "score": 3.0 + i + d,
+                    "threshold": 2.5,
+                }
+                for d, device in enumerate(DEVICES)
+                for i in range(6 + 2 * d)
+            ]
+        )
+        now = datetime.now(UTC)
+        harness.db[harness.settings.collection_devices].insert_many(
+            [
+                {
+                    "_id": device,
+                    "device_id": device,
+                    "readings": 5000 + d,
+                    "last_seen": start,
+                    "updated_at": now,
+                }
+                for d, device in enumerate(DEVICES)
+            ]
+        )
+        yield harness
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_dashboard_renders_charts_and_tables_in_chromium(api, browser):
+    browser.get(f"{api.server.url}/")
+    wait = WebDriverWait(browser, 30)
+    for chart in ("versions-chart", "anomalies-chart"):
+        wait.until(lambda b, chart=chart: b.find_elements(By.CSS_SELECTOR, f"#{chart} .main-svg"))
+
+    traces = browser.execute_script(
+        "return ['versions-chart', 'anomalies-chart'].map(id => document.getElementById(id).data.map("
+        "t => ({name: t.name, points: t.x.length})))"
+    )
+    versions, anomalies = traces
+    assert {"name": "version", "points": 5} in versions  # versions 0..4
+    assert {"name": "mean training loss", "points": 4} in versions
+    assert anomalies == [{"name": d, "points": 6 + 2 * i} for i, d in enumerate(DEVICES)]
+    # Plotly drew the points, not only the axes.
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#anomalies-chart .scatterlayer .point")) == 6 + 8 + 10
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#devices-table tbody tr")
+    assert [row.find_element(By.TAG_NAME, "td").text for row in rows] == list(DEVICES)
+    assert "active" in rows[0].text and "5000" in rows[0].text
+    latest = browser.find_elements(By.CSS_SELECTOR, "#anomalies-table tbody tr")
+    assert len(latest) == 20
+    assert latest[0].text.startswith("2004-03-03 17:00:00 mote-03")
+    assert "version 4" in browser.find_element(By.ID, "subtitle").text
+
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []  # e.g. plotly.min.js failed to load
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))

@@ -1,0 +1,1 @@
+"""Long-running FLEAD services: thin shells over the `flead` core library."""

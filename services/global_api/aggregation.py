@@ -1,0 +1,156 @@
+"""Turns the pending updates into the next global version, safely under concurrency.
+
+Any number of aggregations may run at once, in threads of one API or in several replicas. Each one:
+
+1. reads the latest version ``v`` and brings its consumed updates' status in step (idempotent; this
+   completes an aggregation that stopped between steps 3 and 5);
+2. reads the pending updates and runs the configured strategy over them;
+3. when that makes a version, inserts it as document ``_id = v + 1`` listing the consumed updates;
+4. the unique ``_id`` lets exactly one aggregation win ``v + 1``; a loser starts again from 1 and
+   finds the updates the winner took gone;
+5. the winner marks its updates ``aggregated`` (with the version) and the unusable ones ``refused``.
+
+An aggregation that created ``v + 1`` had read ``v`` and, before reading the pending updates,
+marked everything ``v`` consumed (and by induction every earlier version's updates were marked
+before ``v`` was made), so no update is counted in two versions, and every accepted update stays
+pending until a version consumes it or it is refused with a reason. This needs no multi-document
+transaction, so it also runs on a standalone MongoDB.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from flead.federated import AggregationResult, make_strategy
+from services.global_api.registry import ModelRegistry, ModelVersion, VersionConflict
+from services.global_api.runtime_config import RuntimeConfigStore
+from services.global_api.update_store import UpdateStore, update_key
+
+MAX_ATTEMPTS = 50
+
+
+class AggregationBusy(RuntimeError):
+    """Concurrent aggregations kept winning every version this one tried to create."""
+
+
+@dataclass(frozen=True)
+class AggregationOutcome:
+    created: bool
+    version: int  # the new version, or the current one when none was made
+    parent_version: int | None = None
+    reason: str | None = None  # why no version was made
+    n_updates: int = 0
+    n_devices: int = 0
+    refused: tuple[dict, ...] = field(default_factory=tuple)
+    attempts: int = 1
+
+    def to_dict(self) -> dict:
+        return {
+            "created": self.created,
+            "version": self.version,
+            "parent_version": self.parent_version,
+            "reason": self.reason,
+            "n_updates": self.n_updates,
+            "n_devices": self.n_devices,
+            "refused": list(self.refused),
+            "attempts": self.attempts,
+        }
+
+
+class Aggregator:
+    def __init__(self, registry: ModelRegistry, updates: UpdateStore, config: RuntimeConfigStore) -> None:
+        self._registry = registry
+        self._updates = updates
+        self._config = config
+
+    def repair(self) -> ModelVersion:
+        """Step 1: mark what the latest version consumed; returns that version."""
+        latest = self._registry.latest()
+        self._updates.mark_aggregated(latest.update_keys, latest.version)
+        return latest
+
+    def aggregate(self, *, trigger: str = "manual") -> AggregationOutcome:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            latest = self.repair()
+            pending = self._updates.pending()
+            if not pending:
+                return AggregationOutcome(
+                    False, latest.version, reason="no pending updates", attempts=attempt
+                )
+            config = self._config.load()
+            aggregation = config.aggregation()
+            state = self._registry.state(latest.version)
+            older_bases = {
+                u.base_version
+                for u in pending
+                if u.kind == "weights" and latest.version - aggregation.max_staleness <= u.base_version
+            }
+            result = make_strategy(aggregation).aggregate(
+                state,
+                pending,
+                history=self._registry.weights_history(older_bases - {latest.version}),
+                now=datetime.now(UTC),
+            )
+            refusals = [(update_key(r.device_id, r.update_id), r.reason) for r in result.refused]
+            refused = tuple(
+                {"device_id": r.device_id, "update_id": r.update_id, "reason": r.reason}
+                for r in result.refused
+            )
+            if not result.created:
+                self._updates.mark_refused(refusals, at_version=latest.version)
+                return AggregationOutcome(
+                    False, latest.version, reason=result.skipped_reason, refused=refused, attempts=attempt
+                )
+            keys = [update_key(a.device_id, a.update_id) for a in result.accepted]
+            try:
+                created = self._registry.insert_aggregate(
+                    result,
+                    architecture=latest.model_config(),
+                    strategy=aggregation.strategy,
+                    trigger=trigger,
+                    client=config.client(),
+                    update_keys=keys,
+                    metrics=version_metrics(result, pending),
+                )
+            except VersionConflict:
+                continue
+            self._updates.mark_aggregated(keys, created.version)
+            self._updates.mark_refused(refusals, at_version=created.version)
+            return AggregationOutcome(
+                True,
+                created.version,
+                parent_version=latest.version,
+                n_updates=created.n_updates,
+                n_devices=created.n_devices,
+                refused=refused,
+                attempts=attempt,
+            )
+        raise AggregationBusy(f"gave up after {MAX_ATTEMPTS} conflicting concurrent aggregations")
+
+
+def version_metrics(result: AggregationResult, updates: list) -> dict:
+    """The summary of an aggregation plus the sample-weighted mean of every metric the accepted
+    updates reported (e.g. ``loss``)."""
+    summary = result.summary
+    metrics: dict[str, float | int | None] = {
+        "mean_loss": summary.mean_loss,
+        "mean_staleness": summary.mean_staleness,
+        "n_clipped": summary.n_clipped,
+        "n_refused": summary.n_refused,
+    }
+    accepted = {(a.device_id, a.update_id) for a in result.accepted}
+    sums: dict[str, float] = defaultdict(float)
+    weights: dict[str, int] = defaultdict(int)
+    for update in updates:
+        if update.key not in accepted:
+            continue
+        for name, value in update.metrics.items():
+            sums[name] += float(value) * update.n_samples
+            weights[name] += update.n_samples
+    for name in sorted(sums):
+        mean = sums[name] / weights[name]
+        metrics[f"mean_{name}"] = mean if math.isfinite(mean) else None
+    return metrics

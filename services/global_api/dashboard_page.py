@@ -1,0 +1,211 @@
+"""The dashboard at ``/``: server-rendered HTML with two Plotly charts (global versions over time with
+their metrics; an anomaly timeline per device) and two tables (devices; the latest anomalies).
+
+Chart data is embedded as JSON in the page and drawn by ``/static/dashboard.js`` with the
+``plotly.min.js`` of the installed plotly package: the page needs no network beyond this API.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+from services.global_api.monitoring import AnomalyFilter
+from services.global_api.service import GlobalModelService
+
+MAX_VERSIONS = 500
+MAX_ANOMALIES = 2000
+LATEST_ANOMALIES = 20
+REFRESH_SECONDS = 30
+
+
+def render_dashboard(service: GlobalModelService) -> str:
+    versions = [v.summary() for v in reversed(service.registry.history(limit=MAX_VERSIONS))]
+    anomalies = service.monitoring.anomalies(AnomalyFilter(), limit=MAX_ANOMALIES)["items"]
+    devices = service.monitoring.devices()
+    pending = service.updates.pending_count()
+    latest = versions[-1] if versions else None
+    subtitle = (
+        f"global model version {latest['version']} ({latest['strategy'] or 'initial'}), "
+        f"{pending} pending updates, {len(devices)} devices"
+        if latest
+        else "no global model version yet"
+    )
+    return PAGE.format(
+        refresh=REFRESH_SECONDS,
+        subtitle=escape(subtitle),
+        versions_json=_script_json(versions_figure(versions)),
+        anomalies_json=_script_json(anomaly_timeline_figure(anomalies)),
+        devices_table=devices_table(devices),
+        anomalies_table=anomalies_table(anomalies[:LATEST_ANOMALIES]),
+    )
+
+
+def versions_figure(versions: list[dict]) -> dict:
+    times = [v["created_at"] for v in versions]
+    hover = [
+        f"version {v['version']}<br>{v['strategy'] or 'initial'}, {v['n_updates']} updates "
+        f"from {v['n_devices']} devices"
+        for v in versions
+    ]
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "version",
+            "x": times,
+            "y": [v["version"] for v in versions],
+            "text": hover,
+            "hovertemplate": "%{text}<extra></extra>",
+            "line": {"shape": "hv"},
+        }
+    ]
+    losses = [(v["created_at"], v["metrics"].get("mean_loss")) for v in versions]
+    losses = [(t, loss) for t, loss in losses if loss is not None]
+    if losses:
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "mean training loss",
+                "x": [t for t, _ in losses],
+                "y": [loss for _, loss in losses],
+                "yaxis": "y2",
+            }
+        )
+    layout = {
+        "margin": {"t": 10, "r": 60, "b": 40, "l": 50},
+        "xaxis": {"title": {"text": "created at (UTC)"}},
+        "yaxis": {"title": {"text": "version"}, "rangemode": "tozero"},
+        "yaxis2": {"title": {"text": "mean loss"}, "overlaying": "y", "side": "right", "showgrid": False},
+        "legend": {"orientation": "h", "y": 1.12},
+    }
+    return {"data": data, "layout": layout}
+
+
+def anomaly_timeline_figure(anomalies: list[dict]) -> dict:
+    by_device: dict[str, list[dict]] = {}
+    for event in anomalies:
+        by_device.setdefault(str(event.get("device_id")), []).append(event)
+    data = []
+    for device_id in sorted(by_device):
+        events = sorted(by_device[device_id], key=lambda e: str(e.get("ts")))
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": device_id,
+                "x": [e.get("ts") for e in events],
+                "y": [device_id] * len(events),
+                "customdata": [[e.get("score"), e.get("threshold")] for e in events],
+                "hovertemplate": "%{y} at %{x}<br>score %{customdata[0]:.3g} "
+                "(threshold %{customdata[1]:.3g})<extra></extra>",
+                "marker": {"size": 9, "opacity": 0.8},
+            }
+        )
+    layout = {
+        "margin": {"t": 10, "r": 20, "b": 40, "l": 90},
+        "xaxis": {"title": {"text": "event time (UTC)"}},
+        "yaxis": {"type": "category", "title": {"text": "device"}},
+        "showlegend": False,
+    }
+    if not data:
+        layout["annotations"] = [
+            {"text": "no anomalies recorded yet", "showarrow": False, "xref": "paper", "yref": "paper"}
+        ]
+    return {"data": data, "layout": layout}
+
+
+def devices_table(devices: list[dict]) -> str:
+    if not devices:
+        return '<p class="empty">no devices have reported yet</p>'
+    columns = (
+        "device",
+        "status",
+        "last reading (UTC)",
+        "last contact (UTC)",
+        "readings",
+        "updates",
+        "samples federated",
+        "anomalies",
+        "last anomaly (UTC)",
+    )
+    rows = "".join(
+        "<tr>"
+        f"<td>{escape(d['device_id'])}</td>"
+        f'<td><span class="status status-{escape(d["status"])}">{escape(d["status"])}</span></td>'
+        f"<td>{_when(d['last_seen'])}</td>"
+        f"<td>{_when(d['last_contact'])}</td>"
+        f'<td class="num">{_number(d["readings"])}</td>'
+        f'<td class="num">{_number(d["n_updates"])}</td>'
+        f'<td class="num">{_number(d["n_samples"])}</td>'
+        f'<td class="num">{_number(d["anomalies"]["count"])}</td>'
+        f"<td>{_when(d['anomalies']['last_ts'])}</td>"
+        "</tr>"
+        for d in devices
+    )
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
+    return f'<table id="devices-table"><thead>{head}</thead><tbody>{rows}</tbody></table>'
+
+
+def anomalies_table(anomalies: list[dict]) -> str:
+    if not anomalies:
+        return '<p class="empty">no anomalies recorded yet</p>'
+    rows = "".join(
+        "<tr>"
+        f"<td>{_when(a.get('ts'))}</td>"
+        f"<td>{escape(str(a.get('device_id')))}</td>"
+        f'<td class="num">{_number(a.get("score"))}</td>'
+        f'<td class="num">{_number(a.get("threshold"))}</td>'
+        "</tr>"
+        for a in anomalies
+    )
+    head = "<tr><th>time (UTC)</th><th>device</th><th>score</th><th>threshold</th></tr>"
+    return f'<table id="anomalies-table"><thead>{head}</thead><tbody>{rows}</tbody></table>'
+
+
+def _when(value: object) -> str:
+    """An ISO 8601 UTC time as ``2004-03-01 12:30:15`` (the columns say UTC)."""
+    if not isinstance(value, str) or len(value) < 19:
+        return "-"
+    return escape(value[:19].replace("T", " "))
+
+
+def _number(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
+
+
+def _script_json(value: object) -> str:
+    """JSON safe inside a <script> element."""
+    return json.dumps(value, allow_nan=False).replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="{refresh}">
+<title>FLEAD global model</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="/static/dashboard.css">
+<script src="/static/plotly.min.js"></script>
+</head>
+<body>
+<header><h1>FLEAD: federated anomaly detection</h1><p id="subtitle">{subtitle}</p></header>
+<main>
+<section><h2>Global model versions</h2>
+<div id="versions-chart" class="chart" data-figure="versions-data"></div></section>
+<section><h2>Anomalies per device</h2>
+<div id="anomalies-chart" class="chart" data-figure="anomalies-data"></div></section>
+<section class="wide"><h2>Devices</h2>{devices_table}</section>
+<section class="wide"><h2>Latest anomalies</h2>{anomalies_table}</section>
+</main>
+<script type="application/json" id="versions-data">{versions_json}</script>
+<script type="application/json" id="anomalies-data">{anomalies_json}</script>
+<script src="/static/dashboard.js"></script>
+</body>
+</html>
+"""

@@ -1,0 +1,158 @@
+"""Read-only views for operators: devices and anomalies, from what the stream trainer writes
+(``collection_devices``: per-device statistics such as ``readings``, ``last_seen`` (event time of the
+latest reading) and ``updated_at`` (wall clock); ``collection_anomalies``: one event per anomalous
+reading with ``device_id``, ``ts``, ``score``, ``threshold``, ...) and the updates the API received."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.collection import Collection
+from pymongo.errors import OperationFailure
+
+from services.global_api.update_store import UpdateStore
+
+log = logging.getLogger(__name__)
+
+IDLE_AFTER = timedelta(minutes=10)  # a device not heard from for this long (wall clock) is "idle"
+
+
+def jsonable(value: Any) -> Any:
+    """A MongoDB value as JSON: ids as strings, times in ISO 8601 (UTC), non-finite floats as null."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return utc(value).isoformat()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes):
+        return None
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)  # ObjectId, Decimal128, ...: readable, never a failed response
+
+
+def utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class AnomalyFilter:
+    device_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    min_score: float | None = None
+
+    def query(self) -> dict:
+        query: dict[str, Any] = {}
+        if self.device_id is not None:
+            query["device_id"] = self.device_id
+        if self.since is not None or self.until is not None:
+            query["ts"] = {}
+            if self.since is not None:
+                query["ts"]["$gte"] = utc(self.since)
+            if self.until is not None:
+                query["ts"]["$lt"] = utc(self.until)
+        if self.min_score is not None:
+            query["score"] = {"$gte": self.min_score}
+        return query
+
+
+class Monitoring:
+    def __init__(self, devices: Collection, anomalies: Collection, updates: UpdateStore) -> None:
+        self._devices = devices
+        self._anomalies = anomalies
+        self._updates = updates
+
+    def ensure_indexes(self) -> None:
+        """Indexes for the anomaly queries (newest first, per device). The trainer owns the collection:
+        if it made an equivalent index under another name, that one serves."""
+        for keys in ([("ts", DESCENDING)], [("device_id", ASCENDING), ("ts", DESCENDING)]):
+            try:
+                self._anomalies.create_index(keys)
+            except OperationFailure as exc:
+                log.info("anomaly index %s not created: %s", keys, exc)
+
+    def anomalies(self, where: AnomalyFilter, *, limit: int, offset: int = 0) -> dict:
+        """A page of anomalies, newest first, and how many match in total."""
+        query = where.query()
+        cursor = self._anomalies.find(query).sort([("ts", -1), ("_id", -1)]).skip(offset).limit(limit)
+        items = [jsonable(doc) for doc in cursor]
+        total = self._anomalies.count_documents(query)
+        return {
+            "items": items,
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + len(items) if offset + len(items) < total else None,
+        }
+
+    def anomaly_counts(self) -> dict[str, dict]:
+        pipeline = [
+            {
+                "$group": {
+                    "_id": "$device_id",
+                    "count": {"$sum": 1},
+                    "last_ts": {"$max": "$ts"},
+                    "max_score": {"$max": "$score"},
+                }
+            }
+        ]
+        return {doc["_id"]: doc for doc in self._anomalies.aggregate(pipeline) if doc["_id"] is not None}
+
+    def devices(self, *, now: datetime | None = None) -> list[dict]:
+        """Every device known from the trainer's statistics, its updates or its anomalies."""
+        now = now or datetime.now(UTC)
+        stats = {}
+        for doc in self._devices.find({}):
+            device_id = doc.get("device_id", doc["_id"])
+            stats[str(device_id)] = {k: v for k, v in doc.items() if k != "_id"}
+        updates = self._updates.per_device()
+        anomalies = self.anomaly_counts()
+        rows = []
+        for device_id in sorted(set(stats) | set(updates) | {str(d) for d in anomalies}):
+            trainer = stats.get(device_id, {})
+            received = updates.get(device_id, {})
+            flagged = anomalies.get(device_id, {})
+            # Wall-clock contact: the trainer's last write of the device's statistics, its last update.
+            contacts = [
+                utc(value)
+                for value in (trainer.get("updated_at"), received.get("last_update_at"))
+                if isinstance(value, datetime)
+            ]
+            last_contact = max(contacts) if contacts else None
+            rows.append(
+                jsonable(
+                    {
+                        "device_id": device_id,
+                        "status": device_status(last_contact, now),
+                        "last_contact": last_contact,
+                        "last_seen": trainer.get("last_seen"),  # event time of its latest reading
+                        "readings": trainer.get("readings"),
+                        "n_samples": received.get("n_samples", 0),
+                        "n_updates": received.get("n_updates", 0),
+                        "n_refused_updates": received.get("n_refused", 0),
+                        "last_update_at": received.get("last_update_at"),
+                        "anomalies": {
+                            "count": flagged.get("count", 0),
+                            "last_ts": flagged.get("last_ts"),
+                            "max_score": flagged.get("max_score"),
+                        },
+                        "stats": trainer,
+                    }
+                )
+            )
+        return rows
+
+
+def device_status(last_contact: datetime | None, now: datetime) -> str:
+    if last_contact is None:
+        return "unknown"
+    return "active" if now - last_contact <= IDLE_AFTER else "idle"

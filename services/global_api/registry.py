@@ -1,0 +1,299 @@
+"""Global model versions in ``collection_global_models``: one immutable document per version.
+
+A document's ``_id`` is its version number. Inserting version ``v + 1`` is the optimistic version
+check: the unique ``_id`` lets exactly one aggregation create each version, whichever replica runs
+it. The document lists the updates it consumed (``update_keys``), which makes it the record of what
+was counted; the updates' own status is brought in step from it (see ``aggregation``).
+
+Weights and the server optimiser's state are stored as ``flead.model.serialization`` containers
+(float32, bit exact). Versions never change, so decoded states are cached in memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+from bson import Binary
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from flead.federated import AggregationResult, ClientConfig, GlobalState
+from flead.model import AnomalyModel, ModelConfig
+from flead.model.serialization import pack, unpack
+
+WEIGHTS_FORMAT = "flead-global-weights"
+SERVER_STATE_FORMAT = "flead-server-state"
+CONTAINER_VERSION = 1
+ARRAY_FIELDS = {"weights": 0, "server_state": 0}
+STATE_CACHE_SIZE = 32
+# How long a process may answer "the latest version" from memory. Versions this process creates are
+# seen at once; versions another replica creates within this delay.
+LATEST_MAX_AGE_S = 0.5
+PROBE_BATCH = 16
+
+
+class VersionConflict(RuntimeError):
+    """Another aggregation created this version first."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A version's metadata (no arrays)."""
+
+    version: int
+    created_at: datetime
+    parent_version: int | None
+    strategy: str | None
+    trigger: str
+    architecture: dict
+    client: dict
+    n_updates: int = 0
+    n_devices: int = 0
+    total_samples: int = 0
+    metrics: dict = field(default_factory=dict)
+    update_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> ModelVersion:
+        return cls(
+            version=int(doc["_id"]),
+            created_at=_utc(doc["created_at"]),
+            parent_version=doc.get("parent_version"),
+            strategy=doc.get("strategy"),
+            trigger=doc.get("trigger", "unknown"),
+            architecture=doc["architecture"],
+            client=doc.get("client") or {},
+            n_updates=doc.get("n_updates", 0),
+            n_devices=doc.get("n_devices", 0),
+            total_samples=doc.get("total_samples", 0),
+            metrics=doc.get("metrics") or {},
+            update_keys=tuple(doc.get("update_keys") or ()),
+        )
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(dict(self.architecture))
+
+    def summary(self) -> dict:
+        """What ``GET /api/history`` lists."""
+        return {
+            "version": self.version,
+            "created_at": self.created_at.isoformat(),
+            "parent_version": self.parent_version,
+            "strategy": self.strategy,
+            "trigger": self.trigger,
+            "n_updates": self.n_updates,
+            "n_devices": self.n_devices,
+            "total_samples": self.total_samples,
+            "metrics": self.metrics,
+            "client": self.client,
+        }
+
+
+class ModelRegistry:
+    def __init__(self, collection: Collection) -> None:
+        self._versions = collection
+        self._states: OrderedDict[int, GlobalState] = OrderedDict()
+        self._lock = threading.Lock()
+        self._latest: int | None = None
+        self._latest_at = 0.0
+
+    # ------------------------------------------------------------------------------ reading
+
+    def latest_version(self, *, max_age_s: float = 0.0) -> int | None:
+        """The newest version number; with ``max_age_s`` > 0 possibly from memory, that old at most."""
+        checked_at = time.monotonic()
+        with self._lock:
+            known = self._latest
+            if known is not None and checked_at - self._latest_at <= max_age_s:
+                return known
+        version = self._probe_latest(known or 0)
+        if version is None and known:  # the database was emptied under us
+            version = self._probe_latest(0)
+        self._remember_latest(version, checked_at)
+        return version
+
+    def _probe_latest(self, start: int) -> int | None:
+        """The newest version at or after ``start``, found by id.
+
+        Versions are consecutive from 0, so looking ids up in batches finds the newest. An id lookup
+        (``$in``) uses the ``_id`` index on every MongoDB-compatible server; a sorted or range query on
+        ``_id`` scans the whole collection on some (SecantusDB), which grows with every version.
+        """
+        newest = None
+        while True:
+            batch = list(range(start, start + PROBE_BATCH))
+            found = [int(doc["_id"]) for doc in self._versions.find({"_id": {"$in": batch}}, {"_id": 1})]
+            if not found:
+                return newest
+            newest = max(found)
+            if newest < batch[-1]:
+                return newest
+            start = newest + 1
+
+    def _remember_latest(self, version: int | None, checked_at: float) -> None:
+        with self._lock:  # never go back: a slower, older answer must not replace a newer one
+            if version is not None and (self._latest is None or version >= self._latest):
+                self._latest, self._latest_at = version, checked_at
+
+    def latest(self) -> ModelVersion:
+        version = self.latest_version()
+        found = None if version is None else self.get(version)
+        if found is None:
+            raise LookupError("no global model version exists yet (the API creates version 0 on start)")
+        return found
+
+    def get(self, version: int) -> ModelVersion | None:
+        doc = self._versions.find_one({"_id": int(version)}, ARRAY_FIELDS)
+        return None if doc is None else ModelVersion.from_doc(doc)
+
+    def count(self) -> int:
+        """Versions are consecutive from 0."""
+        latest = self.latest_version()
+        return 0 if latest is None else latest + 1
+
+    def history(self, *, limit: int, offset: int = 0) -> list[ModelVersion]:
+        """Versions newest first: ``offset`` from the newest, at most ``limit`` (looked up by id)."""
+        newest = self.latest_version()
+        if newest is None or offset > newest:
+            return []
+        ids = list(range(newest - offset, max(-1, newest - offset - limit), -1))
+        docs = {doc["_id"]: doc for doc in self._versions.find({"_id": {"$in": ids}}, ARRAY_FIELDS)}
+        return [ModelVersion.from_doc(docs[i]) for i in ids if i in docs]
+
+    def state(self, version: int) -> GlobalState:
+        """The version's weights and server optimiser state (cached: versions never change)."""
+        with self._lock:
+            if version in self._states:
+                self._states.move_to_end(version)
+                return self._states[version]
+        doc = self._versions.find_one({"_id": int(version)})
+        if doc is None:
+            raise LookupError(f"global model version {version} does not exist")
+        _, weights = unpack(doc["weights"], WEIGHTS_FORMAT, (CONTAINER_VERSION,))
+        server_state: dict[str, dict[str, np.ndarray]] = {}
+        if doc.get("server_state"):
+            _, flat = unpack(doc["server_state"], SERVER_STATE_FORMAT, (CONTAINER_VERSION,))
+            for key, array in flat.items():
+                kind, _, name = key.partition("/")
+                server_state.setdefault(kind, {})[name] = array
+        state = GlobalState(
+            version=int(doc["_id"]),
+            weights=weights,
+            server_state=server_state,
+            created_at=_utc(doc["created_at"]),
+            parent_version=doc.get("parent_version"),
+        )
+        with self._lock:
+            self._states[state.version] = state
+            while len(self._states) > STATE_CACHE_SIZE:
+                self._states.popitem(last=False)
+        return state
+
+    def weights_history(self, versions: Iterable[int]) -> dict[int, dict[str, np.ndarray]]:
+        """Weights of the listed versions that exist (to turn full-weight updates into deltas)."""
+        history = {}
+        for version in set(versions):
+            try:
+                history[version] = self.state(version).weights
+            except LookupError:
+                continue
+        return history
+
+    def model(self, version: ModelVersion) -> AnomalyModel:
+        """The version as a shareable ``AnomalyModel`` (a fresh normaliser: devices keep their own)."""
+        model = AnomalyModel(version.model_config())
+        model.set_weights(dict(self.state(version.version).weights))
+        model.metadata = {
+            "version": version.version,
+            "created_at": version.created_at.isoformat(),
+            "parent_version": version.parent_version,
+            "strategy": version.strategy,
+            "client": version.client,
+        }
+        return model
+
+    # ------------------------------------------------------------------------------ writing
+
+    def create_initial(
+        self, config: ModelConfig, *, seed: int, client: ClientConfig, now: datetime | None = None
+    ) -> bool:
+        """Version 0 from a freshly initialised model; False when a version 0 already exists."""
+        model = AnomalyModel(config, seed=seed)
+        state = GlobalState.initial(model.get_weights(), now=now or datetime.now(UTC))
+        doc = _state_doc(state, config, strategy=None, trigger="init", client=client)
+        doc["seed"] = seed
+        try:
+            self._versions.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        self._remember_latest(0, time.monotonic())
+        return True
+
+    def insert_aggregate(
+        self,
+        result: AggregationResult,
+        *,
+        architecture: ModelConfig,
+        strategy: str,
+        trigger: str,
+        client: ClientConfig,
+        update_keys: list[str],
+        metrics: dict,
+    ) -> ModelVersion:
+        """Store ``result.new_state``; ``VersionConflict`` when that version exists already."""
+        state = result.new_state
+        if state is None:
+            raise ValueError("the aggregation made no new version")
+        summary = result.summary
+        doc = _state_doc(state, architecture, strategy=strategy, trigger=trigger, client=client)
+        doc.update(
+            update_keys=update_keys,
+            n_updates=summary.n_updates,
+            n_devices=summary.n_devices,
+            total_samples=summary.total_samples,
+            metrics=metrics,
+        )
+        try:
+            self._versions.insert_one(doc)
+        except DuplicateKeyError:
+            raise VersionConflict(
+                f"version {state.version} was created by a concurrent aggregation"
+            ) from None
+        self._remember_latest(state.version, time.monotonic())
+        return ModelVersion.from_doc(doc)
+
+
+def _state_doc(
+    state: GlobalState, architecture: ModelConfig, *, strategy: str | None, trigger: str, client: ClientConfig
+) -> dict:
+    header = {"format": WEIGHTS_FORMAT, "format_version": CONTAINER_VERSION}
+    flat_server_state = {
+        f"{kind}/{name}": array
+        for kind, arrays in state.server_state.items()
+        for name, array in arrays.items()
+    }
+    return {
+        "_id": state.version,
+        "parent_version": state.parent_version,
+        "created_at": state.created_at,
+        "strategy": strategy,
+        "trigger": trigger,
+        "architecture": architecture.to_dict(),
+        "client": {"proximal_mu": client.proximal_mu, "personal_mix": client.personal_mix},
+        "weights": Binary(pack(header, dict(state.weights))),
+        "server_state": Binary(
+            pack({"format": SERVER_STATE_FORMAT, "format_version": CONTAINER_VERSION}, flat_server_state)
+        )
+        if flat_server_state
+        else None,
+    }
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,49 @@
+"""``GET /api/status``, ``GET /api/devices``, ``GET /api/anomalies``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Query
+
+from services.global_api.auth import get_service
+from services.global_api.codec import ID_PATTERN
+from services.global_api.monitoring import AnomalyFilter
+from services.global_api.service import GlobalModelService
+
+router = APIRouter(tags=["monitoring"])
+
+
+@router.get("/api/status", summary="Current version, pending updates, configuration")
+def get_status(service: GlobalModelService = Depends(get_service)) -> dict:
+    latest = service.registry.latest()
+    return {
+        "version": latest.version,
+        "created_at": latest.created_at.isoformat(),
+        "strategy": latest.strategy,
+        "versions": service.registry.count(),
+        "updates": service.updates.status_counts(),
+        "config": service.config.load().to_dict(),
+        "architecture": latest.architecture,
+    }
+
+
+@router.get("/api/devices", summary="Devices: last seen, samples, updates, anomaly counts, trainer stats")
+def get_devices(service: GlobalModelService = Depends(get_service)) -> dict:
+    return {"devices": service.monitoring.devices()}
+
+
+@router.get("/api/anomalies", summary="Anomaly events, newest first, filtered and paginated")
+def get_anomalies(
+    device: str | None = Query(None, pattern=ID_PATTERN, description="Only this device."),
+    since: datetime | None = Query(
+        None, description="Events at or after this time (ISO 8601; UTC if naive)."
+    ),
+    until: datetime | None = Query(None, description="Events before this time."),
+    min_score: float | None = Query(None, allow_inf_nan=False, description="Only scores at least this."),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=10_000_000),
+    service: GlobalModelService = Depends(get_service),
+) -> dict:
+    where = AnomalyFilter(device_id=device, since=since, until=until, min_score=min_score)
+    return service.monitoring.anomalies(where, limit=limit, offset=offset)

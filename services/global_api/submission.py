@@ -1,0 +1,107 @@
+"""Accepting one local update: idempotency, validation against the current model, persistence, and
+the automatic aggregation once enough updates are pending."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+
+from flead.federated import LocalUpdate, UpdateRefused, prepare_update
+from services.global_api.aggregation import AggregationBusy, AggregationOutcome, Aggregator
+from services.global_api.registry import LATEST_MAX_AGE_S, ModelRegistry
+from services.global_api.runtime_config import CONFIG_MAX_AGE_S, RuntimeConfigStore
+from services.global_api.update_store import UpdateStore
+
+
+class SubmitStatus(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    status: SubmitStatus
+    pending: int
+    version: int  # the latest global version after this submission
+    aggregation: AggregationOutcome | None = None  # the automatic aggregation it triggered
+
+    def to_dict(self) -> dict:
+        body: dict = {"status": str(self.status), "pending": self.pending, "version": self.version}
+        if self.aggregation is not None:
+            body["aggregation"] = self.aggregation.to_dict()
+        return body
+
+
+class Submissions:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        updates: UpdateStore,
+        config: RuntimeConfigStore,
+        aggregator: Aggregator,
+    ) -> None:
+        self._registry = registry
+        self._updates = updates
+        self._config = config
+        self._aggregator = aggregator
+        self._auto_lock = threading.Lock()
+
+    def submit(self, update: LocalUpdate, *, submitted_by: str) -> SubmitOutcome:
+        """Store ``update`` as pending, or report it as a duplicate; raises
+        ``flead.federated.UpdateRefused`` (with the reason) when it does not fit the current model."""
+        config = self._config.load(max_age_s=CONFIG_MAX_AGE_S)
+        aggregation = config.aggregation()
+        latest = self._registry.latest_version(max_age_s=LATEST_MAX_AGE_S)
+        if update.base_version > latest:  # the device saw a version newer than this process remembers
+            latest = self._registry.latest_version()
+        history = None
+        if update.kind == "weights" and update.base_version != latest:
+            history = self._registry.weights_history([int(update.base_version)])
+        try:
+            prepared = prepare_update(update, self._registry.state(latest), aggregation, history)
+        except UpdateRefused:
+            # A resubmission of an update received earlier (when it still fitted) is a duplicate.
+            if self._updates.exists(update.device_id, update.update_id):
+                return self._duplicate()
+            raise
+        if not self._updates.insert_pending(update, norm=prepared.norm, submitted_by=submitted_by):
+            return self._duplicate()
+        pending = self._updates.pending_count()
+        if pending < config.auto_aggregate_threshold:
+            return SubmitOutcome(SubmitStatus.ACCEPTED, pending, latest)
+        outcome = self._aggregate_at_threshold(config.auto_aggregate_threshold)
+        if outcome is not None:
+            latest = outcome.version
+        return SubmitOutcome(SubmitStatus.ACCEPTED, self._updates.pending_count(), latest, outcome)
+
+    def _aggregate_at_threshold(self, threshold: int) -> AggregationOutcome | None:
+        """Aggregate while at least ``threshold`` updates are pending; returns the first version made.
+
+        One thread of this process aggregates at a time: a submission that finds one at work leaves its
+        update to it, since that thread checks the pending count again after releasing the lock (and
+        the update was stored before). Without this, every submission arriving during an aggregation
+        would start one more, all racing for the same version.
+        """
+        first = None
+        while True:
+            if not self._auto_lock.acquire(blocking=False):
+                return first
+            try:
+                while self._updates.pending_count() >= threshold:
+                    try:
+                        outcome = self._aggregator.aggregate(trigger="auto")
+                    except AggregationBusy:  # other replicas are aggregating these updates
+                        return first
+                    first = first or outcome
+                    if not outcome.created:
+                        return first
+            finally:
+                self._auto_lock.release()
+            if self._updates.pending_count() < threshold:
+                return first
+
+    def _duplicate(self) -> SubmitOutcome:
+        return SubmitOutcome(
+            SubmitStatus.DUPLICATE, self._updates.pending_count(), self._registry.latest_version()
+        )

@@ -1,0 +1,176 @@
+"""Local updates in ``collection_local_updates``: the persistent FedBuff buffer every replica shares.
+
+One small document per ``(device_id, update_id)`` (its ``_id``, unique: a resubmission cannot be
+stored twice) with a status: ``pending`` until an aggregation consumes it (``aggregated``, with the
+version), or ``refused`` when an aggregation found it unusable (e.g. too stale by then), with the
+reason.
+
+The arrays (a ``flead-update`` container, ~40 kB for the default model) live beside it, under the
+same ``_id``, in ``<collection_local_updates>.arrays`` (the GridFS naming convention), and are deleted
+once the update is aggregated or refused: the version holds the result. Counting and summarising
+updates therefore never reads arrays (some MongoDB-compatible servers fetch whole documents to count
+an index range), and the arrays collection holds only what is pending.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import numpy as np
+from bson import Binary
+from pymongo import ASCENDING
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from flead.federated import LocalUpdate
+from flead.model.serialization import pack, unpack
+from services.global_api.codec import UPDATE_FORMAT, UPDATE_FORMAT_VERSION
+
+MISSING_ARRAYS = "its arrays were not stored (the submission did not complete); resubmit with a new update_id"
+
+
+class UpdateStatus(StrEnum):
+    PENDING = "pending"
+    AGGREGATED = "aggregated"
+    REFUSED = "refused"
+
+
+def update_key(device_id: str, update_id: str) -> str:
+    """The document id of an update: unambiguous whatever characters the ids hold."""
+    return json.dumps([device_id, update_id], separators=(",", ":"))
+
+
+def arrays_collection(updates: Collection) -> Collection:
+    return updates.database[f"{updates.name}.arrays"]
+
+
+class UpdateStore:
+    def __init__(self, collection: Collection) -> None:
+        self._updates = collection
+        self._arrays = arrays_collection(collection)
+
+    def ensure_indexes(self) -> None:
+        self._updates.create_index([("status", ASCENDING), ("received_at", ASCENDING)])
+        self._updates.create_index([("device_id", ASCENDING)])
+
+    def exists(self, device_id: str, update_id: str) -> bool:
+        return self._updates.count_documents({"_id": update_key(device_id, update_id)}, limit=1) > 0
+
+    def insert_pending(self, update: LocalUpdate, *, norm: float, submitted_by: str) -> bool:
+        """Store a validated update as pending; False when it was stored before (a duplicate).
+
+        The arrays go first (an upsert: it also replaces what an interrupted submission left), then
+        the status document, whose insertion is what accepts the update.
+        """
+        key = update_key(update.device_id, update.update_id)
+        header = {"format": UPDATE_FORMAT, "format_version": UPDATE_FORMAT_VERSION}
+        arrays = {name: np.asarray(value, dtype=np.float32) for name, value in update.arrays.items()}
+        self._arrays.replace_one({"_id": key}, {"arrays": Binary(pack(header, arrays))}, upsert=True)
+        try:
+            self._updates.insert_one(
+                {
+                    "_id": key,
+                    "device_id": update.device_id,
+                    "update_id": update.update_id,
+                    "base_version": int(update.base_version),
+                    "n_samples": int(update.n_samples),
+                    "kind": update.kind,
+                    "metrics": {name: float(value) for name, value in update.metrics.items()},
+                    "norm": float(norm),
+                    "status": str(UpdateStatus.PENDING),
+                    "received_at": datetime.now(UTC),
+                    "submitted_by": submitted_by,
+                }
+            )
+        except DuplicateKeyError:
+            # Known already. If it was consumed, its arrays were deleted: drop the copy just written.
+            if self._updates.count_documents({"_id": key, "status": str(UpdateStatus.PENDING)}, limit=1) == 0:
+                self._arrays.delete_one({"_id": key})
+            return False
+        return True
+
+    def pending_count(self) -> int:
+        return self._updates.count_documents({"status": str(UpdateStatus.PENDING)})
+
+    def status_counts(self) -> dict[str, int]:
+        return {
+            str(status): self._updates.count_documents({"status": str(status)}) for status in UpdateStatus
+        }
+
+    def pending(self) -> list[LocalUpdate]:
+        """Every pending update with its arrays, in arrival order. A pending update whose arrays are
+        missing (a submission interrupted between its two writes) is refused with the reason."""
+        docs = list(
+            self._updates.find({"status": str(UpdateStatus.PENDING)}).sort(
+                [("received_at", ASCENDING), ("_id", ASCENDING)]
+            )
+        )
+        if not docs:
+            return []
+        blobs = {
+            blob["_id"]: blob["arrays"]
+            for blob in self._arrays.find({"_id": {"$in": [d["_id"] for d in docs]}})
+        }
+        self.mark_refused(
+            [(d["_id"], MISSING_ARRAYS) for d in docs if d["_id"] not in blobs], at_version=None
+        )
+        updates = []
+        for doc in docs:
+            if doc["_id"] not in blobs:
+                continue
+            _, arrays = unpack(blobs[doc["_id"]], UPDATE_FORMAT, (UPDATE_FORMAT_VERSION,))
+            updates.append(
+                LocalUpdate(
+                    device_id=doc["device_id"],
+                    update_id=doc["update_id"],
+                    base_version=doc["base_version"],
+                    n_samples=doc["n_samples"],
+                    arrays=arrays,
+                    kind=doc["kind"],
+                    metrics=doc.get("metrics") or {},
+                )
+            )
+        return updates
+
+    def mark_aggregated(self, keys: Iterable[str], version: int) -> int:
+        """Idempotent: marks those of ``keys`` still pending as consumed by ``version``."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        result = self._updates.update_many(
+            {"_id": {"$in": keys}, "status": str(UpdateStatus.PENDING)},
+            {"$set": {"status": str(UpdateStatus.AGGREGATED), "version": version}},
+        )
+        self._arrays.delete_many({"_id": {"$in": keys}})
+        return result.modified_count
+
+    def mark_refused(self, refusals: Iterable[tuple[str, str]], *, at_version: int | None) -> int:
+        """``refusals``: (key, reason) of pending updates an aggregation could not use."""
+        refusals = list(refusals)
+        modified = 0
+        for key, reason in refusals:
+            modified += self._updates.update_one(
+                {"_id": key, "status": str(UpdateStatus.PENDING)},
+                {"$set": {"status": str(UpdateStatus.REFUSED), "reason": reason, "version": at_version}},
+            ).modified_count
+        if refusals:
+            self._arrays.delete_many({"_id": {"$in": [key for key, _ in refusals]}})
+        return modified
+
+    def per_device(self) -> dict[str, dict]:
+        """Per device: updates received (by status), samples in accepted updates, last update time."""
+        pipeline = [
+            {
+                "$group": {
+                    "_id": "$device_id",
+                    "n_updates": {"$sum": 1},
+                    "n_refused": {"$sum": {"$cond": [{"$eq": ["$status", "refused"]}, 1, 0]}},
+                    "n_samples": {"$sum": {"$cond": [{"$eq": ["$status", "refused"]}, 0, "$n_samples"]}},
+                    "last_update_at": {"$max": "$received_at"},
+                }
+            }
+        ]
+        return {doc["_id"]: doc for doc in self._updates.aggregate(pipeline)}
