@@ -15,6 +15,7 @@ from flead.bus.replay import ReplayError, lake_readings, replay
 from flead.cli_api import api_app
 from flead.cli_data import data_app
 from flead.cli_evaluate import evaluate_command
+from flead.cli_trainer import trainer_app
 from flead.config import Settings, settings_markdown_table, settings_rows
 from flead.local.java import java_problem
 from flead.local.services import LocalServiceError, LocalServices, ServiceStatus
@@ -27,6 +28,7 @@ local_app = typer.Typer(help="The embedded local Kafka broker and MongoDB server
 app.add_typer(local_app, name="local")
 app.add_typer(data_app, name="data")
 app.add_typer(api_app, name="api")
+app.add_typer(trainer_app, name="trainer")
 app.command("evaluate")(evaluate_command)
 
 console = Console(log_path=False)

@@ -1,0 +1,209 @@
+"""End-to-end stream trainer throughput (replay -> Kafka -> trainer -> MongoDB) against a bare
+kafka-python consumer loop reading the same topic in the same run, and the trainer's memory.
+
+    python benchmarks/stream.py [--devices 54 --days 7] [--large-devices 5000 --large-hours 4]
+                                [--models default,small] [--fleets small,large]
+
+Starts its own embedded broker and MongoDB on free ports under a temporary home. For each fleet
+(synthetic, `flead.datasets.synthetic.generate_fleet` parsed by `intel_lab.parse_files`): replay it
+into a fresh 8-partition topic (timed), read it with a bare consumer loop (a fresh group, the same
+client settings and max_poll_records; timed from the first record to the last), then run
+`python -m services.stream_trainer` per model on it (a fresh group and database; timed from its
+first record to the checkpoint that covers every offset, i.e. every reading trained, scored or
+waiting for a whole chunk, stored in MongoDB), sampling its RSS. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import polars as pl
+import psutil
+
+from flead.bus.clients import make_consumer
+from flead.bus.replay import replay
+from flead.bus.topics import ensure_topics
+from flead.config import Settings
+from flead.datasets.intel_lab import parse_files
+from flead.datasets.synthetic import generate_fleet
+from flead.local.services import LocalServices
+
+MODELS = {
+    "default": [],  # ModelConfig(): window 16, hidden (64, 8), 9,544 parameters
+    "small": ["--window", "8", "--hidden", "16,4"],  # 1,252 parameters
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fleet(out: Path, devices: int, days: int, hours: float | None) -> pl.DataFrame:
+    generated = generate_fleet(out, n_devices=devices, days=days, seed=1)
+    rows = parse_files(generated.paths, mote_ids=range(1, devices + 1)).rows
+    if hours is not None:
+        rows = rows.filter(pl.col("ts") < rows["ts"].min() + timedelta(hours=hours))
+    return rows.sort("ts", "device_id", "epoch")
+
+
+def bare_consume(settings: Settings, topic: str, expected: int) -> float:
+    """Seconds from the first record to the last for a plain poll loop (group join excluded)."""
+    consumer = make_consumer(
+        settings,
+        topic,
+        group_id=f"bare-{uuid.uuid4().hex[:8]}",
+        max_poll_records=settings.trainer_max_poll_records,
+    )
+    seen, first = 0, None
+    try:
+        while seen < expected:
+            for records in consumer.poll(timeout_ms=500).values():
+                if first is None:
+                    first = time.perf_counter()
+                seen += len(records)
+        return time.perf_counter() - first
+    finally:
+        consumer.close()
+
+
+def run_trainer(
+    settings: Settings, env: dict, topic: str, expected: int, model: list[str], home: Path
+) -> dict:
+    port = free_port()
+    group, database = f"bench-{uuid.uuid4().hex[:8]}", f"bench_{uuid.uuid4().hex[:8]}"
+    trainer_env = {
+        **os.environ,
+        **env,
+        "FLEAD_TOPIC_READINGS": topic,
+        "FLEAD_CONSUMER_GROUP": group,
+        "FLEAD_MONGO_DB": database,
+        "FLEAD_TRAINER_HEALTH_PORT": str(port),
+    }
+    log = home / f"trainer-{group}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.stream_trainer", *model, "--flush-idle", "3600"],
+            env=trainer_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    peak_rss, health = 0, None
+    deadline = time.monotonic() + 3600
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"trainer exited {process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                peak_rss = max(peak_rss, psutil.Process(process.pid).memory_info().rss)
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+            except (httpx.HTTPError, ValueError, psutil.Error):
+                health = None
+            if health and sum(v or 0 for v in health["checkpointed_offsets"].values()) >= expected:
+                break
+            time.sleep(0.25)  # sampling interval
+        else:
+            raise TimeoutError("the trainer did not finish within an hour")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(300)
+    seconds = (
+        datetime.fromisoformat(health["last_checkpoint_at"])
+        - datetime.fromisoformat(health["first_record_at"])
+    ).total_seconds()
+    return {
+        "seconds": round(seconds, 3),
+        "readings_per_s": round(expected / seconds),
+        "scored": health["counters"]["scored"],
+        "waiting_for_a_whole_chunk": expected - health["counters"]["scored"],
+        "anomalies": health["counters"]["anomalies"],
+        "checkpoints": health["counters"]["checkpoints"],
+        "devices": health["devices"],
+        "peak_rss_mb": round(peak_rss / 2**20, 1),
+        "exit_code": code,
+    }
+
+
+def bench_fleet(settings, env, home, devices, days, hours, models, checkpoint: tuple[int, float]) -> dict:
+    frame = fleet(home / f"fleet-{devices}", devices, days, hours)
+    topic = f"bench.stream.{devices}.{uuid.uuid4().hex[:6]}"
+    ensure_topics(settings, {topic: settings.topic_readings_partitions})
+    summary = replay(settings, frame, topic=topic)
+    bare_s = bare_consume(settings, topic, frame.height)
+    records, seconds = checkpoint
+    env = {
+        **env,
+        "FLEAD_TRAINER_CHECKPOINT_RECORDS": str(records),
+        "FLEAD_TRAINER_CHECKPOINT_SECONDS": str(seconds),
+    }
+    result = {
+        "devices": frame["device_id"].n_unique(),
+        "readings": frame.height,
+        "span": f"{days} days" if hours is None else f"{hours:g} hours",
+        "checkpoint_every": {"records": records, "seconds": seconds},
+        "replay_msgs_per_s": round(summary.rate),
+        "bare_consumer": {"seconds": round(bare_s, 3), "msgs_per_s": round(frame.height / bare_s)},
+        "trainer": {},
+    }
+    for name in models:
+        trainer = run_trainer(settings, env, topic, frame.height, MODELS[name], home)
+        trainer["ratio_vs_bare"] = round(trainer["readings_per_s"] / result["bare_consumer"]["msgs_per_s"], 3)
+        result["trainer"][name] = trainer
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=54)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--large-devices", type=int, default=5000)
+    parser.add_argument("--large-hours", type=float, default=4.0)
+    parser.add_argument("--models", default="default,small")
+    parser.add_argument("--fleets", default="small,large", help="small (--devices), large (--large-devices)")
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    fleets = args.fleets.split(",")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        env = {
+            "FLEAD_HOME": str(home),
+            "FLEAD_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+            "FLEAD_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        }
+        settings = Settings(**{k.removeprefix("FLEAD_").lower(): v for k, v in env.items()})
+        services = LocalServices(settings)
+        services.up()
+        try:
+            results = {"machine": {"cpus": os.cpu_count()}, "fleets": []}
+            if "small" in fleets:
+                checkpoint = (settings.trainer_checkpoint_records, settings.trainer_checkpoint_seconds)
+                results["fleets"].append(
+                    bench_fleet(settings, env, home, args.devices, args.days, None, models, checkpoint)
+                )
+            if "large" in fleets:
+                # a checkpoint writes every device changed since the last one: its cost grows with the
+                # fleet, so the interval does too (about 100 readings per device, or a minute)
+                checkpoint = (100 * args.large_devices, 60.0)
+                large = (args.large_devices, 1, args.large_hours)
+                results["fleets"].append(bench_fleet(settings, env, home, *large, models, checkpoint))
+        finally:
+            services.down()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`flead trainer ...`: the stream trainer service (services/stream_trainer)."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from kafka.errors import KafkaError
+from pymongo.errors import PyMongoError
+from rich.console import Console
+
+from flead.config import Settings
+from flead.model.config import ModelConfig, TrainConfig
+
+trainer_app = typer.Typer(help="The stream trainer: per-device online detectors on the readings topic.")
+console = Console(stderr=True, log_path=False)
+
+
+@trainer_app.command("run")
+def run(
+    exchange: str = typer.Option(
+        "local",
+        envvar="FLEAD_TRAINER_EXCHANGE",
+        help="Where devices federate: 'local' (an in-process buffer) or 'http' (the global model API).",
+    ),
+    window: int = typer.Option(
+        None, min=1, help="Model window for the local exchange (default: the model's)."
+    ),
+    hidden: str = typer.Option(None, help="Hidden layer sizes, e.g. 64,8 (local exchange)."),
+    warmup: int = typer.Option(None, min=0, help="Readings a device learns before it is judged."),
+    chunk: int = typer.Option(None, min=1, help="Readings per training step and scoring quantum."),
+    seed: int = typer.Option(0, help="Seed of the initial model."),
+    flush_idle: float = typer.Option(
+        5.0, min=0.0, help="Seconds a partial chunk waits once its partition is caught up."
+    ),
+    name: str = typer.Option("stream-trainer", help="Service name in the heartbeat and /health."),
+    heartbeat: float = typer.Option(5.0, min=0.1, help="Seconds between heartbeat documents."),
+    log_level: str = typer.Option("INFO", envvar="FLEAD_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    """Consume the readings topic as a member of the trainer's consumer group until SIGTERM."""
+    from services.stream_trainer.options import TrainerOptions
+    from services.stream_trainer.service import StreamTrainer
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    model, train = ModelConfig(), TrainConfig()
+    try:
+        if window is not None or hidden is not None:
+            sizes = tuple(int(h) for h in hidden.split(",")) if hidden else model.hidden
+            model = ModelConfig(window=window or model.window, hidden=sizes)
+        if warmup is not None or chunk is not None:
+            train = TrainConfig(
+                warmup=train.warmup if warmup is None else warmup,
+                batch_size=train.batch_size if chunk is None else chunk,
+            )
+        options = TrainerOptions(
+            model=model,
+            train=train,
+            seed=seed,
+            exchange=exchange,
+            name=name,
+            flush_idle_s=flush_idle,
+            heartbeat_s=heartbeat,
+        )
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        code = StreamTrainer(Settings(), options).run()
+    except KafkaError as exc:
+        console.print(
+            f"[bold red]error:[/] Kafka: {exc}. Is the broker up? `flead local status`", highlight=False
+        )
+        raise typer.Exit(1) from None
+    except PyMongoError as exc:  # only when stopped while MongoDB was unreachable at start-up
+        console.print(f"[bold red]error:[/] MongoDB: {exc}. Is it up? `flead local status`", highlight=False)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)

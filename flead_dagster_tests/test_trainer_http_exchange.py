@@ -1,0 +1,131 @@
+"""The trainer's HTTP model exchange against the real global model API (uvicorn on a free port, the
+session's MongoDB): devices push deltas, the API aggregates, devices adopt the new version; duplicates,
+refusals, a bad token and an API outage are handled without blocking the caller."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from kafka.structs import TopicPartition
+from pydantic import SecretStr
+
+from flead.config import Settings
+from flead.federated import LocalUpdate
+from flead.model.config import TrainConfig
+from flead.storage.mongo import make_mongo_client
+from flead_dagster_tests.conftest import free_port
+from flead_dagster_tests.test_trainer_state import readings, records
+from flead_dagster_tests.test_trainer_stream import wait_until
+from services.global_api.live_server import LiveServer
+from services.stream_trainer.exchange_http import HttpExchange
+from services.stream_trainer.federation import Federation
+from services.stream_trainer.health import Counters
+from services.stream_trainer.intake import take_in
+from services.stream_trainer.options import TrainerOptions
+from services.stream_trainer.watermarks import Watermarks
+
+KEY = "trainer-test-key-" + uuid.uuid4().hex
+OPTIONS = TrainerOptions(train=TrainConfig(warmup=100), global_poll_s=0.2, http_timeout_s=5.0)
+
+
+@pytest.fixture
+def api(services_env) -> Iterator[tuple[Settings, LiveServer]]:
+    settings = Settings(
+        mongo_db=f"test_trainer_api_{uuid.uuid4().hex[:8]}",
+        api_url=f"http://127.0.0.1:{free_port()}",
+        api_admin_key=KEY,
+        api_key=KEY,
+        auto_aggregate_threshold=2,
+        trainer_push_every=128,
+    )
+    servers = [LiveServer(settings).start()]
+    try:
+        yield settings, servers
+    finally:
+        for server in servers:
+            server.stop()
+        client = make_mongo_client(settings)
+        client.drop_database(settings.mongo_db)
+        client.close()
+
+
+def feed(federation: Federation, slots: dict, device: str, n: int, seed: int) -> None:
+    """Stream `n` readings of one device through its slot, in whole chunks, federating after each."""
+    intake = take_in(
+        {TopicPartition("t", 0): records(readings(device, n, seed=seed))},
+        max_bytes=65536,
+        watermarks=Watermarks(3600),
+        features=federation.features,
+    )
+    slot = slots.get(device) or slots.setdefault(device, federation.new_slot(device, 0))
+    for run in intake.runs:
+        slot.receive(run.rows, run.max_event_us)
+        for _ in range(slot.whole_chunks() // slot.quantum):
+            federation.after_scoring(slot, slot.score(slot.pending.take(slot.quantum)))
+
+
+def test_devices_federate_through_the_api(api):
+    settings, servers = api
+    exchange = HttpExchange(settings, OPTIONS)
+    assert exchange.open(lambda: False)
+    try:
+        start = exchange.latest(None)
+        assert start is not None and exchange.latest(start.version) is None
+        federation, slots = Federation(settings, OPTIONS, exchange, Counters()), {}
+        feed(federation, slots, "dev-a", 192, seed=1)
+        feed(federation, slots, "dev-b", 192, seed=2)
+        assert exchange.flush(20), exchange.stats()
+        stats = exchange.stats()
+        assert stats["delivered"] == stats["pushed"] >= 2 and stats["refused"] == stats["failed"] == 0
+        newer = wait_until(lambda: exchange.latest(start.version), 30, "the aggregated version")
+        assert newer.version > start.version
+        wait_until(lambda: exchange.stats()["not_modified"], 10, "a revalidation answered 304 (ETag)")
+        feed(federation, slots, "dev-a", 64, seed=3)
+        assert slots["dev-a"].client.base_version == newer.version  # adopted
+
+        # the same update twice: the API counts it once
+        rng = np.random.default_rng(0)
+        delta = {name: rng.normal(0, 1e-3, w.shape).astype(np.float32) for name, w in newer.weights.items()}
+        update = LocalUpdate("dev-b", "dev-b:dup", newer.version, 64, delta)
+        exchange.push(update)
+        exchange.push(update)
+        assert exchange.flush(20)
+        assert exchange.stats()["duplicate"] == 1
+
+        # a malformed update is refused with a reason and dropped, not retried
+        wrong = LocalUpdate(
+            "dev-b", "wrong-shapes", newer.version, 10, {"enc.0.W": np.zeros((2, 2), np.float32)}
+        )
+        exchange.push(wrong)
+        assert exchange.flush(20) and exchange.stats()["refused"] == 1
+
+        # the API away: pushing still returns at once, the update waits and is retried
+        servers.pop().stop()
+        errors = exchange.stats()["api_errors"]
+        late = LocalUpdate(
+            update.device_id, f"{update.update_id}-retry", update.base_version, 5, update.arrays
+        )
+        exchange.push(late)
+        wait_until(lambda: exchange.stats()["api_errors"] > errors, 30, "a failed delivery")
+        assert [u.update_id for u in exchange.unsent()] == [late.update_id]  # checkpointed with its device
+        servers.append(LiveServer(settings).start())
+        assert exchange.flush(30), exchange.stats()
+        assert exchange.unsent() == [] and exchange.stats()["failed"] == 0
+    finally:
+        exchange.close()
+
+
+def test_a_rejected_token_is_counted_and_dropped(api):
+    settings, _ = api
+    exchange = HttpExchange(settings.model_copy(update={"api_key": SecretStr("not-a-key")}), OPTIONS)
+    assert exchange.open(lambda: False)  # reading the model needs no token
+    try:
+        state = exchange.latest(None)
+        exchange.push(LocalUpdate("dev-a", "u1", state.version, 10, dict(state.weights)))
+        assert exchange.flush(20)
+        assert exchange.stats()["failed"] == 1 and exchange.stats()["delivered"] == 0
+    finally:
+        exchange.close()

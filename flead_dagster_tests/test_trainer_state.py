@@ -1,0 +1,241 @@
+"""The stream trainer's building blocks, in process: buffering, watermarks, chunked scoring, state
+documents and federation. The properties here are what make a restarted trainer exact."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from flead.bus.replay import encode_readings
+from flead.config import Settings
+from flead.federated import ClientConfig
+from flead.model.config import ModelConfig, TrainConfig
+from flead.schema import MEASUREMENTS
+from flead.storage.mongo import get_database, make_mongo_client
+from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition
+from services.stream_trainer.exchange import InProcessExchange
+from services.stream_trainer.federation import Federation
+from services.stream_trainer.health import Counters
+from services.stream_trainer.intake import take_in
+from services.stream_trainer.options import TrainerOptions
+from services.stream_trainer.pending import PendingReadings, reading_dtype
+from services.stream_trainer.state_codec import slot_document, slot_from_document
+from services.stream_trainer.watermarks import Watermarks
+from services.stream_trainer.weights_codec import SharedWeights
+
+T0 = datetime(2004, 3, 1, tzinfo=UTC)
+SMALL = ModelConfig(window=8, hidden=(16, 4))
+TRAIN = TrainConfig(warmup=100)
+
+
+def readings(device: str, n: int, *, start: int = 0, seed: int = 0, step_s: int = 31) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    t = np.arange(start, start + n)
+    day = np.sin(2 * np.pi * t * step_s / 86_400)
+    temperature = 21 + 3 * day + rng.normal(0, 0.1, n)
+    temperature[(t % 450) == 449] += 15  # spikes: something to flag
+    return pl.DataFrame(
+        {
+            "device_id": [device] * n,
+            "ts": [T0 + timedelta(seconds=int(s) * step_s) for s in t],
+            "epoch": t,
+            "temperature": temperature,
+            "humidity": 40 - 5 * day + rng.normal(0, 0.3, n),
+            "light": np.where(day > 0, 300 * day, 0.0) + rng.normal(0, 1, n),
+            "voltage": 2.7 - t * 1e-6 + rng.normal(0, 0.002, n),
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+
+
+def records(frame: pl.DataFrame, partition: int = 0, topic: str = "t") -> list[ConsumerRecord]:
+    keys, values = encode_readings(frame)
+    return [
+        ConsumerRecord(topic, partition, None, i, 0, 0, k, v, [], None, len(k), len(v), -1)
+        for i, (k, v) in enumerate(zip(keys, values, strict=True))
+    ]
+
+
+def polls(recs: list, cuts: list[int], partition: int = 0) -> list[dict]:
+    bounds = [0, *cuts, len(recs)]
+    tp = TopicPartition("t", partition)
+    return [{tp: recs[a:b]} for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def federation(settings: Settings, **options) -> Federation:
+    exchange = InProcessExchange(settings, SMALL)
+    return Federation(settings, TrainerOptions(model=SMALL, train=TRAIN, **options), exchange, Counters())
+
+
+def run_polls(fed: Federation, batches: list[dict], watermarks: Watermarks) -> tuple[dict, dict]:
+    """Feed polls through intake and one slot per device, scoring whole chunks only; returns the slots
+    and each device's scores in order."""
+    slots, scores = {}, {}
+    for batch in batches:
+        intake = take_in(batch, max_bytes=65536, watermarks=watermarks, features=MEASUREMENTS)
+        for run in intake.runs:
+            slot = slots.get(run.device_id) or slots.setdefault(
+                run.device_id, fed.new_slot(run.device_id, run.partition)
+            )
+            slot.receive(run.rows, run.max_event_us)
+            if slot.whole_chunks():
+                chunk = slot.score(slot.pending.take(slot.whole_chunks()))
+                fed.after_scoring(slot, chunk)
+                scores[run.device_id] = np.concatenate([scores.get(run.device_id, []), chunk.score])
+    return slots, scores
+
+
+def test_pending_buffer_keeps_order_across_take_and_bytes():
+    dtype = reading_dtype(2)
+    buffer = PendingReadings(dtype)
+    rows = np.zeros(150, dtype)
+    rows["offset"] = np.arange(150)
+    buffer.extend(rows[:100])
+    buffer.extend(rows[100:])
+    assert buffer.take(64)["offset"].tolist() == list(range(64))
+    restored = PendingReadings.from_bytes(buffer.to_bytes(), dtype)
+    assert len(restored) == 86 and restored.rows()["offset"].tolist() == list(range(64, 150))
+    with pytest.raises(ValueError):
+        restored.take(87)
+
+
+def test_late_readings_depend_on_the_stream_not_on_the_poll_boundaries():
+    frame = readings("dev-a", 40)
+    late_row = frame.slice(5, 1)  # 35 readings * 31 s behind the latest: late with 60 s allowed
+    slightly_late = frame.slice(38, 1)  # 31 s behind: on time
+    stream = pl.concat([frame, late_row, slightly_late])
+    recs = records(stream)
+    for cuts in ([], [10, 40], [41]):
+        watermarks = Watermarks(60.0)
+        late = []
+        for batch in polls(recs, cuts):
+            intake = take_in(batch, max_bytes=65536, watermarks=watermarks, features=MEASUREMENTS)
+            late += intake.late
+        assert [r.offset for r in late] == [40], cuts
+        assert late[0].value == recs[40].value and late[0].reason.startswith("late: ")
+        assert watermarks.max_event_us[0] == int(frame["ts"][-1].timestamp() * 1e6)
+
+
+def test_invalid_records_are_rejected_and_the_valid_ones_grouped_by_device():
+    frame = pl.concat([readings("dev-a", 3), readings("dev-b", 2)]).sort("ts")
+    recs = records(frame)
+    recs.insert(2, recs[0]._replace(offset=99, value=b"{not json"))
+    intake = take_in(
+        {TopicPartition("t", 0): recs}, max_bytes=65536, watermarks=Watermarks(60), features=MEASUREMENTS
+    )
+    assert [r.offset for r in intake.invalid] == [99]
+    assert {run.device_id: len(run.rows) for run in intake.runs} == {"dev-a": 3, "dev-b": 2}
+    assert intake.next_offsets == {0: recs[-1].offset + 1}
+
+
+def test_chunked_scoring_is_identical_however_the_stream_is_polled(settings):
+    recs = records(pl.concat([readings("dev-a", 700, seed=1), readings("dev-b", 500, seed=2)]).sort("ts"))
+    reference_slots, reference = run_polls(federation(settings), polls(recs, []), Watermarks(3600))
+    other_slots, other = run_polls(
+        federation(settings), polls(recs, [1, 77, 300, 301, 999]), Watermarks(3600)
+    )
+    # whole chunks of 64 only; the rest waits in the buffers
+    assert {d: len(s) for d, s in reference.items()} == {"dev-a": 640, "dev-b": 448}
+    for device in reference:
+        np.testing.assert_array_equal(reference[device], other[device])
+    for device, slot in reference_slots.items():
+        assert slot.client.detector.to_bytes() == other_slots[device].client.detector.to_bytes()
+        assert len(slot.pending) == len(other_slots[device].pending) == (60 if device == "dev-a" else 52)
+
+
+@pytest.mark.parametrize("proximal_mu", [0.0, 0.1])
+def test_a_device_state_document_resumes_bit_identically(settings, proximal_mu):
+    fed = federation(settings)
+    fed.exchange.client_config = ClientConfig(proximal_mu=proximal_mu)
+    recs = records(readings("dev-a", 1000, seed=3))
+    slots, _ = run_polls(fed, polls(recs[:700], []), Watermarks(3600))
+    original = slots["dev-a"]
+    shared = SharedWeights()
+    digest = shared.digest_of(original.client.adopted)
+    document = slot_document(original, state_id="x", owner={"partition": 0}, adopted_digest=digest)
+    restored, unsent = slot_from_document(document, adopted=shared.get, push_every=1024)
+    assert unsent == [] and restored.client.adopted is original.client.adopted
+    assert len(restored.pending) == len(original.pending) == 700 - 640
+    assert (restored.readings, restored.client.base_version) == (
+        original.readings,
+        original.client.base_version,
+    )
+    assert (restored.client.anchor is restored.client.adopted) == (proximal_mu > 0)
+
+    rest = take_in(
+        {TopicPartition("t", 0): recs[700:]},
+        max_bytes=65536,
+        watermarks=Watermarks(3600),
+        features=MEASUREMENTS,
+    )
+    outputs = []
+    for slot in (original, restored):
+        slot.receive(rest.runs[0].rows, rest.runs[0].max_event_us)
+        outputs.append(slot.score(slot.pending.take(slot.whole_chunks())))
+    np.testing.assert_array_equal(outputs[0].score, outputs[1].score)
+    np.testing.assert_array_equal(outputs[0].is_anomaly, outputs[1].is_anomaly)
+    assert original.client.detector.to_bytes() == restored.client.detector.to_bytes()
+
+
+def test_devices_push_every_n_samples_and_adopt_the_aggregated_version(services_env, monkeypatch):
+    monkeypatch.setenv("FLEAD_TRAINER_PUSH_EVERY", "128")
+    monkeypatch.setenv("FLEAD_AUTO_AGGREGATE_THRESHOLD", "2")
+    fed = federation(Settings())
+    recs = records(pl.concat([readings("dev-a", 256, seed=4), readings("dev-b", 256, seed=5)]).sort("ts"))
+    slots, _ = run_polls(fed, polls(recs, list(range(64, 512, 64))), Watermarks(3600))
+    stats = fed.exchange.stats()
+    assert stats["accepted"] >= 2 and stats["aggregations"] >= 1 and stats["global_version"] >= 1
+    assert fed.counters.get("updates_pushed") == stats["pushed"]
+    for slot in slots.values():  # both adopted an aggregated version (v0 was the initial one)
+        assert slot.client.base_version >= 1 and slot.lineage == fed.exchange.lineage
+        assert slot.client.sequence >= 2
+    fresh = fed.new_slot("dev-c", 0)
+    assert fresh.client.base_version == fed.exchange.buffer.version
+    # a first adoption keeps no private copies of the global weights
+    assert fresh.client.reported is fresh.client.adopted and fresh.client.anchor is None
+
+
+def test_a_fenced_owner_can_neither_commit_nor_overwrite_the_new_owners_state(settings):
+    settings = settings.model_copy(update={"consumer_group": f"fence-{uuid.uuid4().hex[:8]}"})
+    client = make_mongo_client(settings)
+    db = get_database(client, settings)
+    old_store = CheckpointStore(db, settings, {"trainer": "old"}, SharedWeights())
+    new_store = CheckpointStore(db, settings, {"trainer": "new"}, SharedWeights())
+    fed = federation(settings)
+    slots, _ = run_polls(fed, polls(records(readings("dev-a", 100)), []), Watermarks(3600))
+
+    def owned(store: CheckpointStore) -> OwnedPartition:
+        record = store.claim(0)
+        loaded, _ = store.load_slots(record)
+        part = OwnedPartition(
+            0, record.epoch, record.gen, record.offset, record.offset, loaded or dict(slots)
+        )
+        part.dirty = set(part.slots)
+        return part
+
+    try:
+        old = owned(old_store)
+        old.offset = 100
+        assert old_store.save([old], {0: 1}, {}) == []  # committed: copy "a"
+        new = owned(new_store)  # claims: the epoch moves on, the old owner is fenced
+        assert new.committed_offset == 100 and new.slots["dev-a"].readings == 64
+        new.offset, new.slots["dev-a"].readings = 150, 99
+        assert new_store.save([new], {0: 2}, {}) == []  # writes copy "b"
+        old.offset, old.slots["dev-a"].readings = 170, 12345
+        old.dirty = {"dev-a"}
+        assert old_store.save([old], {0: 3}, {}) == [
+            0
+        ]  # refused, and copy "b" left as the new owner wrote it
+        record = new_store.claim(0)
+        restored, _ = new_store.load_slots(record)
+        assert (record.offset, record.max_event_us, restored["dev-a"].readings) == (150, 2, 99)
+    finally:
+        db[settings.collection_checkpoints].delete_many({"group": settings.consumer_group})
+        db[settings.collection_device_states].delete_many({"group": settings.consumer_group})
+        client.close()

@@ -1,0 +1,408 @@
+"""The stream trainer as real processes against the real broker and MongoDB: dead letters and late
+readings, kill -9 and restart, two processes in one group, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+import polars as pl
+import pytest
+from kafka.structs import TopicPartition
+
+from flead.bus.clients import make_consumer, make_producer
+from flead.bus.replay import encode_readings, replay
+from flead.bus.topics import ensure_topics
+from flead.config import Settings
+from flead.datasets.intel_lab import parse_files
+from flead.datasets.synthetic import generate_fleet
+from flead.storage.mongo import get_database, make_mongo_client
+from flead_dagster_tests.test_bus import consume
+
+PARTITIONS = 4
+SMALL_MODEL = ["--window", "8", "--hidden", "16,4", "--warmup", "200", "--heartbeat", "1"]
+FAST = {
+    "FLEAD_TRAINER_CHECKPOINT_RECORDS": "2000",
+    "FLEAD_TRAINER_CHECKPOINT_SECONDS": "1",
+    "FLEAD_TRAINER_MAX_POLL_RECORDS": "500",
+    "FLEAD_TRAINER_PUSH_EVERY": "1000000000",  # no federation: scores depend on each device's stream only
+    "FLEAD_MONGO_SERVER_SELECTION_TIMEOUT_MS": "1000",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.2):
+    """Poll `condition` until it returns something truthy; fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)  # poll interval
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def isolated_env(base: dict[str, str], **extra: str) -> dict[str, str]:
+    """FLEAD_* for one test: its own topics, group and database on the given services."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        **base,
+        **FAST,
+        "FLEAD_TOPIC_READINGS": f"test.trainer.{tag}",
+        "FLEAD_TOPIC_DLQ": f"test.trainer.{tag}.dlq",
+        "FLEAD_TOPIC_ANOMALIES": f"test.trainer.{tag}.anomalies",
+        "FLEAD_CONSUMER_GROUP": f"trainer-{tag}",
+        "FLEAD_MONGO_DB": f"trainer_{tag}",
+        **extra,
+    }
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    return Settings(**{k.removeprefix("FLEAD_").lower(): v for k, v in env.items() if k.startswith("FLEAD_")})
+
+
+def create_topics(settings: Settings) -> None:
+    ensure_topics(
+        settings, {settings.topic_readings: PARTITIONS, settings.topic_dlq: 1, settings.topic_anomalies: 1}
+    )
+
+
+class Trainer:
+    """`python -m services.stream_trainer` as a subprocess, observed through its /health endpoint."""
+
+    started: ClassVar[list[Trainer]] = []  # killed by `no_leftover_trainers` if a test fails early
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *args: str, name: str = "trainer") -> None:
+        self.port = free_port()
+        self.log = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        full_env = {**os.environ, **env, "FLEAD_TRAINER_HEALTH_PORT": str(self.port)}
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.stream_trainer", *SMALL_MODEL, *args],
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        Trainer.started.append(self)
+
+    def health(self) -> dict | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def wait_for(self, predicate: Callable[[dict], bool], timeout_s: float, what: str) -> dict:
+        def check():
+            if self.process.poll() is not None:
+                pytest.fail(f"trainer exited ({self.process.returncode}) waiting for {what}:\n{self.tail()}")
+            health = self.health()
+            return health if health is not None and predicate(health) else None
+
+        return wait_until(check, timeout_s, f"{what}\n{self.tail()}")
+
+    def stop(self, timeout_s: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_trainers() -> Iterator[None]:
+    yield
+    while Trainer.started:
+        trainer = Trainer.started.pop()
+        if trainer.process.poll() is None:
+            trainer.kill()
+
+
+def offsets_total(health: dict, key: str = "offsets") -> int:
+    return sum(v or 0 for v in health[key].values())
+
+
+def fleet(tmp_path: Path, devices: int, days: int, seed: int) -> pl.DataFrame:
+    """A synthetic Intel-Lab-like fleet in event-time order; every 200th reading of a device after its
+    first 1,000 is a fault on all sensors at once (anomalies to find)."""
+    generated = generate_fleet(tmp_path / f"fleet-{seed}", n_devices=devices, days=days, seed=seed)
+    rows = parse_files(generated.paths, mote_ids=range(1, devices + 1)).rows.sort("ts", "device_id", "epoch")
+    index = pl.int_range(pl.len()).over("device_id")
+    fault = (index > 1000) & (index % 200 == 0)
+    shifts = {"temperature": 30.0, "humidity": 30.0, "light": 1000.0, "voltage": -0.5}
+    return rows.with_columns(
+        pl.when(fault).then(pl.col(name) + shift).otherwise(pl.col(name)).alias(name)
+        for name, shift in shifts.items()
+    )
+
+
+def mongo_db(settings: Settings):
+    client = make_mongo_client(settings)
+    return client, get_database(client, settings)
+
+
+def heartbeat(settings: Settings, pid: int) -> dict | None:
+    """The trainer's heartbeat document once it lists its partitions."""
+    client, db = mongo_db(settings)
+    try:
+        beat = db[settings.collection_services].find_one({"pid": pid})
+    finally:
+        client.close()
+    return beat if beat and beat["partitions"] == list(range(PARTITIONS)) else None
+
+
+def device_table(settings: Settings) -> dict[str, tuple]:
+    client, db = mongo_db(settings)
+    try:
+        return {
+            d["_id"]: (d["readings"], d["buffered"], d["anomalies"], d["late"])
+            for d in db[settings.collection_devices].find()
+        }
+    finally:
+        client.close()
+
+
+def anomaly_scores(settings: Settings) -> dict[str, float]:
+    client, db = mongo_db(settings)
+    try:
+        return {d["_id"]: d["score"] for d in db[settings.collection_anomalies].find({}, {"score": 1})}
+    finally:
+        client.close()
+
+
+def checkpoint_offsets(settings: Settings) -> dict[int, int | None]:
+    client, db = mongo_db(settings)
+    try:
+        found = db[settings.collection_checkpoints].find(
+            {"kind": "partition", "group": settings.consumer_group}
+        )
+        return {d["partition"]: d["offset"] for d in found}
+    finally:
+        client.close()
+
+
+def kafka_committed(settings: Settings) -> dict[int, int | None]:
+    """The group's committed offsets in Kafka (read without joining the group)."""
+    consumer = make_consumer(settings)
+    try:
+        return {p: consumer.committed(TopicPartition(settings.topic_readings, p)) for p in range(PARTITIONS)}
+    finally:
+        consumer.close()
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+def test_bad_and_late_records_go_to_the_dlq_and_the_good_ones_around_them_are_scored(services_env, tmp_path):
+    env = isolated_env(services_env, FLEAD_TRAINER_ALLOWED_LATENESS_S="60", FLEAD_MAX_MESSAGE_BYTES="4096")
+    settings = settings_for(env)
+    create_topics(settings)
+    t0 = datetime(2004, 3, 1, tzinfo=UTC)
+    good = pl.DataFrame(
+        {
+            "device_id": ["dev-a"] * 300,
+            "ts": [t0 + timedelta(seconds=30 * i) for i in range(300)],
+            "epoch": list(range(300)),
+            "temperature": [20.0 + (i % 7) * 0.1 for i in range(300)],
+            "humidity": [40.0] * 300,
+            "light": [None] * 300,  # a missing measurement is not an error
+            "voltage": [2.7] * 300,
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    keys, values = encode_readings(good)
+    latest = json.loads(values[-1])
+    bad = {
+        "not JSON": b"{this is not json",
+        "wrong types": json.dumps({**latest, "temperature": "hot"}).encode(),
+        "NaN": json.dumps({**latest, "temperature": float("nan")}).encode(),
+        "missing fields": json.dumps({"temperature": 21.0}).encode(),
+        "oversized": json.dumps({**latest, "padding": "x" * 5000}).encode(),
+        "unknown schema version": json.dumps({**latest, "schema_version": 99}).encode(),
+    }
+    late = json.dumps({**json.loads(values[3]), "epoch": 9003}).encode()  # 297 readings behind
+    slightly_late = json.dumps({**json.loads(values[-2]), "epoch": 9298}).encode()  # within 60 s
+    stream = list(zip(keys, values, strict=True))
+    for i, value in enumerate(bad.values()):
+        stream.insert(40 * (i + 1), (b"dev-a", value))
+    stream += [(b"dev-a", late), (b"dev-a", slightly_late)]
+    producer = make_producer(settings)
+    sent = [producer.send(settings.topic_readings, key=k, value=v).get(10) for k, v in stream]
+    producer.close()
+    partition = sent[0].partition
+    position = {value: s.offset for (_, value), s in zip(stream, sent, strict=True)}
+
+    trainer = Trainer(env, tmp_path, "--flush-idle", "0.5")
+    health = trainer.wait_for(
+        lambda h: offsets_total(h, "checkpointed_offsets") == len(stream) and h["buffered"] == 0,
+        90,
+        "every record consumed, scored and checkpointed",
+    )
+    assert health["counters"]["dlq"] == len(bad) and health["counters"]["late"] == 1
+    assert health["counters"]["records_in"] == len(stream) and health["counters"]["scored"] == 301
+    assert health["partitions"] == list(range(PARTITIONS)) and health["healthy"]
+    wait_until(lambda: device_table(settings).get("dev-a") == (301, 0, 0, 1), 30, "device statistics")
+    beat = wait_until(lambda: heartbeat(settings, trainer.process.pid), 30, "a heartbeat with partitions")
+    assert beat["health_port"] == trainer.port and beat["host"] == socket.gethostname()
+    assert beat["counters"]["records_in"] == len(stream) and beat["status"] == "running"
+    assert trainer.stop() == 0, trainer.tail()  # SIGTERM: final checkpoint and a clean exit
+    assert checkpoint_offsets(settings)[partition] == len(stream) == kafka_committed(settings)[partition]
+
+    consumer = make_consumer(settings, settings.topic_dlq, group_id=f"dlq-{uuid.uuid4().hex[:8]}")
+    try:
+        dead = consume(consumer, len(bad) + 1)
+    finally:
+        consumer.close()
+    by_value = {r.value: dict(r.headers) for r in dead}
+    assert len(dead) == len(bad) + 1 and set(by_value) == {*bad.values(), late}  # original bytes kept
+    expected_reason = {
+        "not JSON": "Invalid JSON",
+        "wrong types": "temperature: Input should be a valid number",
+        "NaN": "temperature: Input should be a finite number",
+        "missing fields": "device_id: Field required",
+        "oversized": "exceeds the 4096-byte limit",
+        "unknown schema version": "unknown schema_version 99",
+    }
+    for what, value in bad.items():
+        headers = by_value[value]
+        assert expected_reason[what] in headers["flead.error"].decode(), (what, headers)
+        assert headers["flead.source.partition"] == str(partition).encode()
+        assert headers["flead.source.offset"] == str(position[value]).encode()
+    assert by_value[late]["flead.error"].startswith(b"late: event time 2004-03-01T00:01:30")
+
+
+def test_kill_9_and_restart_loses_and_double_counts_nothing(services_env, tmp_path):
+    frame = fleet(tmp_path, devices=4, days=4, seed=7)
+    produced = dict(frame.group_by("device_id").len().iter_rows())
+    total = frame.height
+    uninterrupted = isolated_env(services_env)
+    settings_a = settings_for(uninterrupted)
+    create_topics(settings_a)
+    restarted = {**uninterrupted, "FLEAD_CONSUMER_GROUP": f"{uninterrupted['FLEAD_CONSUMER_GROUP']}-b"}
+    restarted["FLEAD_MONGO_DB"] = f"{uninterrupted['FLEAD_MONGO_DB']}_b"
+    settings_b = settings_for(restarted)
+
+    # partial chunks stay buffered (and checkpointed) instead of a time-dependent flush
+    a = Trainer(uninterrupted, tmp_path, "--flush-idle", "3600", name="a")
+    b = Trainer(restarted, tmp_path, "--flush-idle", "3600", name="b1")
+    for t in (a, b):
+        t.wait_for(lambda h: len(h["partitions"]) == PARTITIONS, 60, "partitions assigned")
+    speed = (frame["ts"][-1] - frame["ts"][0]).total_seconds() / 12  # ~12 s of paced production
+    producer = threading.Thread(target=replay, args=(settings_a, frame), kwargs={"speed": speed})
+    producer.start()
+    try:
+        b.wait_for(
+            lambda h: total * 0.2 < offsets_total(h, "checkpointed_offsets") < offsets_total(h),
+            60,
+            "a checkpoint, and progress after it",
+        )
+        b.kill()
+        checkpointed = sum(v or 0 for v in checkpoint_offsets(settings_b).values())
+        assert checkpointed < total  # mid-stream: the restart has work to do
+        b = Trainer(restarted, tmp_path, "--flush-idle", "3600", name="b2")
+    finally:
+        producer.join()
+    for t in (a, b):
+        t.wait_for(
+            lambda h: offsets_total(h, "checkpointed_offsets") == total, 120, "everything checkpointed"
+        )
+    b_counters = b.health()["counters"]
+    assert a.stop() == 0 and b.stop() == 0, a.tail() + b.tail()
+
+    assert b_counters["records_in"] == total - checkpointed  # resumed exactly at the checkpoint
+    assert b_counters["devices_created"] == 0  # every device restored from its checkpointed state
+    devices_a, devices_b = device_table(settings_a), device_table(settings_b)
+    assert {d: r + buffered for d, (r, buffered, _, _) in devices_a.items()} == produced
+    assert devices_b == devices_a  # readings, buffered, anomalies and late per device
+    anomalies_a, anomalies_b = anomaly_scores(settings_a), anomaly_scores(settings_b)
+    assert len(anomalies_a) >= 8 and anomalies_b == anomalies_a  # the same events, bit-identical scores
+    assert sum(n for _, _, n, _ in devices_a.values()) == len(anomalies_a)
+
+
+def test_two_processes_split_the_partitions_and_hand_them_over(services_env, tmp_path):
+    env = isolated_env(services_env)
+    settings = settings_for(env)
+    create_topics(settings)
+    frame = fleet(tmp_path, devices=6, days=2, seed=11)
+    first, second = (
+        frame.filter(pl.col("ts") < frame["ts"][0] + timedelta(days=1)),
+        frame.filter(pl.col("ts") >= frame["ts"][0] + timedelta(days=1)),
+    )
+    trainers = [Trainer(env, tmp_path, "--flush-idle", "0.5", name=f"t{i}") for i in range(2)]
+
+    def split(_: dict) -> bool:
+        owned = [set((t.health() or {"partitions": []})["partitions"]) for t in trainers]
+        return all(owned) and not owned[0] & owned[1] and owned[0] | owned[1] == set(range(PARTITIONS))
+
+    trainers[0].wait_for(split, 90, "the partitions split between the two processes")
+    replay(settings, first)
+
+    def readings_stored(expected: pl.DataFrame) -> Callable[[], bool]:
+        counts = dict(expected.group_by("device_id").len().iter_rows())
+        return lambda: {d: r + b for d, (r, b, _, _) in device_table(settings).items()} == counts
+
+    wait_until(readings_stored(first), 90, "the first day's readings in MongoDB")
+    healths = [t.health() for t in trainers]
+    owner = {p: t.process.pid for t, h in zip(trainers, healths, strict=True) for p in h["partitions"]}
+    assert sum(h["counters"]["records_in"] for h in healths) == first.height  # nothing read twice
+    client, db = mongo_db(settings)
+    try:
+        stats = list(db[settings.collection_devices].find())
+        beats = {
+            d["pid"]: set(d["partitions"])
+            for d in db[settings.collection_services].find({"group": settings.consumer_group})
+        }
+        states = [
+            s
+            for d in db[settings.collection_checkpoints].find(
+                {"kind": "partition", "group": settings.consumer_group}
+            )
+            for s in d["states"]
+        ]
+    finally:
+        client.close()
+    assert beats == {t.process.pid: set(h["partitions"]) for t, h in zip(trainers, healths, strict=True)}
+    for doc in stats:  # each device belongs to the process that owns its partition
+        assert doc["trainer"].endswith(f":{owner[doc['partition']]}")
+    assert Counter(s.split("|")[3] for s in states) == Counter({d: 1 for d in first["device_id"].unique()})
+
+    assert trainers[0].stop() == 0, trainers[0].tail()  # its partitions move to the other process
+    survivor = trainers[1]
+    created = healths[1]["counters"]["devices_created"]
+    survivor.wait_for(
+        lambda h: h["partitions"] == list(range(PARTITIONS)), 60, "the survivor owning everything"
+    )
+    replay(settings, second)
+    wait_until(readings_stored(frame), 90, "both days' readings in MongoDB")
+    # the devices it took over continue from the checkpoint their previous owner wrote on SIGTERM
+    assert survivor.health()["counters"]["devices_created"] == created
+    assert survivor.stop() == 0, survivor.tail()
+    assert all(d["trainer"].endswith(f":{survivor.process.pid}") for d in db_devices(settings))
+
+
+def db_devices(settings: Settings) -> list[dict]:
+    client, db = mongo_db(settings)
+    try:
+        return list(db[settings.collection_devices].find())
+    finally:
+        client.close()

@@ -1,0 +1,294 @@
+"""Checkpoints in MongoDB, the source of truth for where each partition resumes.
+
+Per partition one document in ``collection_checkpoints`` (``_id = "{group}|{topic}|{partition}"``):
+the next offset to read, the partition's latest event time (its watermark), the ids of its devices'
+state documents, and an ``epoch`` fencing token. Each device has two state documents in
+``collection_device_states`` (``_id = "{partition id}|{device}|a"`` and ``...|b``): the committed one
+and the one the next save overwrites.
+
+Save (for the partitions that changed): upsert each changed device's state into its *uncommitted*
+copy (guarded by ``epoch <= ours``, so an older owner can never overwrite what a newer one wrote), then
+update each partition document *only if its epoch is still ours*: one atomic single-document write
+that switches offset, watermark and state ids together. A crash or an error before that update leaves
+the committed copies untouched; a member that lost the partition meanwhile (a newer epoch) is
+refused: it drops its state and commits nothing.
+
+Claim (on assignment): ``$inc`` the epoch (fencing off any previous owner), read offset, watermark
+and the referenced states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from bson.binary import Binary
+from pymongo import ReplaceOne, ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.write_concern import WriteConcern
+
+from flead.config import Settings
+from flead.federated import GlobalState, LocalUpdate
+from flead.model.config import ModelConfig
+from services.stream_trainer.mongo_writes import DUPLICATE_KEY, insert_ignoring_duplicates
+from services.stream_trainer.slot import DeviceSlot
+from services.stream_trainer.state_codec import slot_document, slot_from_document
+from services.stream_trainer.weights_codec import (
+    SharedWeights,
+    global_state_from_bytes,
+    global_state_to_bytes,
+    weights_from_bytes,
+    weights_to_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH_BYTES = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class PartitionRecord:
+    """What a partition's checkpoint document says (after our claim)."""
+
+    partition: int
+    epoch: int
+    gen: int
+    offset: int | None
+    max_event_us: int | None
+    state_ids: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class OwnedPartition:
+    """A partition this process owns: its devices and how far it got (`offset`: next to read)."""
+
+    number: int
+    epoch: int
+    gen: int  # of the last committed checkpoint
+    committed_offset: int | None
+    offset: int | None
+    slots: dict[str, DeviceSlot] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)  # devices changed since the last checkpoint
+    next_gen: int = 0
+
+    def __post_init__(self) -> None:
+        self.next_gen = max(self.next_gen, self.gen + 1)
+
+    def changed(self) -> bool:
+        return bool(self.dirty) or self.offset != self.committed_offset
+
+
+class CheckpointStore:
+    def __init__(
+        self, db: Database, settings: Settings, owner: Mapping[str, object], shared: SharedWeights
+    ) -> None:
+        self.checkpoints = db[settings.collection_checkpoints]
+        self._durable_checkpoints = self.checkpoints.with_options(write_concern=WriteConcern(w=1, j=True))
+        self.states = db[settings.collection_device_states]
+        self.group, self.topic = settings.consumer_group, settings.topic_readings
+        self.push_every = settings.trainer_push_every
+        self.owner = dict(owner)
+        self.shared = shared
+        self._stored_digests: set[str] = set()
+
+    def partition_id(self, partition: int) -> str:
+        return f"{self.group}|{self.topic}|{partition}"
+
+    def ensure_indexes(self) -> None:
+        self.states.create_index([("group", 1), ("topic", 1), ("partition", 1)])
+
+    # ---------------------------------------------------------------------------------- claim
+
+    def claim(self, partition: int) -> PartitionRecord:
+        now = datetime.now(UTC)
+        document = self.checkpoints.find_one_and_update(
+            {"_id": self.partition_id(partition)},
+            {
+                "$inc": {"epoch": 1},
+                "$set": {"claimed_by": self.owner, "claimed_at": now},
+                "$setOnInsert": {
+                    "kind": "partition",
+                    "group": self.group,
+                    "topic": self.topic,
+                    "partition": partition,
+                    "gen": 0,
+                    "offset": None,
+                    "max_event_us": None,
+                    "states": [],
+                },
+            },
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        return PartitionRecord(
+            partition=partition,
+            epoch=int(document["epoch"]),
+            gen=int(document["gen"]),
+            offset=document["offset"],
+            max_event_us=document["max_event_us"],
+            state_ids=tuple(document["states"]),
+        )
+
+    def load_slots(self, record: PartitionRecord) -> tuple[dict[str, DeviceSlot], list[LocalUpdate]]:
+        """The partition's devices as of its checkpoint, and their undelivered updates."""
+        documents = list(self.states.find({"_id": {"$in": list(record.state_ids)}}))
+        missing = set(record.state_ids) - {d["_id"] for d in documents}
+        if missing:  # never expected: states are deleted only once no checkpoint references them
+            log.error(
+                "partition %d: %d checkpointed device states are missing (e.g. %s); those devices start over",
+                record.partition,
+                len(missing),
+                sorted(missing)[0],
+            )
+        digests = {d["client"]["adopted"] for d in documents} - {None}
+        self._load_weights(digests)
+        slots, unsent = {}, []
+        for document in documents:
+            slot, updates = slot_from_document(document, adopted=self.shared.get, push_every=self.push_every)
+            slots[slot.device_id] = slot
+            unsent += updates
+        return slots, unsent
+
+    def remove_orphans(self, record: PartitionRecord) -> int:
+        """Delete the state documents of devices the partition's checkpoint does not know (a device
+        first seen after the last checkpoint of a crashed owner)."""
+        known = {state_id.rsplit("|", 1)[0] for state_id in record.state_ids}
+        found = self.states.find(
+            {"group": self.group, "topic": self.topic, "partition": record.partition, "kind": "device"},
+            {"_id": 1},
+        )
+        orphans = [d["_id"] for d in found if d["_id"].rsplit("|", 1)[0] not in known]
+        if orphans:
+            self.states.delete_many({"_id": {"$in": orphans}})
+        return len(orphans)
+
+    def _load_weights(self, digests: Iterable[str]) -> None:
+        wanted = [d for d in digests if self.shared.get(d) is None]
+        if not wanted:
+            return
+        for document in self.states.find({"_id": {"$in": [_weights_id(d) for d in wanted]}}):
+            self.shared.add(document["digest"], weights_from_bytes(bytes(document["weights"])))
+            self._stored_digests.add(document["digest"])
+
+    # ----------------------------------------------------------------------------------- save
+
+    def save(
+        self,
+        parts: Iterable[OwnedPartition],
+        max_event_us: Mapping[int, int],
+        unsent: Mapping[str, list[LocalUpdate]],
+    ) -> list[int]:
+        """Checkpoint the partitions; returns those refused because another member claimed them."""
+        now = datetime.now(UTC)
+        plans, batch, batch_bytes = [], [], 0
+        for part in parts:
+            gen = part.next_gen
+            part.next_gen += 1
+            targets = {}
+            for device_id in part.dirty:
+                slot = part.slots[device_id]
+                target = self.state_id(part.number, device_id, _other_copy(slot.state_id))
+                document = self._state_document(part, gen, slot, target, unsent.get(device_id, ()))
+                batch.append(
+                    ReplaceOne({"_id": target, "epoch": {"$lte": part.epoch}}, document, upsert=True)
+                )
+                batch_bytes += len(document["detector"])
+                targets[device_id] = target
+                if batch_bytes >= WRITE_BATCH_BYTES:  # bounded memory, whatever the fleet size
+                    _write_ignoring_fenced(self.states, batch)
+                    batch, batch_bytes = [], 0
+            plans.append((part, gen, targets))
+        _write_ignoring_fenced(self.states, batch)
+        fenced = []
+        for part, gen, targets in plans:
+            ids = [targets.get(device_id) or slot.state_id for device_id, slot in part.slots.items()]
+            result = self._durable_checkpoints.update_one(
+                {"_id": self.partition_id(part.number), "epoch": part.epoch},
+                {
+                    "$set": {
+                        "gen": gen,
+                        "offset": part.offset,
+                        "max_event_us": max_event_us.get(part.number),
+                        "states": ids,
+                        "devices": len(ids),
+                        "saved_by": self.owner,
+                        "saved_at": now,
+                    }
+                },
+            )
+            if result.matched_count == 0:
+                fenced.append(part.number)
+                continue
+            for device_id, target in targets.items():
+                part.slots[device_id].state_id = target
+            part.gen, part.committed_offset = gen, part.offset
+            part.dirty.clear()
+        return fenced
+
+    def state_id(self, partition: int, device_id: str, copy: str) -> str:
+        return f"{self.partition_id(partition)}|{device_id}|{copy}"
+
+    def _state_document(self, part: OwnedPartition, gen: int, slot, target: str, unsent) -> dict:
+        adopted = slot.client.adopted
+        digest = None if adopted is None else self.shared.digest_of(adopted)
+        if digest is not None and digest not in self._stored_digests:
+            weights = {"_id": _weights_id(digest), "kind": "weights", "digest": digest}
+            weights["weights"] = Binary(weights_to_bytes(adopted))
+            insert_ignoring_duplicates(self.states, [weights])
+            self._stored_digests.add(digest)
+        owner = {"group": self.group, "topic": self.topic, "partition": part.number}
+        owner |= {"epoch": part.epoch, "gen": gen}
+        return slot_document(slot, state_id=target, owner=owner, adopted_digest=digest, unsent=unsent)
+
+    # ---------------------------------------------------------------------- in-process global model
+
+    def global_id(self) -> str:
+        return f"{self.group}|global-model"
+
+    def save_global(self, state: GlobalState, model: ModelConfig, lineage: str) -> None:
+        """Keep the local exchange's newest version (several processes: the highest version wins)."""
+        document = {
+            "kind": "global-model",
+            "lineage": lineage,
+            "version": state.version,
+            "state": Binary(global_state_to_bytes(state, model)),
+            "saved_by": self.owner,
+            "saved_at": datetime.now(UTC),
+        }
+        with contextlib.suppress(DuplicateKeyError):  # a newer version is stored already
+            self.checkpoints.replace_one(
+                {"_id": self.global_id(), "version": {"$lte": state.version}}, document, upsert=True
+            )
+
+    def load_global(self, lineage: str) -> GlobalState | None:
+        document = self.checkpoints.find_one({"_id": self.global_id()})
+        if document is None or document.get("lineage") != lineage:
+            return None
+        state, _ = global_state_from_bytes(bytes(document["state"]))
+        return state
+
+
+def _weights_id(digest: str) -> str:
+    return f"weights|{digest}"
+
+
+def _other_copy(state_id: str | None) -> str:
+    """Each device has two state documents, "a" and "b": a save writes the one the committed
+    checkpoint does not reference, so a save that fails half-way never touches committed state."""
+    return "a" if state_id is None or state_id.endswith("|b") else "b"
+
+
+def _write_ignoring_fenced(collection, operations: list) -> None:
+    """Bulk upserts guarded by ``epoch <= ours``: a copy already written by a newer owner is a duplicate
+    key for us and left alone (our checkpoint will be refused too)."""
+    if not operations:
+        return
+    try:
+        collection.bulk_write(operations, ordered=False)
+    except BulkWriteError as exc:
+        if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
+            raise

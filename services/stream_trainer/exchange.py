@@ -1,0 +1,105 @@
+"""How devices federate: push local updates, learn about newer global versions (`ModelExchange`).
+
+Two implementations: `InProcessExchange` (the default and the tests': a `flead.federated.UpdateBuffer`
+inside the trainer process, aggregating at ``settings.auto_aggregate_threshold`` pending updates) and
+`exchange_http.HttpExchange` (the global model API). Both are called from the consume loop and must
+return quickly; the HTTP one does its network work in a background thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Protocol
+
+from flead.config import Settings
+from flead.federated import AggregationConfig, ClientConfig, GlobalState, LocalUpdate, UpdateBuffer
+from flead.federated.buffer import SubmitStatus
+from flead.model.anomaly_model import AnomalyModel
+from flead.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class ModelExchange(Protocol):
+    lineage: str  # names the sequence of versions: a version number means something only within it
+    model_config: ModelConfig  # the global model's architecture: what new devices are built with
+    client_config: ClientConfig  # proximal_mu and personal_mix served with the latest version
+
+    def push(self, update: LocalUpdate) -> None:
+        """Hand over a device's update; never blocks for long."""
+
+    def latest(self, known_version: int | None) -> GlobalState | None:
+        """The newest global state if it is newer than `known_version` (any, when None), else None."""
+
+    def unsent(self) -> list[LocalUpdate]:
+        """Updates handed over but not yet delivered (checkpointed with their devices)."""
+
+    def flush(self, timeout_s: float) -> bool:
+        """Try to deliver what is waiting within `timeout_s`; True when nothing waits."""
+
+    def stats(self) -> dict[str, int | float | None]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessExchange:
+    """A FedBuff buffer in the trainer process; its state is saved with the checkpoints (see
+    `checkpoints.CheckpointStore.save_global`), so a restarted trainer continues the same lineage.
+
+    Every trainer process has its own buffer: with several processes, use the HTTP exchange for one
+    federation across all devices.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        model_config: ModelConfig,
+        *,
+        seed: int = 0,
+        initial: GlobalState | None = None,
+        client_config: ClientConfig | None = None,
+    ) -> None:
+        if initial is None:
+            initial = GlobalState.initial(AnomalyModel(model_config, seed).get_weights())
+        aggregation = AggregationConfig(
+            strategy=settings.aggregation_strategy, max_staleness=settings.max_staleness
+        )
+        self.buffer = UpdateBuffer(initial, aggregation)
+        self.model_config = model_config
+        self.client_config = client_config or ClientConfig()
+        self.lineage = f"local:{settings.consumer_group}:{architecture_digest(model_config)}"
+        self._threshold = settings.auto_aggregate_threshold
+        self._counts = {"pushed": 0, "accepted": 0, "duplicate": 0, "refused": 0, "aggregations": 0}
+
+    def push(self, update: LocalUpdate) -> None:
+        self._counts["pushed"] += 1
+        result = self.buffer.submit(update)
+        self._counts[result.status.value] += 1
+        if result.status is SubmitStatus.REFUSED:
+            log.info("update %s of %s refused: %s", update.update_id, update.device_id, result.reason)
+        aggregated = self.buffer.aggregate_if_ready(self._threshold)
+        if aggregated is not None and aggregated.new_state is not None:
+            self._counts["aggregations"] += 1
+
+    def latest(self, known_version: int | None) -> GlobalState | None:
+        state = self.buffer.state
+        return state if known_version is None or state.version > known_version else None
+
+    def unsent(self) -> list[LocalUpdate]:
+        return []
+
+    def flush(self, timeout_s: float) -> bool:
+        return True
+
+    def stats(self) -> dict[str, int | float | None]:
+        return {"global_version": self.buffer.version, "pending_updates": len(self.buffer), **self._counts}
+
+    def close(self) -> None:
+        pass
+
+
+def architecture_digest(model: ModelConfig) -> str:
+    """A short name for an architecture: versions of different architectures never mix."""
+    return hashlib.sha256(json.dumps(model.to_dict(), sort_keys=True).encode()).hexdigest()[:8]

@@ -1,0 +1,190 @@
+"""What the trainer produces: dead letters and late readings (topic_dlq), anomaly events (topic_anomalies
+and collection_anomalies) and per-device statistics (collection_devices).
+
+Kafka sends are asynchronous and kept until acknowledged; anomaly documents are written as they come
+(opportunistically, backing off while MongoDB is away) and at the latest by the next checkpoint, which
+fails, and so commits nothing, until every output it covers is stored. Anomaly documents are keyed by
+``f"{device_id}:{ts}"`` (ts in ISO form with microseconds): a replay or a restart never duplicates
+them in MongoDB. The anomaly topic is at-least-once: after a restart, events since the last checkpoint
+are sent again with the same ``event_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from kafka import KafkaProducer
+from pymongo import UpdateOne
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from flead.bus.codec import Rejected
+from flead.bus.dlq import dead_letter_headers
+from flead.config import Settings
+from services.stream_trainer.backoff import Backoff
+from services.stream_trainer.health import Counters
+from services.stream_trainer.mongo_writes import insert_ignoring_duplicates
+from services.stream_trainer.slot import DeviceSlot, ScoredChunk
+
+log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SEND_ATTEMPTS = 3
+
+
+class OutputError(RuntimeError):
+    """Outputs could not be delivered: the checkpoint that needs them must not be committed."""
+
+
+class Outputs:
+    def __init__(
+        self, settings: Settings, producer: KafkaProducer, db: Database, counters: Counters, trainer_id: str
+    ) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.anomalies = db[settings.collection_anomalies]
+        self.devices = db[settings.collection_devices]
+        self.counters = counters
+        self.trainer_id = trainer_id
+        self._in_flight: list[tuple[object, tuple]] = []  # (future, (topic, key, value, headers))
+        self._documents: list[dict] = []  # anomaly documents not yet stored
+        self._retry_at = 0.0
+        self._backoff = Backoff(0.5, 10.0)
+
+    @property
+    def waiting_documents(self) -> int:
+        return len(self._documents)
+
+    # ------------------------------------------------------------------------------------- Kafka
+
+    def dead_letters(self, rejected: Iterable[Rejected]) -> None:
+        for r in rejected:
+            self._send((self.settings.topic_dlq, r.key, r.value, dead_letter_headers(r)))
+
+    def _send(self, message: tuple) -> None:
+        topic, key, value, headers = message
+        self._in_flight.append((self.producer.send(topic, key=key, value=value, headers=headers), message))
+        if len(self._in_flight) > 50_000:
+            self._in_flight = [(f, m) for f, m in self._in_flight if not f.succeeded()]
+
+    def settle_kafka(self, timeout_s: float = 30.0) -> None:
+        """Wait until every message sent so far is acknowledged, resending failures; OutputError if
+        some still fail."""
+        for attempt in range(SEND_ATTEMPTS):
+            self.producer.flush(timeout=timeout_s)
+            failed = [m for f, m in self._in_flight if not f.succeeded()]
+            self._in_flight = []
+            if not failed:
+                return
+            log.warning(
+                "%d Kafka messages not acknowledged (attempt %d); resending", len(failed), attempt + 1
+            )
+            for message in failed:
+                self._send(message)
+        self.producer.flush(timeout=timeout_s)
+        failed = [m for f, m in self._in_flight if not f.succeeded()]
+        if failed:
+            raise OutputError(
+                f"{len(failed)} Kafka messages (first to {failed[0][0]}) could not be delivered"
+            )
+        self._in_flight = []
+
+    # ----------------------------------------------------------------------------------- anomalies
+
+    def anomaly_events(self, slot: DeviceSlot, chunk: ScoredChunk) -> None:
+        index = np.flatnonzero(chunk.is_anomaly)
+        if not len(index):
+            return
+        rows = chunk.rows[index]
+        stamps = np.datetime_as_string(rows["ts"], unit="us")
+        detected_at = datetime.now(UTC)
+        for k, i in enumerate(index):
+            ts_text = f"{stamps[k]}Z"
+            values = rows["values"][k]
+            document = {
+                "_id": f"{slot.device_id}:{ts_text}",
+                "device_id": slot.device_id,
+                "ts": EPOCH + timedelta(microseconds=int(rows["ts"][k].astype("int64"))),
+                "ts_text": ts_text,
+                "score": float(chunk.score[i]),
+                "threshold": float(chunk.threshold[i]),
+                "values": {
+                    f: (None if np.isnan(v) else float(v)) for f, v in zip(slot.features, values, strict=True)
+                },
+                "partition": slot.partition,
+                "offset": int(rows["offset"][k]),
+                "model_version": slot.client.base_version,
+                "model_lineage": slot.lineage,
+                "trainer": self.trainer_id,
+                "detected_at": detected_at,
+            }
+            self._documents.append(document)
+            event = {
+                **document,
+                "event_id": document["_id"],
+                "ts": ts_text,
+                "detected_at": detected_at.isoformat(),
+            }
+            del event["_id"]
+            self._send(
+                (self.settings.topic_anomalies, slot.device_id.encode(), json.dumps(event).encode(), [])
+            )
+        self.counters.add("anomalies", len(index))
+
+    def store_anomalies(self, *, force: bool) -> bool:
+        """Write the waiting anomaly documents. Unless `force`, a failure only schedules a retry (the
+        consume loop goes on) and attempts wait for the backoff; with `force` a failure raises."""
+        if not self._documents or (not force and time.monotonic() < self._retry_at):
+            return not self._documents
+        try:
+            insert_ignoring_duplicates(self.anomalies, self._documents)
+        except PyMongoError as exc:
+            self.counters.add("mongo_errors")
+            self._retry_at = time.monotonic() + self._backoff.next_delay()
+            if force:
+                raise
+            log.warning("could not store %d anomaly documents yet: %s", len(self._documents), exc)
+            return False
+        self._documents = []
+        self._backoff.reset()
+        self._retry_at = 0.0
+        return True
+
+    # ------------------------------------------------------------------------------ device statistics
+
+    def store_device_stats(self, slots: Iterable[DeviceSlot]) -> None:
+        now = datetime.now(UTC)
+        writes = [
+            UpdateOne(
+                {"_id": slot.device_id}, {"$set": device_stats(slot, self.trainer_id, now)}, upsert=True
+            )
+            for slot in slots
+        ]
+        if writes:
+            self.devices.bulk_write(writes, ordered=False)
+
+
+def device_stats(slot: DeviceSlot, trainer_id: str, now: datetime) -> dict:
+    """The dashboard's view of a device (absolute values: rewriting them is idempotent)."""
+    return {
+        "device_id": slot.device_id,
+        "partition": slot.partition,
+        "readings": slot.readings,
+        "buffered": len(slot.pending),
+        "anomalies": slot.anomalies,
+        "late": slot.late,
+        "last_seen": None
+        if slot.last_event_us is None
+        else EPOCH + timedelta(microseconds=slot.last_event_us),
+        "last_score": slot.last_score,
+        "last_threshold": slot.last_threshold,
+        "model_version": slot.client.base_version,
+        "model_lineage": slot.lineage,
+        "trainer": trainer_id,
+        "updated_at": now,
+    }

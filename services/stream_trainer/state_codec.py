@@ -1,0 +1,142 @@
+"""A device's keyed state as a MongoDB document and back: the detector (`OnlineDetector.to_bytes`:
+network, optimiser, threshold, context), the federated client's fields, the readings waiting for a
+whole chunk, and the device's statistics. Global weights shared by many devices are stored once (see
+`weights_codec.SharedWeights`) and referenced by digest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+from bson.binary import Binary
+
+from flead.federated import ClientConfig, LocalUpdate
+from flead.federated.device import DeviceClient
+from flead.model.detector import OnlineDetector
+from flead.model.serialization import pack, unpack
+from services.stream_trainer.pending import PendingReadings, reading_dtype
+from services.stream_trainer.slot import DeviceSlot
+from services.stream_trainer.weights_codec import weights_from_bytes, weights_to_bytes
+
+UPDATE_FORMAT = "flead-update"
+UPDATE_FORMAT_VERSION = 1
+ADOPTED, ANCHOR = "adopted", "anchor"
+
+
+def slot_document(
+    slot: DeviceSlot,
+    *,
+    state_id: str,
+    owner: Mapping[str, object],
+    adopted_digest: str | None,
+    unsent: Sequence[LocalUpdate] = (),
+) -> dict:
+    client = slot.client
+    return {
+        "_id": state_id,
+        "kind": "device",
+        **owner,  # group, topic, partition, epoch, gen
+        "device_id": slot.device_id,
+        "detector": Binary(client.detector.to_bytes()),
+        "client": {
+            "base_version": client.base_version,
+            "sequence": client.sequence,
+            "lineage": slot.lineage,
+            "proximal_mu": client.client.proximal_mu,
+            "personal_mix": client.client.personal_mix,
+            "adopted": adopted_digest,
+            "anchor": _weights_ref(client.anchor, client, (ADOPTED,)),
+            "reported": _weights_ref(client.reported, client, (ADOPTED, ANCHOR)),
+            "unsent": [Binary(update_to_bytes(u)) for u in unsent],
+        },
+        "pending": Binary(slot.pending.to_bytes()),
+        "pending_rows": len(slot.pending),
+        "stats": {
+            "readings": slot.readings,
+            "anomalies": slot.anomalies,
+            "late": slot.late,
+            "last_event_us": slot.last_event_us,
+            "last_score": slot.last_score,
+            "last_threshold": slot.last_threshold,
+        },
+        "saved_at": datetime.now(UTC),
+    }
+
+
+def slot_from_document(
+    document: Mapping, *, adopted: Callable[[str], Mapping[str, np.ndarray] | None], push_every: int
+) -> tuple[DeviceSlot, list[LocalUpdate]]:
+    """The slot and its undelivered updates. `adopted` looks shared global weights up by digest."""
+    detector = OnlineDetector.from_bytes(bytes(document["detector"]))
+    fields = document["client"]
+    config = ClientConfig(proximal_mu=fields["proximal_mu"], personal_mix=fields["personal_mix"])
+    client = DeviceClient(document["device_id"], detector, config, push_every=push_every)
+    client.base_version = fields["base_version"]
+    client.sequence = fields["sequence"]
+    if fields["adopted"] is not None:
+        client.adopted = adopted(fields["adopted"])
+        if client.adopted is None:
+            raise ValueError(f"global weights {fields['adopted']} of {document['device_id']} are missing")
+    client.anchor = _weights_from_ref(fields["anchor"], client)
+    client.reported = _weights_from_ref(fields["reported"], client)
+    stats = document["stats"]
+    slot = DeviceSlot(
+        device_id=document["device_id"],
+        partition=int(document["partition"]),
+        client=client,
+        pending=PendingReadings.from_bytes(bytes(document["pending"]), reading_dtype(len(detector.features))),
+        lineage=fields["lineage"],
+        readings=stats["readings"],
+        anomalies=stats["anomalies"],
+        late=stats["late"],
+        last_event_us=stats["last_event_us"],
+        last_score=stats["last_score"],
+        last_threshold=stats["last_threshold"],
+        state_id=document["_id"],
+    )
+    return slot, [update_from_bytes(bytes(b)) for b in fields.get("unsent", [])]
+
+
+def update_to_bytes(update: LocalUpdate) -> bytes:
+    header = {
+        "format": UPDATE_FORMAT,
+        "format_version": UPDATE_FORMAT_VERSION,
+        "device_id": update.device_id,
+        "update_id": update.update_id,
+        "base_version": int(update.base_version),
+        "n_samples": int(update.n_samples),
+        "kind": update.kind,
+        "metrics": {k: float(v) for k, v in update.metrics.items()},
+    }
+    return pack(header, dict(update.arrays))
+
+
+def update_from_bytes(data: bytes) -> LocalUpdate:
+    header, arrays = unpack(data, UPDATE_FORMAT, (UPDATE_FORMAT_VERSION,))
+    return LocalUpdate(
+        device_id=header["device_id"],
+        update_id=header["update_id"],
+        base_version=header["base_version"],
+        n_samples=header["n_samples"],
+        arrays=arrays,
+        kind=header["kind"],
+        metrics=header["metrics"],
+    )
+
+
+def _weights_ref(weights, client: DeviceClient, shared: tuple[str, ...]):
+    if weights is None:
+        return None
+    for name in shared:
+        if weights is getattr(client, name):
+            return name
+    return Binary(weights_to_bytes(weights))
+
+
+def _weights_from_ref(ref, client: DeviceClient):
+    if ref is None:
+        return None
+    if isinstance(ref, str):
+        return getattr(client, ref)
+    return weights_from_bytes(bytes(ref))
