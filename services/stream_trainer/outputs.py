@@ -113,6 +113,7 @@ class Outputs:
                 "ts_text": ts_text,
                 "score": float(chunk.score[i]),
                 "threshold": float(chunk.threshold[i]),
+                "reason": "out_of_range" if chunk.out_of_range[i] else "model",
                 "values": {
                     f: (None if np.isnan(v) else float(v)) for f, v in zip(slot.features, values, strict=True)
                 },

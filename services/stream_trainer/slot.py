@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from flead.federated.device import DeviceClient
+from flead.model import rules
 from services.stream_trainer.pending import PendingReadings
 
 
@@ -23,7 +24,8 @@ class ScoredChunk:
     rows: np.ndarray  # structured: ts, offset, values (see `pending.reading_dtype`)
     score: np.ndarray
     threshold: np.ndarray
-    is_anomaly: np.ndarray
+    is_anomaly: np.ndarray  # the model's alarm or a physical limit broken
+    out_of_range: np.ndarray  # a physical limit broken (flead.model.rules)
 
 
 @dataclass(eq=False)
@@ -68,9 +70,10 @@ class DeviceSlot:
         out = self.client.process(pl.DataFrame(columns))
         score = out.get_column("score").to_numpy()
         threshold = out.get_column("threshold").to_numpy()
-        flags = out.get_column("is_anomaly").to_numpy()
+        out_of_range = rules.out_of_range(values, self.features)
+        flags = out.get_column("is_anomaly").to_numpy() | out_of_range
         self.readings += n
         self.anomalies += int(flags.sum())
         if n:
             self.last_score, self.last_threshold = float(score[-1]), float(threshold[-1])
-        return ScoredChunk(rows, score, threshold, flags)
+        return ScoredChunk(rows, score, threshold, flags, out_of_range)
