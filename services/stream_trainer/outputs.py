@@ -1,9 +1,9 @@
 """What the trainer produces: dead letters and late readings (topic_dlq), anomaly events (topic_anomalies
 and collection_anomalies) and per-device statistics (collection_devices).
 
-Kafka sends are asynchronous and kept until acknowledged; anomaly documents are written as they come
-(opportunistically, backing off while MongoDB is away) and at the latest by the next checkpoint, which
-fails, and so commits nothing, until every output it covers is stored. Anomaly documents are keyed by
+Kafka sends are asynchronous and kept until acknowledged; anomaly documents go to MongoDB from a
+background thread (`anomaly_store`) within about a second. A checkpoint first settles both, and fails
+(so commits nothing) until every output it covers is stored. Anomaly documents are keyed by
 ``f"{device_id}:{ts}"`` (ts in ISO form with microseconds): a replay or a restart never duplicates
 them in MongoDB. The anomaly topic is at-least-once: after a restart, events since the last checkpoint
 are sent again with the same ``event_id``.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -21,14 +20,12 @@ import numpy as np
 from kafka import KafkaProducer
 from pymongo import UpdateOne
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
 
 from flead.bus.codec import Rejected
 from flead.bus.dlq import dead_letter_headers
 from flead.config import Settings
-from services.stream_trainer.backoff import Backoff
+from services.stream_trainer.anomaly_store import AnomalyStore
 from services.stream_trainer.health import Counters
-from services.stream_trainer.mongo_writes import insert_ignoring_duplicates
 from services.stream_trainer.slot import DeviceSlot, ScoredChunk
 
 log = logging.getLogger(__name__)
@@ -52,13 +49,12 @@ class Outputs:
         self.counters = counters
         self.trainer_id = trainer_id
         self._in_flight: list[tuple[object, tuple]] = []  # (future, (topic, key, value, headers))
-        self._documents: list[dict] = []  # anomaly documents not yet stored
-        self._retry_at = 0.0
-        self._backoff = Backoff(0.5, 10.0)
+        self.anomaly_store = AnomalyStore(self.anomalies, counters)
+        # one attempt may take the server selection timeout: leave room for two
+        self._flush_timeout_s = max(10.0, 2 * settings.mongo_server_selection_timeout_ms / 1000)
 
-    @property
-    def waiting_documents(self) -> int:
-        return len(self._documents)
+    def close(self) -> None:
+        self.anomaly_store.close()
 
     # ------------------------------------------------------------------------------------- Kafka
 
@@ -103,6 +99,7 @@ class Outputs:
         rows = chunk.rows[index]
         stamps = np.datetime_as_string(rows["ts"], unit="us")
         detected_at = datetime.now(UTC)
+        documents = []
         for k, i in enumerate(index):
             ts_text = f"{stamps[k]}Z"
             values = rows["values"][k]
@@ -124,7 +121,7 @@ class Outputs:
                 "trainer": self.trainer_id,
                 "detected_at": detected_at,
             }
-            self._documents.append(document)
+            documents.append(document)
             event = {
                 **document,
                 "event_id": document["_id"],
@@ -135,26 +132,12 @@ class Outputs:
             self._send(
                 (self.settings.topic_anomalies, slot.device_id.encode(), json.dumps(event).encode(), [])
             )
+        self.anomaly_store.add(documents)
         self.counters.add("anomalies", len(index))
 
-    def store_anomalies(self, *, force: bool) -> bool:
-        """Write the waiting anomaly documents. Unless `force`, a failure only schedules a retry (the
-        consume loop goes on) and attempts wait for the backoff; with `force` a failure raises."""
-        if not self._documents or (not force and time.monotonic() < self._retry_at):
-            return not self._documents
-        try:
-            insert_ignoring_duplicates(self.anomalies, self._documents)
-        except PyMongoError as exc:
-            self.counters.add("mongo_errors")
-            self._retry_at = time.monotonic() + self._backoff.next_delay()
-            if force:
-                raise
-            log.warning("could not store %d anomaly documents yet: %s", len(self._documents), exc)
-            return False
-        self._documents = []
-        self._backoff.reset()
-        self._retry_at = 0.0
-        return True
+    def store_anomalies(self) -> None:
+        """Wait until every anomaly document so far is in MongoDB (AnomalyStoreError if not)."""
+        self.anomaly_store.flush(self._flush_timeout_s)
 
     # ------------------------------------------------------------------------------ device statistics
 

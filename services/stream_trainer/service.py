@@ -32,6 +32,7 @@ from flead.bus.clients import make_consumer, make_producer
 from flead.bus.codec import Rejected
 from flead.config import Settings
 from flead.storage.mongo import get_database, make_mongo_client
+from services.stream_trainer.anomaly_store import AnomalyStoreError
 from services.stream_trainer.backoff import Backoff
 from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition
 from services.stream_trainer.exchange import InProcessExchange, ModelExchange
@@ -55,6 +56,7 @@ EXIT_NOT_CHECKPOINTED = 3  # stopped, but the final checkpoint could not be writ
 IDLE_CHECK_S = 0.5
 SNAPSHOT_S = 1.0
 UNSENT_FLUSH_S = 2.0
+CAUGHT_UP_CHECKPOINT_S = 1.0  # at most this often when caught up
 
 
 class StreamTrainer(RebalanceHandler):
@@ -160,6 +162,8 @@ class StreamTrainer(RebalanceHandler):
                 log.warning("closing the consumer: %s", exc)
         if hasattr(self, "producer"):
             self.producer.close(timeout=10)
+        if hasattr(self, "outputs"):
+            self.outputs.close()
         if self.exchange is not None:
             self.exchange.close()
 
@@ -248,7 +252,6 @@ class StreamTrainer(RebalanceHandler):
             self._last_idle_check = now
             self._refresh_lag()
             self._flush_idle(now)
-        self.outputs.store_anomalies(force=False)
         if now - self._last_snapshot >= SNAPSHOT_S:
             self._last_snapshot = now
             self._refresh_view()
@@ -299,12 +302,17 @@ class StreamTrainer(RebalanceHandler):
     # ---------------------------------------------------------------------------------- checkpoints
 
     def _checkpoint_due(self) -> bool:
+        """Every `trainer_checkpoint_records` records or `trainer_checkpoint_seconds` seconds, and as soon
+        as a backlog is drained (every owned partition caught up), if anything changed."""
         if self._records_since_checkpoint >= self.settings.trainer_checkpoint_records:
             return True
         elapsed = time.monotonic() - self._last_checkpoint
-        return elapsed >= self.settings.trainer_checkpoint_seconds and any(
-            p.changed() for p in self.owned.values()
-        )
+        if elapsed < min(CAUGHT_UP_CHECKPOINT_S, self.settings.trainer_checkpoint_seconds):
+            return False
+        if not any(p.changed() for p in self.owned.values()):
+            return False
+        caught_up = bool(self._lag) and all(lag == 0 for lag in self._lag.values())
+        return caught_up or elapsed >= self.settings.trainer_checkpoint_seconds
 
     def checkpoint(self, parts: list[OwnedPartition], grace_s: float | None = None) -> bool:
         """Checkpoint, retrying with backoff: until it succeeds, or for `grace_s` (None: until a stop is
@@ -316,9 +324,9 @@ class StreamTrainer(RebalanceHandler):
                 self._checkpoint_once(parts)
                 self.mongo_ok = True
                 return True
-            except (PyMongoError, OutputError, KafkaError) as exc:
+            except (PyMongoError, OutputError, AnomalyStoreError, KafkaError) as exc:
                 self.counters.add("checkpoint_failures")
-                if isinstance(exc, PyMongoError):
+                if isinstance(exc, PyMongoError | AnomalyStoreError):
                     self.mongo_ok = False
                     self.counters.add("mongo_errors")
                 if deadline is None and self.stop_requested.is_set():
@@ -333,7 +341,7 @@ class StreamTrainer(RebalanceHandler):
     def _checkpoint_once(self, parts: list[OwnedPartition]) -> None:
         parts = [p for p in parts if self.owned.get(p.number) is p and p.changed()]
         self.outputs.settle_kafka()
-        self.outputs.store_anomalies(force=True)
+        self.outputs.store_anomalies()
         if parts:
             self.outputs.store_device_stats(p.slots[d] for p in parts for d in p.dirty)
             fenced = self.store.save(parts, self.watermarks.max_event_us, self._unsent_by_device())
