@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -97,41 +98,45 @@ class Outputs:
         if not len(index):
             return
         rows = chunk.rows[index]
-        stamps = np.datetime_as_string(rows["ts"], unit="us")
+        stamps = np.datetime_as_string(rows["ts"], unit="us").tolist()
+        ts_us = rows["ts"].astype("int64").tolist()
+        offsets = rows["offset"].tolist()
+        values = rows["values"].tolist()
+        scores, thresholds = chunk.score[index].tolist(), chunk.threshold[index].tolist()
+        reasons = np.where(chunk.out_of_range[index], "out_of_range", "model").tolist()
         detected_at = datetime.now(UTC)
+        detected_text = detected_at.isoformat()
+        key, topic, features = slot.device_id.encode(), self.settings.topic_anomalies, slot.features
+        common = {
+            "device_id": slot.device_id,
+            "partition": slot.partition,
+            "model_version": slot.client.base_version,
+            "model_lineage": slot.lineage,
+            "trainer": self.trainer_id,
+        }
         documents = []
-        for k, i in enumerate(index):
+        for k in range(len(index)):
             ts_text = f"{stamps[k]}Z"
-            values = rows["values"][k]
-            document = {
-                "_id": f"{slot.device_id}:{ts_text}",
-                "device_id": slot.device_id,
-                "ts": EPOCH + timedelta(microseconds=int(rows["ts"][k].astype("int64"))),
+            fields = {
+                **common,
                 "ts_text": ts_text,
-                "score": float(chunk.score[i]),
-                "threshold": float(chunk.threshold[i]),
-                "reason": "out_of_range" if chunk.out_of_range[i] else "model",
-                "values": {
-                    f: (None if np.isnan(v) else float(v)) for f, v in zip(slot.features, values, strict=True)
-                },
-                "partition": slot.partition,
-                "offset": int(rows["offset"][k]),
-                "model_version": slot.client.base_version,
-                "model_lineage": slot.lineage,
-                "trainer": self.trainer_id,
-                "detected_at": detected_at,
+                "score": scores[k],
+                "threshold": thresholds[k],
+                "reason": reasons[k],
+                "values": dict(zip(features, (None if math.isnan(v) else v for v in values[k]), strict=True)),
+                "offset": offsets[k],
             }
-            documents.append(document)
-            event = {
-                **document,
-                "event_id": document["_id"],
-                "ts": ts_text,
-                "detected_at": detected_at.isoformat(),
-            }
-            del event["_id"]
-            self._send(
-                (self.settings.topic_anomalies, slot.device_id.encode(), json.dumps(event).encode(), [])
+            event_id = f"{slot.device_id}:{ts_text}"
+            documents.append(
+                {
+                    "_id": event_id,
+                    **fields,
+                    "ts": EPOCH + timedelta(microseconds=ts_us[k]),
+                    "detected_at": detected_at,
+                }
             )
+            event = {"event_id": event_id, **fields, "ts": ts_text, "detected_at": detected_text}
+            self._send((topic, key, json.dumps(event).encode(), []))
         self.anomaly_store.add(documents)
         self.counters.add("anomalies", len(index))
 
