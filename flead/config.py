@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -56,6 +57,9 @@ class Settings(BaseSettings):
     topic_readings_partitions: int = Field(8, ge=1, description="Partitions of the readings topic.")
     topic_anomalies: str = Field("flead.anomalies", description="Topic of detected anomaly events.")
     topic_dlq: str = Field("flead.readings.dlq", description="Dead-letter topic for invalid readings.")
+    topic_late: str = Field(
+        "flead.readings.late", description="Side output of readings later than the allowed lateness."
+    )
     topic_smoke: str = Field("flead.smoke", description="Topic used by the platform round-trip check.")
     max_message_bytes: int = Field(
         64 * 1024, ge=256, description="Largest reading message accepted; bigger ones go to the DLQ."
@@ -84,6 +88,9 @@ class Settings(BaseSettings):
     )
     collection_checkpoints: str = Field(
         "trainer_checkpoints", description="The stream trainer's checkpointed offsets per partition."
+    )
+    collection_evaluations: str = Field(
+        "evaluations", description="Batch evaluations, one per (global model version, day)."
     )
 
     # Global model API
@@ -136,6 +143,28 @@ class Settings(BaseSettings):
     trainer_health_port: int = Field(
         8081, ge=0, le=65535, description="Port of the trainer's /health endpoint."
     )
+    trainer_exchange: Literal["local", "http"] = Field(
+        "local",
+        description="Where the trainer sends local updates: in-process (local) or the global API (http).",
+    )
+
+    # Orchestration (Dagster sensors, schedules and checks)
+    supervise_trainer: bool = Field(
+        True, description="Whether the Dagster sensor keeps a stream trainer running."
+    )
+    supervise_api: bool = Field(True, description="Whether the Dagster sensor keeps the global API running.")
+    service_stale_s: float = Field(
+        30.0, gt=0, description="A heartbeat older than this means the service is down."
+    )
+    pending_updates_trigger: int = Field(
+        4, ge=1, description="Pending local updates at which the sensor requests a global_model run."
+    )
+    evaluation_threshold_quantile: float = Field(
+        0.98, gt=0, lt=1, description="Per-device score quantile above which batch evaluation alarms."
+    )
+    evaluation_f1_tolerance: float = Field(
+        0.05, ge=0, le=1, description="How much worse a version's F1 may be than the previous one's."
+    )
 
     # Files
     home: Path = Field(Path(".flead"), description="Root of FLEAD's local files.")
@@ -147,9 +176,17 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(
         None, description="Local services' PID files, logs and data (default HOME/state)."
     )
+    evaluations_dir: Path | None = Field(
+        None, description="Scored readings of batch evaluations, Parquet (default HOME/evaluations)."
+    )
+    reports_dir: Path | None = Field(
+        None, description="Anomaly reports, Markdown + PNG (default HOME/reports)."
+    )
 
     # Spark
     spark_master: str = Field("local[*]", description="Spark master URL.")
+    spark_driver_memory: str = Field("2g", description="Spark driver memory (local mode runs all in it).")
+    spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions.")
 
     # Embedded local services
     local_start_timeout_s: float = Field(
@@ -178,6 +215,8 @@ class Settings(BaseSettings):
         self.lake_dir = self.lake_dir or self.home / "lake"
         self.labelled_dir = self.labelled_dir or self.home / "labelled"
         self.state_dir = self.state_dir or self.home / "state"
+        self.evaluations_dir = self.evaluations_dir or self.home / "evaluations"
+        self.reports_dir = self.reports_dir or self.home / "reports"
 
     @cached_property
     def kafka_address(self) -> Address:

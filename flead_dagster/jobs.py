@@ -1,0 +1,9 @@
+"""Jobs the schedules and sensors request."""
+
+from dagster import AssetSelection, define_asset_job
+
+global_model_job = define_asset_job(
+    "global_model_job",
+    selection=AssetSelection.assets("global_model"),
+    description="Aggregate the pending local updates into a new global model version.",
+)
