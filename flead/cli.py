@@ -15,6 +15,9 @@ from flead.bus.replay import ReplayError, lake_readings, replay
 from flead.cli_api import api_app
 from flead.cli_data import data_app
 from flead.cli_evaluate import evaluate_command
+from flead.cli_pipeline import demo_command, up_command
+from flead.cli_report import report_command
+from flead.cli_services import services_app
 from flead.cli_trainer import trainer_app
 from flead.config import Settings, settings_markdown_table, settings_rows
 from flead.local.java import java_problem
@@ -29,7 +32,11 @@ app.add_typer(local_app, name="local")
 app.add_typer(data_app, name="data")
 app.add_typer(api_app, name="api")
 app.add_typer(trainer_app, name="trainer")
+app.add_typer(services_app, name="services")
 app.command("evaluate")(evaluate_command)
+app.command("demo")(demo_command)
+app.command("up")(up_command)
+app.command("report")(report_command)
 
 console = Console(log_path=False)
 
@@ -157,9 +164,9 @@ def config(
     console.print(table)
 
 
-@app.command("demo")
-def demo() -> None:
-    """The main job: local services up, then one reading through Kafka and MongoDB and back."""
+@local_app.command("check")
+def local_check() -> None:
+    """Local services up, then one reading through Kafka (a consumer group) and MongoDB and back."""
     problem = java_problem()
     if problem:
         raise _fail(problem, code=2)

@@ -10,6 +10,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    BackfillPolicy,
     Config,
     DailyPartitionsDefinition,
     MaterializeResult,
@@ -84,6 +85,7 @@ def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> Ma
     group_name="data",
     deps=[raw_intel_lab],
     partitions_def=DAILY,
+    backfill_policy=BackfillPolicy.single_run(),
     check_specs=[
         AssetCheckSpec("schema", asset=LAKE_KEY, description="columns and dtypes are the lake schema"),
         AssetCheckSpec(
@@ -97,20 +99,24 @@ def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> Ma
 )
 def readings_lake(context: AssetExecutionContext) -> MaterializeResult:
     settings = Settings()
-    day = date.fromisoformat(context.partition_key)
-    (stats,) = pipeline.write_lake_days(settings, [day]).partitions
-    context.log.info(f"{day}: {stats.rows} rows from {stats.devices} devices")
+    days = [date.fromisoformat(key) for key in context.partition_keys]
+    written = pipeline.write_lake_days(settings, days).partitions
+    rejects = pipeline.rejects_per_day(settings)
+    for stats in written:
+        context.log.info(f"{stats.day}: {stats.rows} rows from {stats.devices} devices")
+    frame = pl.concat([pl.read_parquet(stats.path) for stats in written]) if written else pl.DataFrame()
     return MaterializeResult(
         metadata={
-            "rows": stats.rows,
-            "devices": stats.devices,
-            "rejects": pipeline.rejects_per_day(settings).get(day, 0),
-            "out_of_range": stats.flags.out_of_range,
-            "low_battery": stats.flags.low_battery,
-            "missing_fields": stats.flags.missing_fields,
-            "path": MetadataValue.path(str(stats.path)),
+            "days": len(written),
+            "rows": sum(s.rows for s in written),
+            "devices": frame["device_id"].n_unique() if frame.height else 0,
+            "rejects": sum(rejects.get(day, 0) for day in days),
+            "out_of_range": sum(s.flags.out_of_range for s in written),
+            "low_battery": sum(s.flags.low_battery for s in written),
+            "missing_fields": sum(s.flags.missing_fields for s in written),
+            "path": MetadataValue.path(str(written[0].path if len(written) == 1 else settings.lake_dir)),
         },
-        check_results=lake_checks(pl.read_parquet(stats.path), settings.flag_rate_warn),
+        check_results=lake_checks(frame, settings.flag_rate_warn),
     )
 
 

@@ -7,3 +7,9 @@ global_model_job = define_asset_job(
     selection=AssetSelection.assets("global_model"),
     description="Aggregate the pending local updates into a new global model version.",
 )
+
+evaluation_job = define_asset_job(
+    "evaluation_job",
+    selection=AssetSelection.assets("global_model_evaluation"),
+    description="Score lake days with the latest global model on Spark.",
+)

@@ -1,12 +1,20 @@
-"""Dagster resources: connection settings for Kafka and MongoDB, handing out `flead` clients."""
+"""Dagster resources: Kafka, MongoDB, the global model API and Spark, configured from `flead.config`."""
 
-from dagster import ConfigurableResource
+import os
+import sys
+
+from dagster import ConfigurableResource, EnvVar
+from dagster_pyspark import PySparkResource
 from kafka import KafkaConsumer, KafkaProducer
 from pymongo import MongoClient
 
+from flead.api_client import GlobalApiClient
 from flead.bus.clients import make_consumer, make_producer
 from flead.config import Settings
+from flead.local.secrets import local_admin_key
 from flead.storage.mongo import make_mongo_client
+
+ADMIN_KEY_ENV = "FLEAD_API_ADMIN_KEY"
 
 
 class KafkaResource(ConfigurableResource):
@@ -33,8 +41,38 @@ class MongoResource(ConfigurableResource):
         return make_mongo_client(self.apply(Settings()))
 
 
+class GlobalApiResource(ConfigurableResource):
+    """The global model API over HTTP. The admin token comes from FLEAD_API_ADMIN_KEY when set (an
+    `EnvVar`, so it never appears in the run config), else from the local services' generated key."""
+
+    base_url: str
+    admin_key: str | None = None
+
+    def client(self) -> GlobalApiClient:
+        return GlobalApiClient(self.base_url, self.admin_key or local_admin_key(Settings()))
+
+
+def spark_resource(settings: Settings) -> PySparkResource:
+    # Spark starts its Python workers with `python3` from PATH unless told; they need this venv's pyarrow.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return PySparkResource(
+        spark_config={
+            "spark.master": settings.spark_master,
+            "spark.app.name": "flead",
+            "spark.driver.memory": settings.spark_driver_memory,
+            "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+            "spark.sql.session.timeZone": "UTC",
+            "spark.ui.enabled": "false",
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+        }
+    )
+
+
 def default_resources(settings: Settings) -> dict[str, ConfigurableResource]:
+    admin_key = EnvVar(ADMIN_KEY_ENV) if os.environ.get(ADMIN_KEY_ENV) else None
     return {
         "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers),
         "mongo": MongoResource(uri=settings.mongo_uri, database=settings.mongo_db),
+        "global_api": GlobalApiResource(base_url=settings.api_url, admin_key=admin_key),
+        "pyspark": spark_resource(settings),
     }

@@ -1,4 +1,4 @@
-"""The main job's round trip: core function, Dagster asset, and the `flead demo` command."""
+"""The platform round trip: core function, Dagster asset, `flead local check`; `flead demo` without Java."""
 
 from __future__ import annotations
 
@@ -45,9 +45,13 @@ def test_round_trip_asset_materializes(settings):
     assert metadata["committed_offset"].value == metadata["offset"].value + 1
 
 
-def test_demo_command_runs_the_main_job(services_env):
+def test_local_check_command_runs_the_round_trip(services_env):
     result = subprocess.run(
-        [FLEAD, "demo"], env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=180
+        [FLEAD, "local", "check"],
+        env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "written to" in result.stdout and "read back" in result.stdout

@@ -210,7 +210,7 @@ class LocalServices:
                     results.append(StopResult(spec.name, None, "not running"))
                     continue
                 results.append(
-                    StopResult(spec.name, process.pid, _terminate(process, self.settings.local_stop_grace_s))
+                    StopResult(spec.name, process.pid, terminate(process, self.settings.local_stop_grace_s))
                 )
         return results
 
@@ -253,65 +253,28 @@ class LocalServices:
 
     # --- internals -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(self.root / ".lock")
 
     def _owned_process(self, name: str) -> psutil.Process | None:
         """The live process recorded in the PID file, or None (a stale file is removed)."""
-        path = self.pid_file(name)
-        try:
-            record = json.loads(path.read_text())
-            process = psutil.Process(record["pid"])
-            same = abs(process.create_time() - record["create_time"]) < 0.05
-            alive = process.status() != psutil.STATUS_ZOMBIE
-        except FileNotFoundError:
-            return None
-        except (psutil.Error, ValueError, KeyError, TypeError):
-            path.unlink(missing_ok=True)
-            return None
-        if not (same and alive):
-            path.unlink(missing_ok=True)
-            return None
-        return process
+        return owned_process(self.pid_file(name))
 
     def _start(self, spec: ServiceSpec) -> psutil.Process:
-        owner = _port_owner(spec.address)
+        owner = port_owner(spec.address)
         if owner is not None:
             raise LocalServiceError(
                 f"cannot start {spec.name}: {spec.address} is already in use by {owner}, "
                 f"which flead did not start. Stop it, or choose another address in the settings "
                 f"({_setting_for(spec.name)})."
             )
-        log = self.log_file(spec.name)
-        with log.open("ab") as out:
-            out.write(
-                f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(spec.command)}\n".encode()
-            )
-            out.flush()
-            popen = subprocess.Popen(
-                spec.command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,
-                start_new_session=True,  # survives the CLI; the PID is its own process group
-            )
-        process = psutil.Process(popen.pid)
-        record = {
-            "pid": popen.pid,
-            "create_time": process.create_time(),
-            "command": spec.command,
-            "address": str(spec.address),
-        }
-        self.pid_file(spec.name).write_text(json.dumps(record))
-        return process
+        return start_detached(
+            spec.command,
+            log_file=self.log_file(spec.name),
+            pid_file=self.pid_file(spec.name),
+            cwd=self.root,
+            record={"address": str(spec.address)},
+        )
 
     def _wait_until_answering(self, spec: ServiceSpec, process: psutil.Process) -> None:
         deadline = time.monotonic() + self.settings.local_start_timeout_s
@@ -335,7 +298,105 @@ class LocalServices:
         )
 
 
-def _terminate(process: psutil.Process, grace_s: float) -> str:
+# --- detached processes recorded in PID files (shared with flead.local.supervisor) ----------------
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory lock file: one process at a time starts or stops what it guards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_record(pid_file: Path) -> dict | None:
+    """The PID file's record (pid, create_time, command, ...), or None when absent or unreadable."""
+    try:
+        record = json.loads(pid_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def owned_process(pid_file: Path) -> psutil.Process | None:
+    """The live process recorded in the PID file, or None (a stale file is removed).
+
+    Alive means: the PID exists, is not a zombie, and started when the record says (a recycled PID
+    belongs to another process and is never returned, so never signalled)."""
+    try:
+        record = json.loads(pid_file.read_text())
+        process = psutil.Process(record["pid"])
+        same = abs(process.create_time() - record["create_time"]) < 0.05
+        alive = process.status() != psutil.STATUS_ZOMBIE
+    except FileNotFoundError:
+        return None
+    except (psutil.Error, ValueError, KeyError, TypeError):
+        pid_file.unlink(missing_ok=True)
+        return None
+    if not (same and alive):
+        pid_file.unlink(missing_ok=True)
+        return None
+    return process
+
+
+def start_detached(
+    command: list[str],
+    *,
+    log_file: Path,
+    pid_file: Path,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    record: dict | None = None,
+) -> psutil.Process:
+    """Start `command` in its own session (it outlives the caller), output appended to `log_file`,
+    and record its PID and start time (plus `record`) in `pid_file`."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
+        out.flush()
+        popen = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,  # survives the caller; the PID is its own process group
+        )
+    process = psutil.Process(popen.pid)
+    entry = {
+        **(record or {}),
+        "pid": popen.pid,
+        "create_time": process.create_time(),
+        "command": command,
+        "log_file": str(log_file),
+    }
+    tmp = pid_file.with_name(pid_file.name + ".tmp")
+    tmp.write_text(json.dumps(entry))
+    tmp.replace(pid_file)  # atomic: a reader never sees half a record
+    # Keep the Popen: reap_children() collects its exit status, so it never lingers as a zombie.
+    _reapers.append(popen)
+    reap_children()
+    return process
+
+
+_reapers: list[subprocess.Popen] = []
+
+
+def reap_children() -> None:
+    """Collect the exit status of children this process started that have exited since."""
+    for popen in list(_reapers):
+        if popen.poll() is not None:
+            _reapers.remove(popen)
+
+
+def terminate(process: psutil.Process, grace_s: float) -> str:
+    """SIGTERM to the process and its children, SIGKILL to what is left after `grace_s`."""
     group = [process]
     with contextlib.suppress(psutil.Error):
         group += process.children(recursive=True)
@@ -343,16 +404,18 @@ def _terminate(process: psutil.Process, grace_s: float) -> str:
         with contextlib.suppress(psutil.Error):
             member.send_signal(signal.SIGTERM)
     _gone, alive = psutil.wait_procs(group, timeout=grace_s)
+    reap_children()
     if not alive:
         return "stopped"
     for member in alive:
         with contextlib.suppress(psutil.Error):
             member.kill()
     psutil.wait_procs(alive, timeout=5)
+    reap_children()
     return "killed"
 
 
-def _port_owner(address: Address) -> str | None:
+def port_owner(address: Address) -> str | None:
     """Who listens on the address, or None when it is free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)

@@ -1,0 +1,94 @@
+"""A small HTTP client for the global model API: what Dagster and the CLI ask of it.
+
+Every call is retried with backoff on connection errors and 5xx answers; a 4xx answer is an
+`ApiError` at once, with the API's own message.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from flead.config import Settings
+
+RETRIES = 4
+BACKOFF_S = 0.5
+
+
+class ApiError(RuntimeError):
+    pass
+
+
+@dataclass
+class GlobalApiClient:
+    base_url: str
+    token: str | None = None
+    timeout_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, token: str | None = None) -> GlobalApiClient:
+        return cls(settings.api_url, token)
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        last: str = ""
+        for attempt in range(RETRIES):
+            try:
+                response = httpx.request(
+                    method,
+                    self.base_url.rstrip("/") + path,
+                    headers=headers,
+                    timeout=self.timeout_s,
+                    **kwargs,
+                )
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 500:
+                    if response.status_code >= 400:
+                        raise ApiError(f"{method} {path}: HTTP {response.status_code}: {_detail(response)}")
+                    return response
+                last = f"HTTP {response.status_code}: {_detail(response)}"
+            if attempt < RETRIES - 1:
+                time.sleep(BACKOFF_S * 2**attempt)  # backoff between retries
+        raise ApiError(
+            f"{method} {path} failed after {RETRIES} tries ({last}); is the API at {self.base_url} up?"
+        )
+
+    def health(self) -> dict:
+        return self._request("GET", "/health").json()
+
+    def status(self) -> dict:
+        return self._request("GET", "/api/status").json()
+
+    def aggregate(self) -> dict:
+        return self._request("POST", "/api/aggregate").json()
+
+    def history(self, limit: int = 100) -> list[dict]:
+        return self._request("GET", "/api/history", params={"limit": limit}).json()["versions"]
+
+    def version(self, version: int) -> dict:
+        for entry in self.history(limit=1000):
+            if entry["version"] == version:
+                return entry
+        raise ApiError(f"version {version} does not exist")
+
+    def model_bytes(self, version: int | None = None) -> tuple[int, bytes]:
+        """(version, the binary model) of `version` or the latest."""
+        params = {} if version is None else {"version": version}
+        response = self._request(
+            "GET", "/api/global-model", params=params, headers={"Accept": "application/octet-stream"}
+        )
+        return int(response.headers["X-Flead-Model-Version"]), response.content
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)[:200]

@@ -1,0 +1,69 @@
+"""`flead report`: the anomaly report (Markdown + PNG charts) of a batch evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flead.config import Settings
+from flead.reporting.anomaly_report import ReportError, build_report
+
+console = Console(log_path=False)
+
+_TOTALS = {
+    "readings": ("readings in the lake", "count"),
+    "scored": ("scored readings", "count"),
+    "out_of_range": ("out-of-range readings", "count"),
+    "alarms": ("model alarms", "count"),
+    "alarm_rate": ("alarm rate", "rate"),
+    "alarms_out_of_range": ("alarms on out-of-range readings", "count"),
+    "devices": ("devices", "count"),
+    "days": ("days", "count"),
+    "labelled": ("labelled readings", "count"),
+    "precision": ("precision", "ratio"),
+    "recall": ("recall", "ratio"),
+    "f1": ("F1", "ratio"),
+}
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "rate":
+        return f"{value:.2%}"
+    if kind == "ratio":
+        return f"{value:.3f}"
+    return f"{value:,}"
+
+
+def report_command(
+    version: int | None = typer.Option(
+        None, "--version", min=0, help="Evaluation version to report (default: the newest present)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder of report.md and the charts (default: FLEAD_REPORTS_DIR)."
+    ),
+) -> None:
+    """Per-device and per-day summaries, top device-days and charts of a batch evaluation."""
+    settings = Settings()
+    out_dir = Path(out) if out is not None else Path(settings.reports_dir)
+    try:
+        with console.status("building the anomaly report"):
+            report = build_report(
+                Path(settings.lake_dir), Path(settings.evaluations_dir), out_dir, version=version
+            )
+    except ReportError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    table = Table(title=f"anomaly report, evaluation version {report.version}")
+    table.add_column("total")
+    table.add_column("value", justify="right")
+    for key, (label, kind) in _TOTALS.items():
+        table.add_row(label, _fmt(report.totals.get(key), kind))
+    console.print(table)
+    for name, path in report.png.items():
+        console.print(f"chart {name}: {path}", highlight=False, soft_wrap=True)
+    console.print(f"report: {report.markdown_path}", highlight=False, soft_wrap=True)

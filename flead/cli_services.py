@@ -1,0 +1,64 @@
+"""`flead services ...`: the long-running services the Dagster sensors keep alive (stream trainer,
+global API): their state, and stopping what the sensors started (``flead.local.supervisor``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flead.config import Settings
+from flead.local.supervisor import State, Supervisor
+
+services_app = typer.Typer(
+    help="The stream trainer and global API that the Dagster sensors keep running.", no_args_is_help=True
+)
+console = Console(log_path=False)
+
+STATE_STYLE = {
+    State.HEALTHY: "green",
+    State.STARTING: "yellow",
+    State.UNHEALTHY: "red",
+    State.DOWN: "red",
+}
+
+
+def _log_dir() -> Path | None:
+    """Where the sensors' services log (``$DAGSTER_HOME/flead/logs``), shown for a service that is down."""
+    home = os.environ.get("DAGSTER_HOME")
+    return Path(home) / "flead" / "logs" if home else None
+
+
+@services_app.command("status")
+def status() -> None:
+    """A table of the supervised services: state, PID, whether the supervisor started it, detail, log."""
+    with Supervisor(Settings(), log_dir=_log_dir()) as supervisor:
+        statuses = supervisor.status()
+    table = Table(title="FLEAD supervised services")
+    for column in ("service", "state", "PID", "started by", "detail", "log"):
+        table.add_column(column)
+    for s in statuses:
+        table.add_row(
+            s.name,
+            f"[{STATE_STYLE[s.state]}]{s.state}[/]",
+            str(s.pid or "-"),
+            "supervisor" if s.supervised else ("someone else" if s.answering else "-"),
+            s.detail,
+            str(s.log_file),
+        )
+    console.print(table)
+
+
+@services_app.command("stop")
+def stop() -> None:
+    """Stop the services the sensors started (SIGTERM, then SIGKILL after FLEAD_LOCAL_STOP_GRACE_S).
+    Processes it did not start are left alone. The sensors start them again at their next tick unless
+    FLEAD_SUPERVISE_TRAINER / FLEAD_SUPERVISE_API are false or the sensors are stopped."""
+    with Supervisor(Settings()) as supervisor:
+        results = supervisor.stop_all()
+    for result in results:
+        pid = f" (PID {result.pid})" if result.pid else ""
+        console.print(f"{result.name}: {result.outcome}{pid}", highlight=False)

@@ -1,0 +1,305 @@
+"""Batch evaluation of a frozen global model over the Parquet lake (NumPy, polars, pyarrow only).
+
+Every device is scored the way the stream trainer would score it with the global model's weights and
+learning switched off: the device's readings in time order go through an `OnlineDetector` built from
+the global model (``process_many(learn=False)``, micro-batches of ``TrainConfig.batch_size``), with
+
+- the network frozen: the global weights, never trained here;
+- the device's own running normaliser, started empty (the global model's normaliser is an average of
+  nobody in particular) and following the device prequentially, like the detector does online;
+- a per-device adaptive `QuantileThreshold` at the evaluation quantile
+  (``Settings.evaluation_threshold_quantile``): every micro-batch is judged against the threshold of
+  the scores before it, once the detector's and the threshold's warm-ups are over;
+- readings outside the sensors' physical limits (`flead.model.rules`) ORed into the alarm, as the
+  stream trainer does.
+
+A device's results depend only on its own readings (sorted by time, ties broken by the values), so
+they are the same whatever the row order of the input or how devices are split across batches or
+Spark partitions. The scoring runs over all the days given in one call: the warm-up (by default the
+first ~1500 readings of each device, ~13 h at one reading every 31 s) is spent once, at the start.
+
+Scored rows (`SCORED_SCHEMA`): device_id, ts, date (UTC day), score (float32), threshold (float32,
+NaN while warming up), is_anomaly, out_of_range, label (null without labels).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from flead.datasets import lake
+from flead.evaluation.metrics import point_scores
+from flead.model import rules
+from flead.model.anomaly_model import AnomalyModel
+from flead.model.config import TrainConfig
+from flead.model.detector import OnlineDetector
+from flead.model.normalizer import RunningNormalizer
+from flead.model.thresholds import QuantileThreshold
+
+DEVICE, TS, DATE, LABEL, EVENT = "device_id", "ts", "date", "label", "event_id"
+SCORED_SCHEMA = pa.schema(
+    [
+        pa.field(DEVICE, pa.string()),
+        pa.field(TS, pa.timestamp("us", tz="UTC")),
+        pa.field(DATE, pa.date32()),
+        pa.field("score", pa.float32()),
+        pa.field("threshold", pa.float32()),
+        pa.field("is_anomaly", pa.bool_()),
+        pa.field("out_of_range", pa.bool_()),
+        pa.field(LABEL, pa.bool_()),
+    ]
+)
+VERSION_COLUMN = "version"
+SCORE_QUANTILE = 0.99  # score_p99
+
+
+# ----------------------------------------------------------------------------------------- scoring
+
+
+def score_table(
+    table: pa.Table, model_bytes: bytes, *, quantile: float, train: TrainConfig | None = None
+) -> pa.Table:
+    """Score every reading of `table` with the frozen model `model_bytes` (`AnomalyModel.to_bytes`).
+
+    `table` needs device_id, ts and the model's feature columns; ``label`` (bool or 0/1) is carried
+    over when present. Rows come back in `SCORED_SCHEMA`, one per input row, sorted by device and
+    time. `train` sets the detector's micro-batch size and warm-up (default `TrainConfig()`, as the
+    stream trainer runs); its learning settings are unused, nothing is learned.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be within (0, 1), got {quantile}")
+    model = AnomalyModel.from_bytes(model_bytes)
+    frame = _prepare(table, model.features)
+    n = frame.height
+    scores = np.zeros(n)
+    thresholds = np.full(n, np.nan)
+    alarms = np.zeros(n, bool)
+    values = frame.select(model.features).to_numpy().astype(np.float64, copy=False)
+    ts = frame.get_column(TS).dt.replace_time_zone(None).to_numpy()
+    device = frame.get_column(DEVICE)
+    starts = np.flatnonzero(device.ne_missing(device.shift(1)).to_numpy()).tolist()
+    for lo, hi in zip(starts, [*starts[1:], n], strict=True):
+        detector = _device_detector(model, quantile, train)
+        out = detector.process_many(values[lo:hi], ts=ts[lo:hi], learn=False)
+        scores[lo:hi] = out.get_column("score").to_numpy()
+        limit = out.get_column("threshold").to_numpy()
+        thresholds[lo:hi] = np.where(np.isfinite(limit), limit, np.nan)
+        alarms[lo:hi] = out.get_column("is_anomaly").to_numpy()
+    out_of_range = rules.out_of_range(values, model.features)
+    return pa.table(
+        [
+            frame.get_column(DEVICE).cast(pl.String).to_arrow().cast(pa.string()),
+            frame.get_column(TS).to_arrow().cast(pa.timestamp("us", tz="UTC")),
+            frame.get_column(TS).dt.date().to_arrow(),
+            pa.array(scores.astype(np.float32)),
+            pa.array(thresholds.astype(np.float32)),
+            pa.array(alarms | out_of_range),
+            pa.array(out_of_range),
+            frame.get_column(LABEL).to_arrow().cast(pa.bool_()),
+        ],
+        schema=SCORED_SCHEMA,
+    )
+
+
+def _prepare(table: pa.Table, features: tuple[str, ...]) -> pl.DataFrame:
+    """The columns scoring needs, typed, sorted by device then time (ties broken by every value)."""
+    frame = pl.from_arrow(table)
+    if not isinstance(frame, pl.DataFrame):
+        raise TypeError(f"expected a pyarrow Table, got {type(table).__name__}")
+    missing = [c for c in (DEVICE, TS, *features) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the table lacks columns {missing}; it has {frame.columns}")
+    ts = frame.get_column(TS)
+    if not isinstance(ts.dtype, pl.Datetime):
+        raise ValueError(f"column {TS!r} must be a timestamp, got {ts.dtype}")
+    ts_expr = pl.col(TS)
+    if ts.dtype.time_zone is None:
+        ts_expr = ts_expr.dt.replace_time_zone("UTC")  # naive times are read as UTC, like the lake's
+    elif ts.dtype.time_zone != "UTC":
+        ts_expr = ts_expr.dt.convert_time_zone("UTC")
+    for column in (DEVICE, TS):
+        if frame.get_column(column).null_count():
+            raise ValueError(f"column {column!r} has {frame.get_column(column).null_count()} missing values")
+    label = pl.col(LABEL).cast(pl.Boolean) if LABEL in frame.columns else pl.lit(None, pl.Boolean)
+    frame = frame.select(
+        pl.col(DEVICE).cast(pl.String),
+        ts_expr.dt.cast_time_unit("us").alias(TS),
+        *(pl.col(f).cast(pl.Float64) for f in features),
+        label.alias(LABEL),
+    )
+    return frame.sort([DEVICE, TS, *features, LABEL], nulls_last=True)
+
+
+def _device_detector(model: AnomalyModel, quantile: float, train: TrainConfig | None) -> OnlineDetector:
+    """A detector on the frozen global network with the device's own, empty normaliser."""
+    own = copy.deepcopy(model)
+    own.normalizer = RunningNormalizer(own.config.n_features, own.config.min_std)
+    return OnlineDetector(model=own, train=train, threshold=QuantileThreshold(q=quantile))
+    own.normalizer = RunningNormalizer(own.config.n_features, own.config.min_std)
+    return OnlineDetector(model=own, train=train, threshold=QuantileThreshold(q=quantile))
+
+
+# ------------------------------------------------------------------------------------ the lake
+
+
+def lake_sources(
+    lake_dir: Path | str, days: Iterable[date], labelled_dir: Path | str | None = None
+) -> tuple[list[Path], bool]:
+    """The Parquet files to score for `days` and whether they carry labels.
+
+    The labelled copy is used when `labelled_dir` has a partition for every one of the days, else
+    the lake itself; a day missing from the lake is an error (the lake writes a file, maybe empty,
+    for every day it covers).
+    """
+    chosen = sorted(set(days))
+    if not chosen:
+        raise ValueError("no days to score")
+    if labelled_dir is not None:
+        labelled = [lake.partition_path(Path(labelled_dir), d) for d in chosen]
+        if all(p.is_file() for p in labelled):
+            return labelled, True
+    paths = [lake.partition_path(Path(lake_dir), d) for d in chosen]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the lake has no partition for {len(missing)} of the days: {missing[:3]}")
+    return paths, False
+
+
+def source_columns(features: Iterable[str], labelled: bool) -> list[str]:
+    """The columns score_table reads from lake files."""
+    return [DEVICE, TS, *features, *([LABEL] if labelled else [])]
+
+
+def model_features(model_bytes: bytes) -> tuple[str, ...]:
+    return AnomalyModel.from_bytes(model_bytes).features
+
+
+def score_lake(
+    lake_dir: Path | str,
+    days: Iterable[date],
+    model_bytes: bytes,
+    *,
+    quantile: float,
+    labelled_dir: Path | str | None = None,
+    train: TrainConfig | None = None,
+) -> pl.DataFrame:
+    """Score `days` of the lake (or of its labelled copy, see `lake_sources`) in-process."""
+    paths, labelled = lake_sources(lake_dir, days, labelled_dir)
+    columns = source_columns(model_features(model_bytes), labelled)
+    table = pl.read_parquet(paths, columns=columns).to_arrow()
+    scored = pl.from_arrow(score_table(table, model_bytes, quantile=quantile, train=train))
+    assert isinstance(scored, pl.DataFrame)
+    return canonical_order(scored)
+
+
+def canonical_order(scored: pl.DataFrame) -> pl.DataFrame:
+    """Scored rows sorted by device and time, readings at the same time by their other columns: the
+    order `score_lake` and the Spark path both return, so that equal results are equal frames."""
+    return scored.sort(SCORED_SCHEMA.names, nulls_last=True)
+
+
+# -------------------------------------------------------------------------------------- metrics
+
+
+def device_metrics(scored: pl.DataFrame) -> pl.DataFrame:
+    """Per device (sorted by id): readings, alarms, alarm_rate, out_of_range, score_mean, score_p99,
+    and point-wise labelled, tp, fp, fn, precision, recall, f1 over its labelled readings (null
+    where the device has none, or where a ratio is undefined: see `flead.evaluation.metrics`)."""
+    rows = [
+        {DEVICE: device, **_metrics(part)}
+        for (device,), part in sorted(scored.partition_by(DEVICE, as_dict=True).items())
+    ]
+    return pl.DataFrame(rows, schema=METRICS_SCHEMA)
+
+
+def overall_metrics(scored: pl.DataFrame) -> dict:
+    """The keys of `device_metrics` pooled over every reading (plus ``devices``); plain Python values."""
+    return {"devices": scored.get_column(DEVICE).n_unique(), **_metrics(scored)}
+
+
+METRICS_SCHEMA: dict[str, pl.DataType] = {
+    DEVICE: pl.String(),
+    "readings": pl.Int64(),
+    "alarms": pl.Int64(),
+    "alarm_rate": pl.Float64(),
+    "out_of_range": pl.Int64(),
+    "score_mean": pl.Float64(),
+    "score_p99": pl.Float64(),
+    "labelled": pl.Int64(),  # readings with a label (true or false)
+    "tp": pl.Int64(),
+    "fp": pl.Int64(),
+    "fn": pl.Int64(),
+    "precision": pl.Float64(),
+    "recall": pl.Float64(),
+    "f1": pl.Float64(),
+}
+
+
+def _metrics(part: pl.DataFrame) -> dict:
+    readings = part.height
+    alarms = int(part.get_column("is_anomaly").sum())
+    score = part.get_column("score").cast(pl.Float64)
+    out = {
+        "readings": readings,
+        "alarms": alarms,
+        "alarm_rate": alarms / readings if readings else None,
+        "out_of_range": int(part.get_column("out_of_range").sum()),
+        "score_mean": float(score.mean()) if readings else None,  # type: ignore[arg-type]
+        "score_p99": float(score.quantile(SCORE_QUANTILE, "linear")) if readings else None,  # type: ignore[arg-type]
+    }
+    judged = part.filter(pl.col(LABEL).is_not_null())
+    if judged.is_empty():
+        return {**out, **dict.fromkeys(("labelled", "tp", "fp", "fn", "precision", "recall", "f1"))}
+    point = point_scores(judged.get_column("is_anomaly").to_numpy(), judged.get_column(LABEL).to_numpy())
+    return {
+        **out,
+        "labelled": judged.height,
+        "tp": point.tp,
+        "fp": point.fp,
+        "fn": point.fn,
+        "precision": point.precision,
+        "recall": point.recall,
+        "f1": point.f1,
+    }
+
+
+# -------------------------------------------------------------------------------------- output
+
+
+def scored_path(evaluations_dir: Path | str, version: int, day: date) -> Path:
+    return (
+        Path(evaluations_dir)
+        / f"{VERSION_COLUMN}={version}"
+        / f"{DATE}={day.isoformat()}"
+        / lake.PARTITION_FILE
+    )
+
+
+def write_scored(
+    scored: pl.DataFrame, evaluations_dir: Path | str, version: int, days: Iterable[date] = ()
+) -> list[Path]:
+    """Write the scored rows of each day to ``evaluations_dir/version=V/date=YYYY-MM-DD/part-0.parquet``.
+
+    Each day's file is replaced atomically; other days and versions are untouched. Every day in `days`
+    gets a file too (empty when it has no rows). The hive columns (version, date) live in the path,
+    not in the file, as in the lake; rows are sorted by device and time, so equal input gives equal
+    files. Returns the paths written, by day.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"version must be an integer >= 0, got {version!r}")
+    columns = [c for c in SCORED_SCHEMA.names if c != DATE]
+    by_day = {key[0]: part for key, part in scored.partition_by(DATE, as_dict=True).items()}
+    for day in days:
+        by_day.setdefault(day, scored.clear())
+    paths = []
+    for day in sorted(by_day):
+        path = scored_path(evaluations_dir, version, day)
+        lake.write_parquet_atomic(canonical_order(by_day[day]).select(columns), path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,256 @@
+"""The streaming and model half of the graph: replay -> global model -> Spark evaluation -> report."""
+
+import base64
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from dagster_pyspark import PySparkResource
+from pydantic import Field
+
+from flead.bus import lag
+from flead.bus.replay import lake_readings, replay
+from flead.config import Settings
+from flead.evaluation import batch_scoring, store
+from flead.reporting.anomaly_report import build_report
+from flead.storage.mongo import get_database
+from flead_dagster.data_assets import DAILY, labelled_benchmark, readings_lake
+from flead_dagster.resources import GlobalApiResource, KafkaResource, MongoResource
+from flead_dagster.spark_scoring import score_lake_spark
+
+EVALUATION_KEY = AssetKey("global_model_evaluation")
+
+
+class ReplayConfig(Config):
+    speed: float | None = Field(None, gt=0, description="N x real time; None sends as fast as possible")
+    wait_for_trainer: bool = Field(
+        True, description="wait until the stream trainer's group has committed every replayed reading"
+    )
+    wait_timeout_s: float = Field(900.0, gt=0, description="longest wait for the trainer")
+
+
+class EvaluationConfig(Config):
+    version: int | None = Field(None, ge=0, description="global model version to evaluate; None = latest")
+
+
+def partition_days(context: AssetExecutionContext) -> list[date]:
+    return [date.fromisoformat(key) for key in context.partition_keys]
+
+
+@asset(
+    group_name="stream",
+    deps=[readings_lake],
+    partitions_def=DAILY,
+    backfill_policy=BackfillPolicy.single_run(),
+    description="The days' lake readings replayed into the readings topic, keyed by device, in event-time "
+    "order; waits until the stream trainer has checkpointed them.",
+)
+def stream_replay(
+    context: AssetExecutionContext, config: ReplayConfig, kafka: KafkaResource, mongo: MongoResource
+) -> MaterializeResult:
+    settings = mongo.apply(kafka.apply(Settings()))
+    days = partition_days(context)
+    frame = lake_readings(settings, days[0], days[-1])
+    frame = frame.filter(pl.col("ts").dt.date().is_in(days))
+    context.log.info(
+        f"replaying {frame.height} readings of {len(days)} day(s) into {settings.topic_readings}"
+    )
+
+    def progress(sent: int, total: int) -> None:
+        if total and sent % 100_000 < 2_000:
+            context.log.info(f"sent {sent}/{total}")
+
+    summary = replay(settings, frame, speed=config.speed, progress=progress)
+    targets = lag.end_offsets(settings, settings.topic_readings)
+    remaining = None
+    if config.wait_for_trainer and summary.messages:
+        context.log.info(f"waiting for consumer group {settings.consumer_group} to checkpoint")
+        remaining = lag.wait_for_group(
+            settings,
+            settings.consumer_group,
+            settings.topic_readings,
+            targets,
+            timeout_s=config.wait_timeout_s,
+            on_progress=lambda left: context.log.debug(f"trainer lag {left}"),
+        )
+        if remaining:
+            context.log.warning(f"the trainer is still {remaining} readings behind after the wait")
+    return MaterializeResult(
+        metadata={
+            "days": MetadataValue.json([d.isoformat() for d in days]),
+            "readings": summary.messages,
+            "devices": summary.devices,
+            "readings_per_s": round(summary.rate, 1),
+            "topic": settings.topic_readings,
+            "end_offsets": MetadataValue.json({str(p): o for p, o in sorted(targets.items())}),
+            "trainer_lag_after_wait": remaining if remaining is not None else "not waited",
+        }
+    )
+
+
+@asset(
+    group_name="model",
+    deps=[stream_replay],
+    description="The global model: pending local updates aggregated through the global API.",
+)
+def global_model(context: AssetExecutionContext, global_api: GlobalApiResource) -> MaterializeResult:
+    api = global_api.client()
+    outcome = api.aggregate()
+    current = api.version(outcome["version"])
+    if outcome["created"]:
+        updates, devices = outcome["n_updates"], outcome["n_devices"]
+        context.log.info(f"version {outcome['version']} from {updates} updates of {devices} devices")
+    else:
+        context.log.info(f"no new version ({outcome['reason']}); the current one is {outcome['version']}")
+    metrics = current.get("metrics") or {}
+    return MaterializeResult(
+        metadata={
+            "version": current["version"],
+            "created": outcome["created"],
+            "reason": outcome["reason"] or "-",
+            "parent_version": current["parent_version"] if current["parent_version"] is not None else -1,
+            "updates": current["n_updates"],
+            "devices": current["n_devices"],
+            "samples": current["total_samples"],
+            "strategy": current["strategy"] or "-",
+            "loss": metrics.get("mean_loss") if metrics.get("mean_loss") is not None else float("nan"),
+            "refused": len(outcome["refused"]),
+            "metrics": MetadataValue.json(metrics),
+        }
+    )
+
+
+@asset(
+    group_name="model",
+    deps=[global_model, readings_lake, labelled_benchmark],
+    partitions_def=DAILY,
+    backfill_policy=BackfillPolicy.single_run(),
+    check_specs=[
+        AssetCheckSpec(
+            "f1_not_worse",
+            asset=EVALUATION_KEY,
+            description="F1 within the tolerance of the previous version's on the same days",
+        )
+    ],
+    description="The lake scored by a global model version on Spark: per-device metrics, F1 against the "
+    "labelled benchmark's labels where it covers the days; MongoDB `evaluations` and Parquet.",
+)
+def global_model_evaluation(
+    context: AssetExecutionContext,
+    config: EvaluationConfig,
+    pyspark: PySparkResource,
+    global_api: GlobalApiResource,
+    mongo: MongoResource,
+) -> MaterializeResult:
+    settings = mongo.apply(Settings())
+    days = partition_days(context)
+    version, model_bytes = global_api.client().model_bytes(config.version)
+    context.log.info(f"scoring {len(days)} day(s) with global model version {version} on Spark")
+    labelled = Path(settings.labelled_dir)
+    scored = score_lake_spark(
+        pyspark.spark_session,
+        Path(settings.lake_dir),
+        days,
+        model_bytes,
+        quantile=settings.evaluation_threshold_quantile,
+        labelled_dir=labelled if labelled.exists() else None,
+    )
+    paths = batch_scoring.write_scored(scored, Path(settings.evaluations_dir), version)
+    overall = batch_scoring.overall_metrics(scored)
+    client = mongo.client()
+    try:
+        db = get_database(client, settings)
+        previous = store.previous_f1(db, settings, version=version, days=days)
+        for day, rows in scored.partition_by("date", as_dict=True).items():
+            store.save_evaluation(
+                db,
+                settings,
+                version=version,
+                day=day[0],
+                overall=batch_scoring.overall_metrics(rows),
+                per_device=batch_scoring.device_metrics(rows).to_dicts(),
+            )
+    finally:
+        client.close()
+    per_device = batch_scoring.device_metrics(scored)
+    f1 = overall.get("f1")
+    bound = settings.evaluation_f1_tolerance
+    passed = f1 is None or previous is None or f1 >= previous - bound
+    context.log.info(f"{scored.height} readings, {overall['alarms']} alarms, F1 {f1} (previous {previous})")
+    return MaterializeResult(
+        metadata={
+            "version": version,
+            "days": len(days),
+            "readings": scored.height,
+            "alarms": overall["alarms"],
+            "alarm_rate": overall["alarm_rate"],
+            "f1": f1 if f1 is not None else float("nan"),
+            "precision": overall.get("precision") if overall.get("precision") is not None else float("nan"),
+            "recall": overall.get("recall") if overall.get("recall") is not None else float("nan"),
+            "labelled": f1 is not None,
+            "per_device": MetadataValue.md(_markdown(per_device.head(60))),
+            "path": MetadataValue.path(str(paths[0].parent.parent) if paths else settings.evaluations_dir),
+        },
+        check_results=[
+            AssetCheckResult(
+                check_name="f1_not_worse",
+                passed=passed,
+                metadata={
+                    "f1": f1 if f1 is not None else float("nan"),
+                    "previous_f1": previous if previous is not None else float("nan"),
+                    "tolerance": bound,
+                    "note": "no labels or no earlier version on these days"
+                    if f1 is None or previous is None
+                    else "-",
+                },
+            )
+        ],
+    )
+
+
+@asset(
+    group_name="model",
+    deps=[global_model_evaluation],
+    description="DuckDB over the lake and the newest evaluation: per-device and per-day summaries, charts.",
+)
+def anomaly_report(context: AssetExecutionContext) -> MaterializeResult:
+    settings = Settings()
+    report = build_report(Path(settings.lake_dir), Path(settings.evaluations_dir), Path(settings.reports_dir))
+    context.log.info(f"report of version {report.version} at {report.markdown_path}")
+    charts = {
+        name: MetadataValue.md(
+            f"![{name}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+        )
+        for name, path in report.png.items()
+    }
+    return MaterializeResult(
+        metadata={
+            "version": report.version,
+            **{k: v for k, v in report.totals.items() if v is not None},
+            "report": MetadataValue.md(report.markdown),
+            "path": MetadataValue.path(str(report.markdown_path)),
+            **{f"chart_{name}": value for name, value in charts.items()},
+        }
+    )
+
+
+def _markdown(frame: pl.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * frame.width
+    rows = [
+        "| "
+        + " | ".join("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row)
+        + " |"
+        for row in frame.iter_rows()
+    ]
+    return "\n".join([header, *rows])

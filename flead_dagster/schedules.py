@@ -1,0 +1,52 @@
+"""The 30-minute aggregation and the daily evaluation of the latest global model over the whole lake."""
+
+from pathlib import Path
+
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+
+from flead.config import Settings
+from flead.datasets import lake
+from flead_dagster.data_assets import DAILY
+from flead_dagster.jobs import evaluation_job, global_model_job
+
+# A run over a partition range (what a single-run backfill launches).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+global_aggregation_schedule = ScheduleDefinition(
+    name="global_aggregation_schedule",
+    job=global_model_job,
+    cron_schedule="*/30 * * * *",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Aggregate pending local updates into a new global model version every 30 minutes.",
+)
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    return {RANGE_START_TAG: first, RANGE_END_TAG: last}
+
+
+@schedule(
+    name="daily_evaluation_schedule",
+    job=evaluation_job,
+    cron_schedule="0 3 * * *",
+    description="Every night: evaluate the latest global model over every day the lake holds, in one run.",
+)
+def daily_evaluation_schedule(context: ScheduleEvaluationContext):
+    keys = set(DAILY.get_partition_keys())
+    days = [d.isoformat() for d in lake.list_partitions(Path(Settings().lake_dir)) if d.isoformat() in keys]
+    if not days:
+        return SkipReason("the lake holds no day yet")
+    return RunRequest(
+        run_key=f"evaluation-{context.scheduled_execution_time:%Y-%m-%d}", tags=range_tags(days[0], days[-1])
+    )
+
+
+schedules = [global_aggregation_schedule, daily_evaluation_schedule]

@@ -1,0 +1,154 @@
+"""The whole asset graph on a small synthetic fleet: real broker, MongoDB, global API, stream trainer
+(started by the supervisor) and Spark; then a two-partition backfill; definitions, schedules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from datetime import date, datetime
+
+import polars as pl
+import pytest
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, build_schedule_context, materialize
+
+from flead.config import Settings
+from flead.local.supervisor import Supervisor
+from flead.storage.mongo import get_database, make_mongo_client
+from flead_dagster.data_assets import readings_lake
+from flead_dagster.definitions import defs
+from flead_dagster.main_job import ASSETS, run_main_job
+from flead_dagster.pipeline_assets import global_model_evaluation, stream_replay
+from flead_dagster.resources import default_resources
+from flead_dagster.schedules import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    daily_evaluation_schedule,
+    global_aggregation_schedule,
+    range_tags,
+)
+from flead_dagster_tests.conftest import free_port
+
+DAYS = [date(2004, 2, 28), date(2004, 2, 29), date(2004, 3, 1)]
+
+
+def test_definitions_load_and_validate():
+    repository = defs.get_repository_def()
+    keys = {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()}
+    assert {"stream_replay", "global_model", "global_model_evaluation", "anomaly_report"} <= keys
+    assert {"global_aggregation_schedule", "daily_evaluation_schedule"} <= {
+        s.name for s in repository.schedule_defs
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "flead_dagster.definitions"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_aggregation_schedule_runs_every_30_minutes_on_global_model():
+    assert global_aggregation_schedule.cron_schedule == "*/30 * * * *"
+    job = defs.resolve_job_def(global_aggregation_schedule.job_name)
+    assert job.asset_layer.executable_asset_keys == {AssetKey("global_model")}
+
+
+@pytest.fixture
+def pipeline_env(services_env, tmp_path, monkeypatch) -> Settings:
+    """Private topic, group, database, API and trainer ports, Dagster home; services stopped after."""
+    run = uuid.uuid4().hex[:8]
+    session_state = Settings().state_dir  # where the session's broker and MongoDB are recorded
+    for name, value in {
+        "FLEAD_HOME": str(tmp_path / "home"),
+        "FLEAD_TOPIC_READINGS": f"pipeline.{run}",
+        "FLEAD_CONSUMER_GROUP": f"pipeline-{run}",
+        "FLEAD_MONGO_DB": f"pipeline_{run}",
+        "FLEAD_API_URL": f"http://127.0.0.1:{free_port()}",
+        "FLEAD_TRAINER_HEALTH_PORT": str(free_port()),
+        "FLEAD_TRAINER_PUSH_EVERY": "512",
+        "FLEAD_SPARK_MASTER": "local[1]",
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FLEAD_STATE_DIR", str(session_state))
+    settings = Settings()
+    yield settings
+    Supervisor(settings, log_dir=tmp_path / "dagster" / "flead" / "logs").stop_all()
+
+
+def test_main_job_then_a_two_day_backfill(pipeline_env: Settings):
+    settings = pipeline_env
+    steps: list[str] = []
+    result = run_main_job(
+        settings, days=3, source="synthetic", synthetic_devices=6, on_step=lambda _i, name: steps.append(name)
+    )
+    assert result.days == DAYS and result.source == "synthetic"
+    lake = pl.read_parquet(f"{settings.lake_dir}/date=*/part-0.parquet")
+    assert result.readings == lake.height > 0
+    assert result.version >= 1, "the trainer's updates were aggregated into a new global version"
+    assert result.report is not None and result.report.is_file()
+
+    client = make_mongo_client(settings)
+    db = get_database(client, settings)
+    try:
+        # The trainer saw every replayed reading, per device.
+        counts = {d["_id"]: d for d in db[settings.collection_devices].find()}
+        per_device = dict(lake.group_by("device_id").len().iter_rows())
+        assert {k: v["readings"] for k, v in counts.items()} == per_device
+        evaluations = list(db[settings.collection_evaluations].find({"version": result.version}))
+        assert sorted(e["_id"] for e in evaluations) == [f"v{result.version}:{d}" for d in DAYS]
+    finally:
+        client.close()
+    scored = pl.read_parquet(f"{settings.evaluations_dir}/version={result.version}/date=*/part-0.parquet")
+    # Scored on the labelled benchmark: the lake with injected anomalies (dropouts remove readings).
+    labelled = pl.read_parquet(f"{settings.labelled_dir}/date=*/part-0.parquet")
+    assert scored.height == labelled.height and scored["label"].null_count() == 0
+    assert result.f1 is not None and 0.0 <= result.f1 <= 1.0  # the labelled benchmark covers the days
+
+    # A two-day backfill of lake -> replay -> evaluation rematerialises exactly those partitions.
+    instance = DagsterInstance.get()
+    before = _materialized_counts(instance, ["readings_lake", "stream_replay", "global_model_evaluation"])
+    untouched = settings.evaluations_dir / f"version={result.version}" / f"date={DAYS[0]}" / "part-0.parquet"
+    mtime = untouched.stat().st_mtime_ns
+    backfill = materialize(
+        ASSETS,
+        selection=[readings_lake, stream_replay, global_model_evaluation],
+        instance=instance,
+        resources=default_resources(settings),
+        tags=range_tags(DAYS[1].isoformat(), DAYS[2].isoformat()),
+    )
+    assert backfill.success
+    after = _materialized_counts(instance, ["readings_lake", "stream_replay", "global_model_evaluation"])
+    for asset, counts_before in before.items():
+        grown = {key for key in after[asset] if after[asset][key] != counts_before.get(key, 0)}
+        assert grown == {DAYS[1].isoformat(), DAYS[2].isoformat()}, asset
+    assert untouched.stat().st_mtime_ns == mtime
+    replayed = backfill.asset_materializations_for_node("stream_replay")[0].metadata["readings"].value
+    assert replayed == lake.filter(pl.col("ts").dt.date().is_in(DAYS[1:])).height
+
+
+def test_daily_evaluation_schedule_requests_one_run_over_the_lake(pipeline_env: Settings):
+    context = build_schedule_context(scheduled_execution_time=datetime(2026, 11, 28, 3, 0))
+    skipped = daily_evaluation_schedule(context)
+    assert "no day" in skipped.skip_message
+    for day in DAYS[:2]:
+        folder = pipeline_env.lake_dir / f"date={day}"
+        folder.mkdir(parents=True)
+        (folder / "part-0.parquet").write_bytes(b"")
+    request = daily_evaluation_schedule(context)
+    assert request.tags[RANGE_START_TAG] == DAYS[0].isoformat()
+    assert request.tags[RANGE_END_TAG] == DAYS[1].isoformat()
+    assert request.run_key == "evaluation-2026-11-28"
+
+
+def _materialized_counts(instance: DagsterInstance, assets: list[str]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for asset in assets:
+        records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset)), limit=1000)
+        per_partition: dict[str, int] = {}
+        for record in records.records:
+            partition = record.asset_materialization.partition
+            per_partition[partition] = per_partition.get(partition, 0) + 1
+        counts[asset] = per_partition
+    return counts

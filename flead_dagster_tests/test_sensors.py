@@ -1,0 +1,281 @@
+"""The Dagster sensors that keep the stream trainer and the global API alive, and the sensor that
+requests aggregations, against the real services: real `flead api run` / `flead trainer run`
+processes started by the sensors, the session's Kafka broker and MongoDB server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from dagster import DagsterInstance, RunRequest, SensorResult, SkipReason, build_sensor_context
+from typer.testing import CliRunner
+
+from flead.bus.topics import ensure_topics
+from flead.cli_services import services_app
+from flead.config import Settings
+from flead.local.secrets import admin_key_file, local_admin_key
+from flead.local.supervisor import API, TRAINER, State, Supervisor
+from flead.storage.mongo import make_mongo_client
+from flead_dagster.sensors import (
+    global_api_sensor,
+    pending_updates_sensor,
+    sensors,
+    service_assets,
+    stream_trainer_sensor,
+)
+from flead_dagster_tests.conftest import free_port
+from flead_dagster_tests.test_api import make_update, weights_of
+from flead_dagster_tests.test_trainer_stream import wait_until
+from services.global_api.codec import encode_json_update
+
+HEALTHY_WITHIN_S = 90.0  # a generous deadline for a loaded two-core machine
+TRIGGER = 3
+
+
+@pytest.fixture
+def supervised(services_env, tmp_path, monkeypatch) -> Iterator[Settings]:
+    """Private ports, database, topics, group and state directory; everything started is stopped."""
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "FLEAD_MONGO_DB": f"test_sensors_{tag}",
+        "FLEAD_API_URL": f"http://127.0.0.1:{free_port()}",
+        "FLEAD_TRAINER_HEALTH_PORT": str(free_port()),
+        "FLEAD_STATE_DIR": str(tmp_path / "state"),
+        "FLEAD_TOPIC_READINGS": f"test.sensors.{tag}",
+        "FLEAD_TOPIC_READINGS_PARTITIONS": "2",
+        "FLEAD_TOPIC_DLQ": f"test.sensors.{tag}.dlq",
+        "FLEAD_TOPIC_LATE": f"test.sensors.{tag}.late",
+        "FLEAD_TOPIC_ANOMALIES": f"test.sensors.{tag}.anomalies",
+        "FLEAD_CONSUMER_GROUP": f"sensors-{tag}",
+        "FLEAD_AUTO_AGGREGATE_THRESHOLD": "1000",  # pending updates stay pending
+        "FLEAD_PENDING_UPDATES_TRIGGER": str(TRIGGER),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("FLEAD_API_ADMIN_KEY", "FLEAD_API_KEY", "FLEAD_SUPERVISE_API", "FLEAD_SUPERVISE_TRAINER"):
+        monkeypatch.delenv(key, raising=False)
+    settings = Settings()
+    ensure_topics(settings)
+    try:
+        yield settings
+    finally:
+        with Supervisor(Settings()) as supervisor:
+            supervisor.stop_all()
+        client = make_mongo_client(settings)
+        client.drop_database(settings.mongo_db)
+        client.close()
+
+
+def context():
+    return build_sensor_context(instance=DagsterInstance.ephemeral())
+
+
+def observe(sensor_def) -> dict[str, object]:
+    """One tick of a service sensor: its observation's metadata as plain values."""
+    result = sensor_def(context())
+    assert isinstance(result, SensorResult), result
+    (event,) = result.asset_events
+    assert event.asset_key.to_user_string() == sensor_def.name.removesuffix("_sensor")
+    return {key: value.value for key, value in event.metadata.items()}
+
+
+def wait_healthy(settings: Settings, name: str) -> dict:
+    def healthy():
+        with Supervisor(settings) as supervisor:
+            status = supervisor.check(name)
+        return status if status.state is State.HEALTHY else None
+
+    return wait_until(healthy, HEALTHY_WITHIN_S, f"{name} to be healthy")
+
+
+def start(settings: Settings, sensor_def) -> dict:
+    """A tick that starts the service; it reports healthy within that tick or soon after."""
+    started = observe(sensor_def)
+    assert started["outcome"] in ("started", "restarted"), started
+    assert started["state"] in ("healthy", "starting"), started
+    status = wait_healthy(settings, sensor_def.name.removesuffix("_sensor"))
+    assert status.pid == started["pid"] and status.supervised
+    return started
+
+
+def kill_hard(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    psutil.Process(pid).wait(10)  # our child: reaped here
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_definitions_are_well_formed():
+    assert [s.name for s in sensors] == [
+        "stream_trainer_sensor",
+        "global_api_sensor",
+        "pending_updates_sensor",
+    ]
+    assert {spec.key.to_user_string() for spec in service_assets} == {TRAINER, API}
+    assert all(spec.group_name == "services" for spec in service_assets)
+    assert pending_updates_sensor.job_name == "global_model_job"
+
+
+def test_api_sensor_starts_keeps_and_restarts_the_api(supervised):
+    settings = supervised
+    first = start(settings, global_api_sensor)
+    pid = first["pid"]
+    log_file = Path(first["log_file"])
+    assert log_file.parent == Path(os.environ["DAGSTER_HOME"]).resolve() / "flead" / "logs"
+    assert log_file.exists()
+
+    # The API runs with the generated admin token (kept 0600 in the state directory).
+    token = local_admin_key(settings)
+    assert stat.S_IMODE(admin_key_file(settings).stat().st_mode) == 0o600
+    answer = httpx.post(
+        f"{settings.api_url}/api/aggregate", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    refused = httpx.post(
+        f"{settings.api_url}/api/aggregate", headers={"Authorization": "Bearer wrong"}, timeout=30
+    )
+    assert refused.status_code == 401
+
+    second = observe(global_api_sensor)
+    assert second["outcome"] == "healthy" and second["state"] == "healthy"
+    assert second["pid"] == pid and isinstance(second["version"], int)
+
+    kill_hard(pid)
+    third = start(settings, global_api_sensor)
+    assert third["outcome"] == "restarted" and third["previous_pid"] == pid
+    assert third["pid"] != pid
+
+
+def test_a_hung_api_is_replaced(supervised, monkeypatch):
+    monkeypatch.setenv("FLEAD_LOCAL_START_TIMEOUT_S", "8")  # silent longer than this: hung
+    monkeypatch.setenv("FLEAD_LOCAL_STOP_GRACE_S", "1")
+    settings = Settings()
+    first = start(settings, global_api_sensor)
+    hung = psutil.Process(first["pid"])
+    hung.suspend()  # alive, but no longer answering
+    try:
+
+        def unhealthy():
+            with Supervisor(settings) as supervisor:
+                status = supervisor.check(API)
+            return status if status.state is State.UNHEALTHY else None
+
+        status = wait_until(unhealthy, HEALTHY_WITHIN_S, "the suspended API to count as hung")
+        assert status.pid == hung.pid and not status.answering and "not answering" in status.detail
+        replaced = start(settings, global_api_sensor)
+        assert replaced["outcome"] == "restarted" and replaced["previous_pid"] == hung.pid
+        assert replaced["pid"] != hung.pid
+        assert gone(hung.pid)
+    finally:
+        if not gone(hung.pid):
+            hung.resume()
+
+
+def test_trainer_sensor_starts_keeps_restarts_and_cli_stops(supervised):
+    settings = supervised
+    api = start(settings, global_api_sensor)
+    first = start(settings, stream_trainer_sensor)
+    pid = first["pid"]
+
+    second = observe(stream_trainer_sensor)
+    assert second["outcome"] == "healthy" and second["state"] == "healthy", second
+    assert second["pid"] == pid and second["status"] == "running"
+    assert second["global_version"] == 0  # it fetched the model from the supervised API
+    assert "records/s" in second["detail"] and "lag" in second["detail"]
+
+    # It writes a heartbeat, and its health port is the one in the settings.
+    client = make_mongo_client(settings)
+    try:
+        beat = client[settings.mongo_db][settings.collection_services].find_one({"pid": pid})
+    finally:
+        client.close()
+    assert beat is not None and beat["health_port"] == settings.trainer_health_port
+
+    kill_hard(pid)
+    third = start(settings, stream_trainer_sensor)
+    assert third["outcome"] == "restarted" and third["previous_pid"] == pid and third["pid"] != pid
+
+    runner = CliRunner()
+    shown = runner.invoke(services_app, ["status"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count("healthy") == 2 and str(third["pid"]) in shown.output
+
+    stopped = runner.invoke(services_app, ["stop"])
+    assert stopped.exit_code == 0, stopped.output
+    assert f"{TRAINER}: stopped (PID {third['pid']})" in stopped.output
+    assert f"{API}: stopped (PID {api['pid']})" in stopped.output
+    assert gone(third["pid"]) and gone(api["pid"])
+    ours = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.status() != psutil.STATUS_ZOMBIE and "flead" in " ".join(p.cmdline()[1:3])
+    ]
+    assert ours == []
+    with Supervisor(settings) as supervisor:
+        assert [s.state for s in supervisor.status()] == [State.DOWN, State.DOWN]
+    assert not list((Path(settings.state_dir) / "supervised").glob("*.pid"))
+    again = runner.invoke(services_app, ["stop"])
+    assert again.exit_code == 0 and again.output.count("not running") == 2
+
+
+def test_disabled_sensors_start_nothing(supervised, monkeypatch):
+    monkeypatch.setenv("FLEAD_SUPERVISE_API", "false")
+    monkeypatch.setenv("FLEAD_SUPERVISE_TRAINER", "false")
+    for sensor_def in (global_api_sensor, stream_trainer_sensor):
+        tick = observe(sensor_def)
+        assert tick["outcome"] == "disabled" and tick["state"] == "down" and tick["pid"] is None
+    assert not list((Path(supervised.state_dir) / "supervised").glob("*.pid"))
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{supervised.api_url}/health", timeout=2)
+
+
+def test_pending_updates_sensor_requests_one_run_per_new_batch(supervised):
+    settings = supervised
+    start(settings, global_api_sensor)
+    http = httpx.Client(
+        base_url=settings.api_url,
+        headers={"Authorization": f"Bearer {local_admin_key(settings)}"},
+        timeout=60,
+    )
+    model = http.get("/api/global-model").json()
+    shapes = {name: w.shape for name, w in weights_of(model).items()}
+    ids = iter(range(100))
+
+    def submit() -> None:
+        update = make_update(shapes, "mote-01", update_id=f"u{next(ids)}", base_version=model["version"])
+        response = http.post("/api/local-update", json=encode_json_update(update))
+        assert response.status_code == 202, response.text
+
+    try:
+        skipped = pending_updates_sensor(context())
+        assert isinstance(skipped, SkipReason) and skipped.skip_message.startswith("0 pending")
+        for _ in range(TRIGGER - 1):
+            submit()
+        skipped = pending_updates_sensor(context())
+        assert isinstance(skipped, SkipReason) and skipped.skip_message.startswith(f"{TRIGGER - 1} pending")
+
+        submit()
+        requested = pending_updates_sensor(context())
+        assert isinstance(requested, RunRequest) and requested.run_key
+        assert requested.tags["flead/pending_updates"] == str(TRIGGER)
+        repeated = pending_updates_sensor(context())
+        assert isinstance(repeated, RunRequest) and repeated.run_key == requested.run_key
+
+        submit()
+        newer = pending_updates_sensor(context())
+        assert isinstance(newer, RunRequest) and newer.run_key != requested.run_key
+    finally:
+        http.close()
