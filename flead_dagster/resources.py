@@ -13,6 +13,7 @@ from flead.bus.clients import make_consumer, make_producer
 from flead.config import Settings
 from flead.local.secrets import local_admin_key
 from flead.storage.mongo import make_mongo_client
+from flead_dagster.spark_scoring import spark_config
 
 ADMIN_KEY_ENV = "FLEAD_API_ADMIN_KEY"
 
@@ -56,15 +57,9 @@ def spark_resource(settings: Settings) -> PySparkResource:
     # Spark starts its Python workers with `python3` from PATH unless told; they need this venv's pyarrow.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return PySparkResource(
-        spark_config={
-            "spark.master": settings.spark_master,
-            "spark.app.name": "flead",
-            "spark.driver.memory": settings.spark_driver_memory,
-            "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
-            "spark.sql.session.timeZone": "UTC",
-            "spark.ui.enabled": "false",
-            "spark.sql.execution.arrow.pyspark.enabled": "true",
-        }
+        spark_config=spark_config(
+            settings.spark_master, settings.spark_driver_memory, settings.spark_shuffle_partitions
+        )
     )
 
 

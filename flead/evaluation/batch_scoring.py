@@ -209,7 +209,7 @@ def canonical_order(scored: pl.DataFrame) -> pl.DataFrame:
 
 def device_metrics(scored: pl.DataFrame) -> pl.DataFrame:
     """Per device (sorted by id): readings, alarms, alarm_rate, out_of_range, score_mean, score_p99,
-    and point-wise labelled, tp, fp, fn, precision, recall, f1 over its labelled readings (null
+    and point-wise labelled, tp, fp, fn, precision, recall, f1 over its labelled, in-range readings (null
     where the device has none, or where a ratio is undefined: see `flead.evaluation.metrics`)."""
     rows = [
         {DEVICE: device, **_metrics(part)}
@@ -253,7 +253,9 @@ def _metrics(part: pl.DataFrame) -> dict:
         "score_mean": float(score.mean()) if readings else None,  # type: ignore[arg-type]
         "score_p99": float(score.quantile(SCORE_QUANTILE, "linear")) if readings else None,  # type: ignore[arg-type]
     }
-    judged = part.filter(pl.col(LABEL).is_not_null())
+    # Out-of-range readings are the rule's alarms, not the model's: like `flead.evaluation.runner`, the
+    # point metrics leave them out.
+    judged = part.filter(pl.col(LABEL).is_not_null() & ~pl.col("out_of_range"))
     if judged.is_empty():
         return {**out, **dict.fromkeys(("labelled", "tp", "fp", "fn", "precision", "recall", "f1"))}
     point = point_scores(judged.get_column("is_anomaly").to_numpy(), judged.get_column(LABEL).to_numpy())

@@ -15,7 +15,7 @@ from that small table. The lake is read only for the days the evaluation covers.
 
 Definitions: *readings* and *out of range* come from the lake, *scored* and *alarms* (the model's
 ``is_anomaly``) from the evaluation; alarm rate = alarms / scored. Precision, recall and F1 pool the
-readings that carry a label (TP = alarm on a labelled anomaly, FP = alarm on a labelled normal
+in-range readings that carry a label (out-of-range ones are the rule's alarms; TP = alarm on a labelled anomaly, FP = alarm on a labelled normal
 reading, FN = labelled anomaly without alarm); a ratio with a zero denominator, or without any label,
 is ``None`` — the conventions of `flead.evaluation.metrics`.
 
@@ -231,10 +231,10 @@ def _create_device_day(
             min(ts) FILTER (WHERE is_anomaly) AS first_alarm,
             max(ts) FILTER (WHERE is_anomaly) AS last_alarm,
             max(score) FILTER (WHERE NOT isnan(score)) AS max_score,
-            count(label) AS labelled,
-            count(*) FILTER (WHERE label AND is_anomaly) AS tp,
-            count(*) FILTER (WHERE NOT label AND is_anomaly) AS fp,
-            count(*) FILTER (WHERE label AND NOT is_anomaly) AS fn
+            count(label) FILTER (WHERE NOT out_of_range) AS labelled,
+            count(*) FILTER (WHERE label AND is_anomaly AND NOT out_of_range) AS tp,
+            count(*) FILTER (WHERE NOT label AND is_anomaly AND NOT out_of_range) AS fp,
+            count(*) FILTER (WHERE label AND NOT is_anomaly AND NOT out_of_range) AS fn
         FROM (SELECT device_id, "date", ts, score, threshold, is_anomaly, out_of_range, {label} FROM {source})
         GROUP BY device_id, "date"
     """
