@@ -62,6 +62,9 @@ class MainJobResult:
 def dagster_home(settings: Settings) -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or Path(settings.home) / "dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = home / "dagster.yaml"
+    if not instance_yaml.exists():  # local storage in DAGSTER_HOME (the default), no telemetry
+        instance_yaml.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
