@@ -5,21 +5,24 @@ learning switched off: the device's readings in time order go through an `Online
 the global model (``process_many(learn=False)``, micro-batches of ``TrainConfig.batch_size``), with
 
 - the network frozen: the global weights, never trained here;
-- the device's own running normaliser, started empty (the global model's normaliser is an average of
-  nobody in particular) and following the device prequentially, like the detector does online;
-- a per-device adaptive `QuantileThreshold` at the evaluation quantile
-  (``Settings.evaluation_threshold_quantile``): every micro-batch is judged against the threshold of
-  the scores before it, once the detector's and the threshold's warm-ups are over;
+- the device's own normaliser, fitted on all of the device's readings in the call before scoring
+  (the global model's normaliser is an average of nobody in particular);
+- a per-device threshold: the evaluation quantile (``Settings.evaluation_threshold_quantile``) of the
+  device's own scores over the call's days. A batch evaluation sees the whole range, so every reading
+  is judged (no warm-up) and each device spends the same alarm budget: precision, recall and F1 then
+  compare how well versions *rank* the labelled anomalies, which is what the version check needs.
+  (An online-style adaptive threshold was tried first: its ~1,500-reading warm-up left 39 % of a
+  3-day evaluation unjudged and it alarmed on 9 % of the rest.)
 - readings outside the sensors' physical limits (`flead.model.rules`) ORed into the alarm, as the
   stream trainer does.
 
 A device's results depend only on its own readings (sorted by time, ties broken by the values), so
 they are the same whatever the row order of the input or how devices are split across batches or
-Spark partitions. The scoring runs over all the days given in one call: the warm-up (by default the
-first ~1500 readings of each device, ~13 h at one reading every 31 s) is spent once, at the start.
+Spark partitions; they do depend on which days are scored together (one call: the normaliser and the
+threshold see all of them).
 
-Scored rows (`SCORED_SCHEMA`): device_id, ts, date (UTC day), score (float32), threshold (float32,
-NaN while warming up), is_anomaly, out_of_range, label (null without labels).
+Scored rows (`SCORED_SCHEMA`): device_id, ts, date (UTC day), score (float32), threshold (float32, the
+device's), is_anomaly, out_of_range, label (null without labels).
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import TrainConfig
 from flead.model.detector import OnlineDetector
 from flead.model.normalizer import RunningNormalizer
-from flead.model.thresholds import QuantileThreshold
 
 DEVICE, TS, DATE, LABEL, EVENT = "device_id", "ts", "date", "label", "event_id"
 SCORED_SCHEMA = pa.schema(
@@ -85,12 +87,13 @@ def score_table(
     device = frame.get_column(DEVICE)
     starts = np.flatnonzero(device.ne_missing(device.shift(1)).to_numpy()).tolist()
     for lo, hi in zip(starts, [*starts[1:], n], strict=True):
-        detector = _device_detector(model, quantile, train)
+        detector = _device_detector(model, values[lo:hi], train)
         out = detector.process_many(values[lo:hi], ts=ts[lo:hi], learn=False)
         scores[lo:hi] = out.get_column("score").to_numpy()
-        limit = out.get_column("threshold").to_numpy()
-        thresholds[lo:hi] = np.where(np.isfinite(limit), limit, np.nan)
-        alarms[lo:hi] = out.get_column("is_anomaly").to_numpy()
+        finite = np.isfinite(scores[lo:hi])
+        if finite.any():
+            thresholds[lo:hi] = np.quantile(scores[lo:hi][finite], quantile)
+            alarms[lo:hi] = scores[lo:hi] > thresholds[lo:hi]
     out_of_range = rules.out_of_range(values, model.features)
     return pa.table(
         [
@@ -136,13 +139,14 @@ def _prepare(table: pa.Table, features: tuple[str, ...]) -> pl.DataFrame:
     return frame.sort([DEVICE, TS, *features, LABEL], nulls_last=True)
 
 
-def _device_detector(model: AnomalyModel, quantile: float, train: TrainConfig | None) -> OnlineDetector:
-    """A detector on the frozen global network with the device's own, empty normaliser."""
+def _device_detector(model: AnomalyModel, values: np.ndarray, train: TrainConfig | None) -> OnlineDetector:
+    """A detector on the frozen global network with the device's own normaliser, fitted on all of the
+    device's readings first (batch evaluation knows the device's history; the global model's
+    normaliser is an average of nobody in particular)."""
     own = copy.deepcopy(model)
     own.normalizer = RunningNormalizer(own.config.n_features, own.config.min_std)
-    return OnlineDetector(model=own, train=train, threshold=QuantileThreshold(q=quantile))
-    own.normalizer = RunningNormalizer(own.config.n_features, own.config.min_std)
-    return OnlineDetector(model=own, train=train, threshold=QuantileThreshold(q=quantile))
+    own.normalizer.update(values)
+    return OnlineDetector(model=own, train=train)
 
 
 # ------------------------------------------------------------------------------------ the lake
