@@ -68,15 +68,15 @@ def demo_command(
         f"Where to look:\n"
         f"  report:         {result.report}\n"
         f"  API dashboard:  {settings.api_url}/\n"
-        f"  Dagster UI:     `flead up`, then http://127.0.0.1:3000 (runs of this job are in "
-        f"{os.environ.get('DAGSTER_HOME')})\n"
+        f"  Dagster UI:     `flead up`, then http://{settings.dagster_host}:{settings.dagster_port}\n"
+        f"                  (the runs are in {os.environ.get('DAGSTER_HOME')})\n"
         "The global API and the stream trainer keep running; stop them with `flead services stop`, "
         "the broker and MongoDB with `flead local down`."
     )
 
 
 def up_command(
-    port: int = typer.Option(3000, help="Port of the Dagster UI."),
+    port: int = typer.Option(None, help="Port of the Dagster UI (default FLEAD_DAGSTER_PORT)."),
 ) -> None:
     """Local services, global API and stream trainer, then ``dagster dev`` (its sensors keep the API and
     the trainer running) until Ctrl-C."""
@@ -96,6 +96,10 @@ def up_command(
         with console.status(f"starting {service}"):
             ensure_healthy(supervisor, service)
         console.print(f"{service}: healthy (log: {supervisor.check(service).log_file})")
-    console.print(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home}); Ctrl-C stops it")
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "flead_dagster.definitions", "-p", str(port)]
+    port = port or settings.dagster_port
+    console.print(
+        f"Dagster UI on http://{settings.dagster_host}:{port} (DAGSTER_HOME={home}); Ctrl-C stops it"
+    )
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "flead_dagster.definitions"]
+    command += ["-h", settings.dagster_host, "-p", str(port)]
     raise typer.Exit(subprocess.call(command, env=os.environ.copy()))

@@ -11,9 +11,9 @@ from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -143,12 +143,18 @@ class Settings(BaseSettings):
     trainer_health_port: int = Field(
         8081, ge=0, le=65535, description="Port of the trainer's /health endpoint."
     )
+    trainer_health_host: str = Field(
+        "127.0.0.1",
+        description="Where the supervisor probes a trainer it started (its /health listens on all).",
+    )
     trainer_exchange: Literal["local", "http"] = Field(
         "local",
         description="Where the trainer sends local updates: in-process (local) or the global API (http).",
     )
 
     # Orchestration (Dagster sensors, schedules and checks)
+    dagster_host: str = Field("127.0.0.1", description="Host `flead up` serves the Dagster UI on.")
+    dagster_port: int = Field(3000, ge=1, le=65535, description="Port `flead up` serves the Dagster UI on.")
     supervise_trainer: bool = Field(
         True, description="Whether the Dagster sensor keeps a stream trainer running."
     )
@@ -187,6 +193,36 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[*]", description="Spark master URL.")
     spark_driver_memory: str = Field("2g", description="Spark driver memory (local mode runs all in it).")
     spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions.")
+    spark_driver_host: str = Field(
+        "127.0.0.1", description="Address the Spark driver binds to and advertises in local mode."
+    )
+
+    # Security (production)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); required by SASL_*."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name; required by SASL_*.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password; required by SASL_*.")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="PEM file of the CAs that sign the brokers' certificates (SSL, SASL_SSL)."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate for mutual TLS with Kafka (SSL, SASL_SSL)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="PEM private key of the Kafka client certificate (needs the certificate)."
+    )
+    mongo_tls: bool = Field(False, description="Connect to MongoDB over TLS.")
+    mongo_tls_ca_file: Path | None = Field(
+        None, description="PEM file of the CAs that sign MongoDB's certificate (needs MONGO_TLS)."
+    )
+    mongo_username: str | None = Field(
+        None, description="MongoDB user (keep credentials out of MONGO_URI; authSource goes in the URI)."
+    )
+    mongo_password: SecretStr | None = Field(None, description="MongoDB password (needs MONGO_USERNAME).")
 
     # Embedded local services
     local_start_timeout_s: float = Field(
@@ -210,6 +246,13 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with mongodb:// or mongodb+srv://, got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        problems = security_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def model_post_init(self, __context: object) -> None:
         self.data_dir = self.data_dir or self.home / "data"
         self.lake_dir = self.lake_dir or self.home / "lake"
@@ -230,6 +273,74 @@ class Settings(BaseSettings):
         return Address.parse(host if ":" in host else f"{host}:27017")
 
 
+def security_problems(settings: Settings) -> list[str]:
+    """Contradictory or incomplete Kafka/MongoDB security settings, each naming its variables.
+
+    A setting that would be silently ignored (SASL credentials under a non-SASL protocol, TLS files
+    without TLS) is a problem too: it means the deployment is not secured the way its operator thinks.
+    """
+    problems = []
+    protocol = settings.kafka_security_protocol
+    sasl = {
+        "FLEAD_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "FLEAD_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "FLEAD_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+    }
+    if protocol.startswith("SASL_"):
+        missing = [name for name, value in sasl.items() if not _given(value)]
+        if missing:
+            problems.append(f"FLEAD_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}")
+    else:
+        extra = [name for name, value in sasl.items() if _given(value)]
+        if extra:
+            problems.append(
+                f"{', '.join(extra)} set but FLEAD_KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL "
+                "(use SASL_SSL or SASL_PLAINTEXT)"
+            )
+    ssl_files = {
+        "FLEAD_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
+        "FLEAD_KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+        "FLEAD_KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile,
+    }
+    if not protocol.endswith("SSL"):
+        extra = [name for name, value in ssl_files.items() if value is not None]
+        if extra:
+            problems.append(
+                f"{', '.join(extra)} set but FLEAD_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+                "(use SSL or SASL_SSL)"
+            )
+    if settings.kafka_ssl_keyfile is not None and settings.kafka_ssl_certfile is None:
+        problems.append("FLEAD_KAFKA_SSL_KEYFILE needs FLEAD_KAFKA_SSL_CERTFILE (the key's certificate)")
+    if settings.mongo_tls_ca_file is not None and not settings.mongo_tls:
+        problems.append("FLEAD_MONGO_TLS_CA_FILE set but FLEAD_MONGO_TLS is false")
+    if _given(settings.mongo_username) != _given(settings.mongo_password):
+        problems.append("FLEAD_MONGO_USERNAME and FLEAD_MONGO_PASSWORD go together: set both or neither")
+    if _given(settings.mongo_username) and "@" in urlsplit(settings.mongo_uri).netloc:
+        problems.append(
+            "credentials are given twice: in FLEAD_MONGO_URI and in FLEAD_MONGO_USERNAME; "
+            "keep them in FLEAD_MONGO_USERNAME/FLEAD_MONGO_PASSWORD only"
+        )
+    return problems
+
+
+def _given(value: object) -> bool:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return value is not None and value != ""
+
+
+def _mask_url_password(value: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:********@host`` (anything else unchanged)."""
+    if "://" not in value or "@" not in value:
+        return value
+    parts = urlsplit(value)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if ":" not in userinfo:
+        return value
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:********@{hosts}"))
+
+
 def settings_rows(settings: Settings | None = None) -> list[tuple[str, str, str]]:
     """(environment variable, value, description) per field; secrets masked."""
     rows = []
@@ -237,6 +348,8 @@ def settings_rows(settings: Settings | None = None) -> list[tuple[str, str, str]
         value = getattr(settings, name) if settings is not None else info.default
         if isinstance(value, SecretStr):
             value = "********"
+        elif isinstance(value, str):
+            value = _mask_url_password(value)  # a password written into a URI is a secret too
         shown = "" if value is None else str(value)
         rows.append((f"FLEAD_{name.upper()}", shown, info.description or ""))
     return rows

@@ -56,11 +56,7 @@ class GlobalApiResource(ConfigurableResource):
 def spark_resource(settings: Settings) -> PySparkResource:
     # Spark starts its Python workers with `python3` from PATH unless told; they need this venv's pyarrow.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return PySparkResource(
-        spark_config=spark_config(
-            settings.spark_master, settings.spark_driver_memory, settings.spark_shuffle_partitions
-        )
-    )
+    return PySparkResource(spark_config=spark_config(settings))
 
 
 def default_resources(settings: Settings) -> dict[str, ConfigurableResource]:

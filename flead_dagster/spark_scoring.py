@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 
+from flead.config import Settings
 from flead.evaluation.batch_scoring import (
     DEVICE,
     TS,
@@ -45,24 +46,23 @@ SCORED_DDL = (
 )
 
 
-def spark_config(
-    master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int = 8
-) -> dict[str, str]:
+def spark_config(settings: Settings) -> dict[str, str]:
     """The Spark settings batch evaluation expects (also for dagster-pyspark's ``spark_config``).
 
     The session time zone must be UTC: the lake's days are UTC days.
     """
     config = {
-        "spark.master": master,
+        "spark.master": settings.spark_master,
         "spark.app.name": "flead-evaluation",
-        "spark.driver.memory": driver_memory,
-        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
     }
-    if master.startswith("local"):  # no network lookups of this host's name
-        config |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+    if settings.spark_master.startswith("local"):  # no network lookups of this host's name
+        host = settings.spark_driver_host
+        config |= {"spark.driver.host": host, "spark.driver.bindAddress": host}
     return config
 
 
@@ -73,8 +73,11 @@ def make_local_spark(
     # pyspark starts its Python workers with PYSPARK_PYTHON (default: python3 on the PATH, which
     # may lack this environment's packages).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    settings = Settings(
+        spark_master=master, spark_driver_memory=driver_memory, spark_shuffle_partitions=shuffle_partitions
+    )
     builder = SparkSession.builder
-    for key, value in spark_config(master, driver_memory, shuffle_partitions).items():
+    for key, value in spark_config(settings).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

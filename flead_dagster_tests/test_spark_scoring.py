@@ -8,6 +8,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from flead.config import Settings
 from flead.datasets import lake
 from flead.datasets.inject import InjectionConfig, inject_lake
 from flead.datasets.intel_lab import parse_files
@@ -82,8 +83,9 @@ def test_devices_regroups_a_sorted_stream_into_whole_devices():
 
 
 def test_spark_config_is_utc_and_local_friendly():
-    local = spark_config("local[*]", "3g", 5)
+    settings = Settings(spark_master="local[*]", spark_driver_memory="3g", spark_shuffle_partitions=5)
+    local = spark_config(settings)
     assert local["spark.sql.session.timeZone"] == "UTC"
     assert local["spark.sql.shuffle.partitions"] == "5" and local["spark.driver.memory"] == "3g"
-    assert local["spark.driver.host"] == "127.0.0.1"
-    assert "spark.driver.host" not in spark_config("spark://cluster:7077")
+    assert local["spark.driver.host"] == Settings().spark_driver_host
+    assert "spark.driver.host" not in spark_config(Settings(spark_master="spark://cluster:7077"))

@@ -13,7 +13,29 @@ def _common(settings: Settings) -> dict[str, Any]:
     return {
         "bootstrap_servers": [s.strip() for s in settings.kafka_bootstrap_servers.split(",")],
         "request_timeout_ms": settings.kafka_request_timeout_ms,
+        **_security(settings),
     }
+
+
+def _security(settings: Settings) -> dict[str, Any]:
+    """kafka-python's TLS and SASL options from the settings (validated together in `flead.config`).
+
+    ``sasl_plain_username``/``sasl_plain_password`` are kafka-python's names for the credentials of
+    every username/password mechanism, SCRAM included.
+    """
+    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_security_protocol.endswith("SSL"):
+        files = {
+            "ssl_cafile": settings.kafka_ssl_cafile,
+            "ssl_certfile": settings.kafka_ssl_certfile,
+            "ssl_keyfile": settings.kafka_ssl_keyfile,
+        }
+        options |= {key: str(path) for key, path in files.items() if path is not None}
+    return options
 
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:

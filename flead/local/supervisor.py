@@ -344,7 +344,7 @@ class Supervisor:
                 return _from_document(heartbeat, via="heartbeat")
             return _Probe(False, False, mongo_problem or "no trainer heartbeat")
         port = (heartbeat or {}).get("health_port") or self.settings.trainer_health_port
-        url = f"http://127.0.0.1:{port}/health"
+        url = f"http://{self.settings.trainer_health_host}:{port}/health"
         try:
             response = httpx.get(url, timeout=PROBE_TIMEOUT_S)
             document = response.json()

@@ -10,13 +10,25 @@ from pymongo.database import Database
 from flead.config import Settings
 
 
-def make_mongo_client(settings: Settings, **overrides: Any) -> MongoClient:
-    options = {
+def mongo_client_options(settings: Settings) -> dict[str, Any]:
+    """pymongo keyword arguments from the settings. TLS and credentials are only passed when set, so
+    options written into ``mongo_uri`` (e.g. ``?tls=true``) are not overridden by defaults."""
+    options: dict[str, Any] = {
         "serverSelectionTimeoutMS": settings.mongo_server_selection_timeout_ms,
         "tz_aware": True,
-        **overrides,
     }
-    return MongoClient(settings.mongo_uri, **options)
+    if settings.mongo_tls:
+        options["tls"] = True
+        if settings.mongo_tls_ca_file is not None:
+            options["tlsCAFile"] = str(settings.mongo_tls_ca_file)
+    if settings.mongo_username:
+        options["username"] = settings.mongo_username
+        options["password"] = settings.mongo_password.get_secret_value()
+    return options
+
+
+def make_mongo_client(settings: Settings, **overrides: Any) -> MongoClient:
+    return MongoClient(settings.mongo_uri, **{**mongo_client_options(settings), **overrides})
 
 
 def get_database(client: MongoClient, settings: Settings) -> Database:
