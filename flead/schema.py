@@ -23,6 +23,7 @@ LAKE_SCHEMA: dict[str, pl.DataType] = {
     "missing_fields": pl.Boolean(),  # the raw line lacked one or more measurements
 }
 MEASUREMENTS = ("temperature", "humidity", "light", "voltage")
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 
 class Reading(BaseModel):
@@ -31,7 +32,7 @@ class Reading(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     schema_version: int = SCHEMA_VERSION
-    device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     ts: datetime
     epoch: int | None = None
     temperature: float | None = None

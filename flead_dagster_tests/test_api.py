@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 from flead.cli_api import api_app
 from flead.config import Settings
 from flead.federated import LocalUpdate
+from flead.federated.wire import encode_binary_update, encode_json_update
 from flead.model import AnomalyModel
 from flead_dagster_tests.conftest import free_port
-from services.global_api.codec import encode_binary_update, encode_json_update
 from services.global_api.live_server import LiveServer
 from services.global_api.service import GlobalModelService
 

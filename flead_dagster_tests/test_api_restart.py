@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from flead.config import Settings
+from flead.federated.wire import encode_json_update
 from flead_dagster_tests.test_api import ADMIN_KEY, api_settings, make_update
-from services.global_api.codec import encode_json_update
 from services.global_api.service import GlobalModelService
 from services.global_api.update_store import update_key
 

@@ -26,7 +26,7 @@ def test_platform_topics_are_created_once_with_enough_partitions(settings):
     states = {t.name: t for t in ensure_topics(settings)}  # the fixture's `up` already created them
     assert not any(t.created for t in states.values())
     assert states[settings.topic_readings].partitions >= 8
-    assert {settings.topic_anomalies, settings.topic_dlq} <= states.keys()
+    assert {settings.topic_anomalies, settings.topic_dlq, settings.topic_late} <= states.keys()
 
     extra = f"test.extra.{uuid.uuid4().hex[:8]}"
     assert ensure_topics(settings, {extra: 3})[0].created

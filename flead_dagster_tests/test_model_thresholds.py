@@ -111,7 +111,11 @@ def test_bad_states_are_refused() -> None:
     with pytest.raises(ValueError, match="bad threshold state"):
         threshold_from_state_dict({"kind": "median"})
     state = QuantileThreshold().state_dict()
+    with pytest.raises(ValueError, match="counts"):  # past the last bin
+        threshold_from_state_dict(
+            {**state, "counts_offset": QuantileThreshold().counts.size - 1, "counts": [1.0, 2.0]}
+        )
     with pytest.raises(ValueError, match="counts"):
-        threshold_from_state_dict({**state, "counts": [1.0, 2.0]})
+        threshold_from_state_dict({**state, "counts": [1.0, -2.0]})
     with pytest.raises(ValueError, match="q must be"):
         QuantileThreshold(q=1.5)

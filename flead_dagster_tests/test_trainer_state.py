@@ -3,6 +3,7 @@ documents and federation. The properties here are what make a restarted trainer 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -239,3 +240,43 @@ def test_a_fenced_owner_can_neither_commit_nor_overwrite_the_new_owners_state(se
         db[settings.collection_checkpoints].delete_many({"group": settings.consumer_group})
         db[settings.collection_device_states].delete_many({"group": settings.consumer_group})
         client.close()
+
+
+def test_exchange_option_defaults_from_the_settings(monkeypatch):
+    from typer.testing import CliRunner
+
+    import services.stream_trainer.service as service
+    from flead.cli import app
+
+    chosen = []
+
+    class Recorder:
+        def __init__(self, settings, options):
+            chosen.append(options.exchange)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(service, "StreamTrainer", Recorder)
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # the trainer's process tuning, not pytest's
+    monkeypatch.setattr(gc, "set_threshold", lambda *thresholds: None)
+    runner = CliRunner()
+    monkeypatch.delenv("FLEAD_TRAINER_EXCHANGE", raising=False)
+    assert runner.invoke(app, ["trainer", "run"]).exit_code == 0
+    monkeypatch.setenv("FLEAD_TRAINER_EXCHANGE", "http")
+    assert runner.invoke(app, ["trainer", "run"]).exit_code == 0
+    assert runner.invoke(app, ["trainer", "run", "--exchange", "local"]).exit_code == 0
+    assert chosen == ["local", "http", "local"]
+    monkeypatch.setenv("FLEAD_TRAINER_EXCHANGE", "carrier-pigeon")
+    refused = runner.invoke(app, ["trainer", "run"])
+    assert refused.exit_code == 2 and "trainer_exchange" in refused.output
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.1])
+def test_an_adopting_device_holds_no_private_copy_of_the_global_weights(mu):
+    exchange = InProcessExchange(Settings(), SMALL, client_config=ClientConfig(proximal_mu=mu))
+    federation = Federation(Settings(), TrainerOptions(model=SMALL, train=TRAIN), exchange, Counters())
+    client = federation.new_slot("dev-a", 0).client
+    adopted = exchange.latest(None).weights
+    assert client.adopted is adopted and client.reported is adopted
+    assert client.anchor is (adopted if mu else None)  # FedProx only

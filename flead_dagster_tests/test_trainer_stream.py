@@ -68,6 +68,7 @@ def isolated_env(base: dict[str, str], **extra: str) -> dict[str, str]:
         **FAST,
         "FLEAD_TOPIC_READINGS": f"test.trainer.{tag}",
         "FLEAD_TOPIC_DLQ": f"test.trainer.{tag}.dlq",
+        "FLEAD_TOPIC_LATE": f"test.trainer.{tag}.late",
         "FLEAD_TOPIC_ANOMALIES": f"test.trainer.{tag}.anomalies",
         "FLEAD_CONSUMER_GROUP": f"trainer-{tag}",
         "FLEAD_MONGO_DB": f"trainer_{tag}",
@@ -80,9 +81,7 @@ def settings_for(env: dict[str, str]) -> Settings:
 
 
 def create_topics(settings: Settings) -> None:
-    ensure_topics(
-        settings, {settings.topic_readings: PARTITIONS, settings.topic_dlq: 1, settings.topic_anomalies: 1}
-    )
+    ensure_topics(settings, {settings.topic_readings: PARTITIONS})  # the trainer creates its outputs
 
 
 class Trainer:
@@ -214,7 +213,9 @@ def kafka_committed(settings: Settings) -> dict[int, int | None]:
 # --------------------------------------------------------------------------------------------- tests
 
 
-def test_bad_and_late_records_go_to_the_dlq_and_the_good_ones_around_them_are_scored(services_env, tmp_path):
+def test_bad_records_go_to_the_dlq_late_ones_to_their_topic_and_the_good_ones_are_scored(
+    services_env, tmp_path
+):
     env = isolated_env(services_env, FLEAD_TRAINER_ALLOWED_LATENESS_S="60", FLEAD_MAX_MESSAGE_BYTES="4096")
     settings = settings_for(env)
     create_topics(settings)
@@ -268,13 +269,13 @@ def test_bad_and_late_records_go_to_the_dlq_and_the_good_ones_around_them_are_sc
     assert trainer.stop() == 0, trainer.tail()  # SIGTERM: final checkpoint and a clean exit
     assert checkpoint_offsets(settings)[partition] == len(stream) == kafka_committed(settings)[partition]
 
-    consumer = make_consumer(settings, settings.topic_dlq, group_id=f"dlq-{uuid.uuid4().hex[:8]}")
-    try:
-        dead = consume(consumer, len(bad) + 1)
-    finally:
-        consumer.close()
-    by_value = {r.value: dict(r.headers) for r in dead}
-    assert len(dead) == len(bad) + 1 and set(by_value) == {*bad.values(), late}  # original bytes kept
+    dead, late_side = (
+        read_all(settings, topic, n)
+        for topic, n in ((settings.topic_dlq, len(bad)), (settings.topic_late, 1))
+    )
+    by_value = {r.value: dict(r.headers) for r in dead + late_side}
+    assert len(dead) == len(bad) and set(by_value) == {*bad.values(), late}  # original bytes kept
+    assert [r.value for r in late_side] == [late]  # late readings have their own topic
     expected_reason = {
         "not JSON": "Invalid JSON",
         "wrong types": "temperature: Input should be a valid number",
@@ -289,6 +290,15 @@ def test_bad_and_late_records_go_to_the_dlq_and_the_good_ones_around_them_are_sc
         assert headers["flead.source.partition"] == str(partition).encode()
         assert headers["flead.source.offset"] == str(position[value]).encode()
     assert by_value[late]["flead.error"].startswith(b"late: event time 2004-03-01T00:01:30")
+    assert by_value[late]["flead.source.offset"] == str(position[late]).encode()
+
+
+def read_all(settings: Settings, topic: str, expected: int) -> list:
+    consumer = make_consumer(settings, topic, group_id=f"read-{uuid.uuid4().hex[:8]}")
+    try:
+        return consume(consumer, expected)
+    finally:
+        consumer.close()
 
 
 def test_kill_9_and_restart_loses_and_double_counts_nothing(services_env, tmp_path):

@@ -1,24 +1,56 @@
 """Reading messages at the Kafka edge: decode and validate a polled batch; reject the bad with a reason.
 
+`flead.schema.Reading` defines what is valid. A poll is decoded column-wise: the messages that are
+plainly well-formed (a flat JSON object of known, distinct keys with the expected JSON types, a device
+id of the allowed form, an event time like ``2004-03-01T12:00:31.000000Z``, finite numbers) are parsed
+together by polars and checked as columns. Every other message, and every message of a group that
+polars could not parse, is validated on its own by `Reading`, which accepts the other forms it allows
+(e.g. a time zone offset) and names what is wrong with the rest.
+
 A rejected message keeps its original bytes and where it came from, so the dead-letter topic can hold
 exactly what arrived (see `flead.bus.dlq`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
 from pydantic import ValidationError
 
-from flead.schema import LAKE_SCHEMA, MEASUREMENTS, Reading
+from flead.schema import DEVICE_ID_PATTERN, LAKE_SCHEMA, MEASUREMENTS, SCHEMA_VERSION, Reading
 
 DECODED_SCHEMA: dict[str, pl.DataType] = {
     **{name: LAKE_SCHEMA[name] for name in ("device_id", "ts", "epoch", *MEASUREMENTS)},
     "partition": pl.Int32(),
     "offset": pl.Int64(),
 }
+_JSON_SCHEMA = {
+    "schema_version": pl.Int64(),
+    "device_id": pl.String(),
+    "ts": pl.String(),
+    "epoch": pl.Int64(),
+    **{name: pl.Float64() for name in MEASUREMENTS},
+}
+_VALUE = r'[^,}"\r\n]*'  # a number or null (what polars reads as another type, it refuses)
+_STRING = r'"[^"\r\n]*"'
+# One line, each known key at most once and in this order (as json.dumps or polars' json_encode write a
+# Reading), the device id and the time as JSON strings. Other layouts are validated one by one.
+_PLAIN = (
+    r'^\{(?:"schema_version": ?'
+    + _VALUE
+    + r', ?)?"device_id": ?'
+    + _STRING
+    + r', ?"ts": ?'
+    + _STRING
+    + "".join(f'(?:, ?"{name}": ?{_VALUE})?' for name in ("epoch", *MEASUREMENTS))
+    + r"\}$"
+)
+_TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:[0-5]\d:[0-5]\d(?:\.\d{1,6})?Z$"
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
+_MIN_GROUP = 64  # a group polars cannot parse is halved down to this size, then validated one by one
 
 
 @dataclass(frozen=True)
@@ -32,36 +64,106 @@ class Rejected:
 
 
 def decode_batch(records: Iterable, max_bytes: int) -> tuple[pl.DataFrame, list[Rejected]]:
-    """Valid readings (DECODED_SCHEMA, in the records' order) and the rejected records."""
-    rows: list[dict] = []
-    rejected: list[Rejected] = []
-    for record in records:
-        reason = _problem(record, max_bytes)
-        if reason is None:
-            try:
-                reading = Reading.model_validate_json(record.value)
-            except ValidationError as exc:
-                reason = _summarise(exc)
-            else:
-                if record.key is not None and record.key != reading.device_id.encode():
-                    reason = f"key {record.key!r} differs from device_id {reading.device_id!r}"
-                else:
-                    row = reading.model_dump(exclude={"schema_version"})
-                    row["partition"], row["offset"] = record.partition, record.offset
-                    rows.append(row)
-                    continue
-        rejected.append(
-            Rejected(record.topic, record.partition, record.offset, record.key, record.value, reason)
-        )
-    return pl.DataFrame(rows, schema=DECODED_SCHEMA), rejected
+    """Valid readings (DECODED_SCHEMA, in the records' order) and the rejected records (in order)."""
+    records = list(records)
+    rejected: dict[int, Rejected] = {}
+    candidates = []
+    for i, record in enumerate(records):
+        if record.value is not None and len(record.value) <= max_bytes:
+            candidates.append(i)
+        else:
+            rejected[i] = _reject(record, _problem(record, max_bytes))
+    valid, one_by_one = _decode_plain(records, candidates)
+    rows = []
+    for i in one_by_one:
+        row, reason = _decode_one(records[i])
+        if row is None:
+            rejected[i] = _reject(records[i], reason)
+        else:
+            rows.append({**row, "_i": i})
+    if rows:
+        valid = pl.concat([valid, pl.DataFrame(rows, schema=valid.schema)]).sort("_i")
+    return valid.drop("_i"), [rejected[i] for i in sorted(rejected)]
 
 
-def _problem(record, max_bytes: int) -> str | None:
+def _decode_plain(records: Sequence, candidates: list[int]) -> tuple[pl.DataFrame, list[int]]:
+    """(the valid plain messages as DECODED_SCHEMA rows with their index `_i`, the indices of the
+    others, left to `_decode_one`)."""
+    values = [records[i].value for i in candidates]
+    meta = pl.DataFrame(
+        {
+            "_i": candidates,
+            "_key": [records[i].key for i in candidates],
+            "partition": [records[i].partition for i in candidates],
+            "offset": [records[i].offset for i in candidates],
+        },
+        schema={"_i": pl.Int64(), "_key": pl.Binary(), "partition": pl.Int32(), "offset": pl.Int64()},
+    )
+    try:
+        text = pl.Series(values, dtype=pl.Binary).cast(pl.String)
+    except pl.exceptions.PolarsError:  # not UTF-8 somewhere
+        text = pl.Series([""] * len(values))
+    plain = text.str.contains(_PLAIN).to_list()
+    one_by_one = [i for i, ok in zip(candidates, plain, strict=True) if not ok]
+    frames = []
+    pending = [[k for k, ok in enumerate(plain) if ok]]
+    while pending:  # groups polars cannot parse are halved, down to _MIN_GROUP
+        group = pending.pop()
+        parsed = _parse([values[k] for k in group]) if group else None
+        if parsed is not None:
+            frames.append(pl.concat([parsed, meta[group]], how="horizontal"))
+        elif len(group) > _MIN_GROUP:
+            half = len(group) // 2
+            pending += [group[half:], group[:half]]
+        else:
+            one_by_one += [candidates[k] for k in group]
+    frame = pl.concat(frames) if frames else pl.DataFrame(schema={**_JSON_SCHEMA, **meta.schema})
+    ok = (
+        (pl.col("schema_version") == SCHEMA_VERSION)
+        & pl.col("device_id").str.contains(DEVICE_ID_PATTERN)
+        & pl.col("ts").str.contains(_TS_PATTERN)
+        & pl.all_horizontal(pl.col(m).is_finite() | pl.col(m).is_null() for m in MEASUREMENTS)
+        & (pl.col("_key").is_null() | (pl.col("_key") == pl.col("device_id").cast(pl.Binary)))
+    ).fill_null(False)
+    frame = frame.with_columns(
+        pl.col("ts").str.strptime(DECODED_SCHEMA["ts"], _TS_FORMAT, strict=False), _ok=ok
+    ).with_columns(pl.col("_ok") & pl.col("ts").is_not_null())
+    one_by_one += frame.filter(~pl.col("_ok"))["_i"].to_list()
+    valid = frame.filter("_ok").select(*DECODED_SCHEMA, "_i")
+    return valid, sorted(one_by_one)
+
+
+def _parse(values: list[bytes]) -> pl.DataFrame | None:
+    """The messages (flat JSON objects, one per line) as columns; None if polars cannot read them all
+    with the schema's types."""
+    try:
+        frame = pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema=_JSON_SCHEMA)
+    except pl.exceptions.PolarsError:
+        return None
+    return frame if frame.height == len(values) else None
+
+
+def _decode_one(record) -> tuple[dict | None, str | None]:
+    """(the reading as a DECODED_SCHEMA row, None) or (None, the reason it is rejected)."""
+    try:
+        reading = Reading.model_validate_json(record.value)
+    except ValidationError as exc:
+        return None, _summarise(exc)
+    if record.key is not None and record.key != reading.device_id.encode():
+        return None, f"key {record.key!r} differs from device_id {reading.device_id!r}"
+    row = reading.model_dump(exclude={"schema_version"})
+    row["partition"], row["offset"] = record.partition, record.offset
+    return row, None
+
+
+def _reject(record, reason: str) -> Rejected:
+    return Rejected(record.topic, record.partition, record.offset, record.key, record.value, reason)
+
+
+def _problem(record, max_bytes: int) -> str:
     if record.value is None:
         return "empty message (no value)"
-    if len(record.value) > max_bytes:
-        return f"message of {len(record.value)} bytes exceeds the {max_bytes}-byte limit"
-    return None
+    return f"message of {len(record.value)} bytes exceeds the {max_bytes}-byte limit"
 
 
 def _summarise(exc: ValidationError) -> str:

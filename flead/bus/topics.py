@@ -18,12 +18,16 @@ class TopicState:
     created: bool
 
 
+def output_topics(settings: Settings) -> dict[str, int]:
+    """The stream trainer's output topics (it creates them at start-up if they are missing)."""
+    return {settings.topic_anomalies: 1, settings.topic_dlq: 1, settings.topic_late: 1}
+
+
 def platform_topics(settings: Settings) -> dict[str, int]:
     """Topic name -> partition count the platform needs."""
     return {
         settings.topic_readings: settings.topic_readings_partitions,
-        settings.topic_anomalies: 1,
-        settings.topic_dlq: 1,
+        **output_topics(settings),
         settings.topic_smoke: 1,
     }
 

@@ -12,7 +12,7 @@ import polars as pl
 from flead.federated.client import ClientConfig, personalise, weight_delta
 from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
-from flead.model.detector import OnlineDetector
+from flead.model.detector import Batch, OnlineDetector
 
 
 class DeviceClient:
@@ -44,16 +44,20 @@ class DeviceClient:
                 self.detector.get_weights(), state.weights, self.adopted, self.client.personal_mix
             )
         self.detector.set_weights(weights)
+        # Both equal the detector's weights now and are only ever read, so they share one object (the
+        # global's own the first time): a device holds no private copy until it pushes or personalises.
+        start = state.weights if self.adopted is None else weights
+        self.anchor = start if self.client.proximal_mu > 0 else None  # FedProx only
+        self.reported = start
         self.adopted = state.weights
-        self.anchor = weights
-        self.reported = self.detector.get_weights()
         self.base_version = state.version
         self.detector.reset_sample_counter()
 
-    def process(self, batch: pl.DataFrame, *, learn: bool = True) -> pl.DataFrame:
-        """Score, judge and (when `learn`) train on one micro-batch of this device's readings."""
+    def process(self, batch: Batch, *, ts: np.ndarray | None = None, learn: bool = True) -> pl.DataFrame:
+        """Score, judge and (when `learn`) train on one micro-batch of this device's readings (see
+        `OnlineDetector.process_many`)."""
         mu = self.client.proximal_mu if self.anchor is not None else 0.0
-        return self.detector.process_many(batch, learn=learn, proximal_mu=mu, anchor=self.anchor)
+        return self.detector.process_many(batch, ts=ts, learn=learn, proximal_mu=mu, anchor=self.anchor)
 
     def take_update(self, *, force: bool = False) -> LocalUpdate | None:
         """The learning since the last push as a delta, once `push_every` samples (or any, if forced)."""

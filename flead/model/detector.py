@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from numpy.lib.stride_tricks import sliding_window_view
 
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig, TrainConfig
@@ -31,7 +30,7 @@ from flead.model.optim import Adam, clip_by_global_norm
 from flead.model.serialization import pack, unpack
 from flead.model.thresholds import QuantileThreshold, SpotThreshold, threshold_from_state_dict
 from flead.model.training import loss_and_gradient
-from flead.model.windows import autoencoder_targets, build_inputs, hour_of_day
+from flead.model.windows import autoencoder_targets, build_inputs, hour_of_day, row_windows
 
 Batch = pl.DataFrame | np.ndarray
 Threshold = QuantileThreshold | SpotThreshold
@@ -322,12 +321,12 @@ class OnlineDetector:
         else:
             target = autoencoder_targets(cfg, chunk.seq)
             row_weights = np.concatenate([np.ones(cfg.context_length, np.float32), weights])
-            entry_weights = np.repeat(sliding_window_view(row_weights, cfg.window), cfg.n_features, axis=1)
+            entry_weights = np.repeat(row_windows(row_weights, cfg.window), cfg.n_features, axis=1)
             mask = np.isfinite(target) * entry_weights
         target = np.clip(np.nan_to_num(target, nan=0.0), -cfg.input_clip, cfg.input_clip)
         forward = run.forward
         for _ in range(self.train.steps_per_batch):
-            loss_and_gradient(
+            _, grad = loss_and_gradient(
                 net,
                 run.x,
                 target,
@@ -338,8 +337,8 @@ class OnlineDetector:
                 forward=forward,
             )
             forward = None  # the weights moved: later steps need a fresh forward pass
-            clip_by_global_norm(net.grad, self.train.clip_norm)
-            self.optimizer.step(net.flat, net.grad)
+            clip_by_global_norm(grad, self.train.clip_norm)
+            self.optimizer.step(net.flat, grad)
         learned = np.isfinite(chunk.values).any(axis=1) & (weights > 0)
         self.model.n_samples_seen += int(learned.sum())
 

@@ -1,7 +1,8 @@
 """A stack of dense layers over one flat parameter buffer, with backprop, in NumPy.
 
 All parameters live in one contiguous array (``flat``) and each weight matrix is a view into it, so
-the optimiser, gradient clipping and the proximal term work on one vector instead of per layer.
+the optimiser, gradient clipping and the proximal term work on one vector instead of per layer. The
+gradient is allocated per backward pass: a network (one per device) holds only its parameters.
 """
 
 from __future__ import annotations
@@ -26,19 +27,18 @@ class Network:
         for name, fan_in, fan_out in self.layers:
             self.shapes[f"{name}.W"] = (fan_in, fan_out)
             self.shapes[f"{name}.b"] = (fan_out,)
-        self.size = sum(int(np.prod(shape)) for shape in self.shapes.values())
-        self.flat = np.zeros(self.size, self.dtype)
-        self.grad = np.zeros(self.size, self.dtype)
-        self.params = self._views(self.flat)
-        self.grads = self._views(self.grad)
-
-    def _views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
-        views, offset = {}, 0
+        self._spans: list[tuple[str, int, int, tuple[int, ...]]] = []  # name, start, stop, shape
+        offset = 0
         for name, shape in self.shapes.items():
             n = int(np.prod(shape))
-            views[name] = buffer[offset : offset + n].reshape(shape)
+            self._spans.append((name, offset, offset + n, shape))
             offset += n
-        return views
+        self.size = offset
+        self.flat = np.zeros(self.size, self.dtype)
+        self.params = self._views(self.flat)
+
+    def _views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: buffer[start:stop].reshape(shape) for name, start, stop, shape in self._spans}
 
     def initialise(self, seed: int) -> None:
         """Glorot-uniform (tanh) or He-uniform (relu) weights, zero biases, from `seed` only."""
@@ -98,17 +98,19 @@ class Network:
         return h, activations
 
     def backward(self, activations: list[np.ndarray], d_out: np.ndarray) -> np.ndarray:
-        """Gradient of the loss w.r.t. all parameters into ``self.grad`` given dLoss/dOutput `d_out`."""
+        """Gradient of the loss w.r.t. all parameters (a new flat vector) given dLoss/dOutput `d_out`."""
+        grad = np.empty(self.size, self.dtype)
+        grads = self._views(grad)
         d = d_out
         for i in range(len(self.layers) - 1, -1, -1):
             name = self.layers[i][0]
             h_in = activations[i]
-            np.matmul(h_in.T, d, out=self.grads[f"{name}.W"])
-            np.sum(d, axis=0, out=self.grads[f"{name}.b"])
+            np.matmul(h_in.T, d, out=grads[f"{name}.W"])
+            np.sum(d, axis=0, out=grads[f"{name}.b"])
             if i:
                 d = d @ self.params[f"{name}.W"].T
                 if self.activation == "tanh":
                     d *= 1.0 - h_in * h_in
                 else:
                     d *= h_in > 0
-        return self.grad
+        return grad

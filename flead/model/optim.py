@@ -25,13 +25,21 @@ class Adam:
         self.t = 0
 
     def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+        """One update of `params` (in place) from `grad` (not changed)."""
         self.t += 1
-        self.m *= self.beta1
-        self.m += (1.0 - self.beta1) * grad
+        scratch = (1.0 - self.beta2) * grad  # the same operations, in the same order, as the textbook form
+        scratch *= grad
         self.v *= self.beta2
-        self.v += (1.0 - self.beta2) * grad * grad
+        self.v += scratch
+        np.multiply(grad, 1.0 - self.beta1, out=scratch)
+        self.m *= self.beta1
+        self.m += scratch
         step = self.lr * np.sqrt(1.0 - self.beta2**self.t) / (1.0 - self.beta1**self.t)
-        params -= step * self.m / (np.sqrt(self.v) + self.eps)
+        denominator = np.sqrt(self.v)
+        denominator += self.eps
+        update = step * self.m  # float64: `step` is a NumPy float64
+        update /= denominator
+        params -= update
 
     def reset(self) -> None:
         """Forget the moments, e.g. after adopting new global weights."""

@@ -24,8 +24,8 @@ def pack(header: dict, arrays: dict[str, np.ndarray]) -> bytes:
     layout = [{"name": name, "shape": list(np.shape(value))} for name, value in arrays.items()]
     text = json.dumps({**header, "dtype": DTYPE, "arrays": layout}, allow_nan=False, separators=(",", ":"))
     encoded = text.encode("utf-8")
-    payload = b"".join(np.ascontiguousarray(value, dtype=DTYPE).tobytes() for value in arrays.values())
-    return MAGIC + _LENGTH.pack(len(encoded)) + encoded + payload
+    payload = [np.ascontiguousarray(value, dtype=DTYPE) for value in arrays.values()]
+    return b"".join([MAGIC, _LENGTH.pack(len(encoded)), encoded, *payload])  # one copy of the arrays
 
 
 def unpack(

@@ -101,6 +101,8 @@ class QuantileThreshold:
         return result
 
     def state_dict(self) -> dict:
+        filled = np.flatnonzero(self.counts)
+        first, last = (int(filled[0]), int(filled[-1]) + 1) if filled.size else (0, 0)
         return {
             "kind": self.kind,
             "q": self.q,
@@ -110,7 +112,9 @@ class QuantileThreshold:
             "hi": self.hi,
             "bins_per_decade": self.bins_per_decade,
             "n_seen": self.n_seen,
-            "counts": self.counts.tolist(),
+            # the bins from the first to the last non-empty one (scores span a few of the 18 decades)
+            "counts_offset": first,
+            "counts": self.counts[first:last].tolist(),
         }
 
     @classmethod
@@ -118,9 +122,12 @@ class QuantileThreshold:
         keys = ("q", "warmup", "half_life", "lo", "hi", "bins_per_decade")
         threshold = cls(**{k: state[k] for k in keys})
         counts = np.asarray(state["counts"], dtype=np.float64)
-        if counts.shape != threshold.counts.shape or not np.isfinite(counts).all() or (counts < 0).any():
-            raise ValueError(f"quantile threshold counts must be {threshold.counts.size} numbers >= 0")
-        threshold.counts = counts
+        offset = int(state.get("counts_offset", 0))
+        size = threshold.counts.size
+        in_range = counts.ndim == 1 and 0 <= offset <= size - counts.size
+        if not in_range or not np.isfinite(counts).all() or (counts < 0).any():
+            raise ValueError(f"quantile threshold counts must be at most {size} numbers >= 0")
+        threshold.counts[offset : offset + counts.size] = counts
         threshold.n_seen = int(state["n_seen"])
         return threshold
 

@@ -18,7 +18,7 @@ def loss_and_gradient(
     anchor: np.ndarray | None = None,
     forward: tuple[np.ndarray, list[np.ndarray]] | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Loss and its gradient (left in ``net.grad``); returns (loss, prediction).
+    """(loss, its gradient w.r.t. ``net.flat``).
 
     loss = sum(mask * (pred - target)^2) / sum(mask) + proximal_mu / 2 * ||flat - anchor||^2, with
     pred = net(x) + base. `mask` weighs each entry (0 = not learned: missing or judged anomalous);
@@ -30,11 +30,11 @@ def loss_and_gradient(
     denom = max(float(mask.sum()), 1.0)
     weighted = mask * err
     loss = float(np.vdot(weighted, err)) / denom
-    net.backward(activations, weighted * (2.0 / denom))
+    grad = net.backward(activations, weighted * (2.0 / denom))
     if proximal_mu:
         if anchor is None:
             raise ValueError("proximal_mu needs an anchor (the global weights)")
         diff = net.flat - anchor
         loss += 0.5 * proximal_mu * float(np.dot(diff, diff))
-        net.grad += proximal_mu * diff
-    return loss, pred
+        grad += proximal_mu * diff
+    return loss, grad

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from flead.model.config import ModelConfig
 
@@ -22,6 +22,15 @@ def time_encoding(hours: np.ndarray) -> np.ndarray:
     """(n, 2) float32: sin and cos of the hour of day, so 23:59 sits next to 00:00."""
     angle = np.asarray(hours, dtype=np.float64) * (2.0 * np.pi / 24.0)
     return np.stack([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
+
+
+def row_windows(rows: np.ndarray, window: int) -> np.ndarray:
+    """Read-only view (len(rows) - window + 1, window * values per row): row i holds rows i .. i + window - 1
+    of `rows`, flattened (numpy's sliding_window_view without its per-call cost)."""
+    rows = np.ascontiguousarray(rows)
+    width = int(np.prod(rows.shape[1:], dtype=np.int64))
+    shape = (max(len(rows) - window + 1, 0), window * width)
+    return as_strided(rows, shape, (width * rows.itemsize, rows.itemsize), writeable=False)
 
 
 def forward_fill(seq: np.ndarray) -> np.ndarray:
@@ -50,11 +59,10 @@ def build_inputs(config: ModelConfig, seq: np.ndarray, hours: np.ndarray | None)
     `seq` is (context_length + n, F) float32 in normalised units with NaN for missing (or masked)
     values, which are forward-filled; inputs are clipped to +-input_clip.
     """
-    c, w, f = config.context_length, config.window, config.n_features
-    n = seq.shape[0] - c
+    w, f = config.window, config.n_features
     filled = np.clip(forward_fill(seq), -config.input_clip, config.input_clip)
     source = filled[:-1] if config.kind == "forecaster" else filled
-    windows = sliding_window_view(source, (w, f)).reshape(n, w * f)
+    windows = row_windows(source, w)
     if config.time_features:
         if hours is None:
             raise ValueError("this model uses the time of day: the batch needs timestamps")
@@ -67,6 +75,4 @@ def build_inputs(config: ModelConfig, seq: np.ndarray, hours: np.ndarray | None)
 
 def autoencoder_targets(config: ModelConfig, seq: np.ndarray) -> np.ndarray:
     """(n, window * F) windows of `seq` (NaN kept, unclipped): what an autoencoder must reconstruct."""
-    w, f = config.window, config.n_features
-    n = seq.shape[0] - config.context_length
-    return sliding_window_view(seq, (w, f)).reshape(n, w * f)
+    return row_windows(seq, config.window)

@@ -15,8 +15,9 @@ from that small table. The lake is read only for the days the evaluation covers.
 
 Definitions: *readings* and *out of range* come from the lake, *scored* and *alarms* (the model's
 ``is_anomaly``) from the evaluation; alarm rate = alarms / scored. Precision, recall and F1 pool the
-in-range readings that carry a label (out-of-range ones are the rule's alarms; TP = alarm on a labelled anomaly, FP = alarm on a labelled normal
-reading, FN = labelled anomaly without alarm); a ratio with a zero denominator, or without any label,
+in-range readings that carry a label (out-of-range ones are the rule's alarms, not the model's;
+TP = alarm on a labelled anomaly, FP = alarm on a labelled normal reading, FN = labelled anomaly
+without alarm); a ratio with a zero denominator, or without any label,
 is ``None`` — the conventions of `flead.evaluation.metrics`.
 
 Output: ``report.md`` plus three PNGs in ``out_dir``. The report is written into a hidden sibling

@@ -1,17 +1,8 @@
-"""The local-update wire formats, both decoded into a ``flead.federated.LocalUpdate``.
+"""The local-update request bodies, validated: both wire formats (`flead.federated.wire`) decoded into a
+``flead.federated.LocalUpdate``.
 
-JSON (``Content-Type: application/json``)::
-
-    {"device_id": "mote-01", "update_id": "mote-01-17", "base_version": 3, "n_samples": 1024,
-     "kind": "delta", "arrays": {"enc.0.W": [[...], ...], "enc.0.b": [...], ...},
-     "metrics": {"loss": 0.12}}
-
-Binary (``Content-Type: application/octet-stream``): ``flead.model.serialization.pack(header, arrays)``
-with ``header = {"format": "flead-update", "format_version": 1, <the fields above but arrays>}``.
-
-Arrays carry the global model's names and shapes (``AnomalyModel.get_weights()``), float32 values
-(JSON numbers, in nested lists). Decoding checks the envelope only (types, ranges, rectangular numeric
-arrays); whether the arrays fit the current model is ``flead.federated.prepare_update``'s job.
+Decoding checks the envelope only (types, ranges, rectangular numeric arrays); whether the arrays fit
+the current model is ``flead.federated.prepare_update``'s job.
 """
 
 from __future__ import annotations
@@ -23,11 +14,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from flead.federated import LocalUpdate
-from flead.model.serialization import nested_lists, pack, unpack
-
-UPDATE_FORMAT = "flead-update"
-UPDATE_FORMAT_VERSION = 1
-CONTAINER_FIELDS = ("format", "format_version", "dtype", "arrays")
+from flead.federated.wire import UPDATE_FORMAT, local_update, read_binary_update
+from flead.federated.wire import encode_binary_update as encode_binary_update  # for the API's clients
+from flead.federated.wire import encode_json_update as encode_json_update
 
 # Device and update ids: printable, no spaces, at most 128 characters (e.g. mote-01, mote-01:17, a uuid).
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}$"
@@ -84,10 +73,9 @@ def decode_json_update(body: bytes) -> LocalUpdate:
 
 def decode_binary_update(body: bytes) -> LocalUpdate:
     try:
-        header, arrays = unpack(body, UPDATE_FORMAT, (UPDATE_FORMAT_VERSION,))
+        fields, arrays = read_binary_update(body)
     except ValueError as exc:
         raise UpdateFormatError(f"not a valid {UPDATE_FORMAT} container: {exc}") from None
-    fields = {key: value for key, value in header.items() if key not in CONTAINER_FIELDS}
     return _local_update(_validated(UpdateFields, fields), arrays)
 
 
@@ -103,41 +91,8 @@ def numeric_array(name: str, value: Any) -> np.ndarray:
     return array.astype(np.float64)
 
 
-def encode_json_update(update: LocalUpdate) -> dict:
-    """The JSON body for ``update`` (what a device or the stream trainer sends)."""
-    return {
-        **_header_fields(update),
-        "arrays": {name: nested_lists(value) for name, value in update.arrays.items()},
-    }
-
-
-def encode_binary_update(update: LocalUpdate) -> bytes:
-    """The ``application/octet-stream`` body for ``update``."""
-    header = {"format": UPDATE_FORMAT, "format_version": UPDATE_FORMAT_VERSION, **_header_fields(update)}
-    return pack(header, {name: np.asarray(value) for name, value in update.arrays.items()})
-
-
-def _header_fields(update: LocalUpdate) -> dict:
-    return {
-        "device_id": update.device_id,
-        "update_id": update.update_id,
-        "base_version": int(update.base_version),
-        "n_samples": int(update.n_samples),
-        "kind": update.kind,
-        "metrics": {name: float(value) for name, value in update.metrics.items()},
-    }
-
-
 def _local_update(fields: UpdateFields, arrays: dict[str, np.ndarray]) -> LocalUpdate:
-    return LocalUpdate(
-        device_id=fields.device_id,
-        update_id=fields.update_id,
-        base_version=fields.base_version,
-        n_samples=fields.n_samples,
-        arrays=arrays,
-        kind=fields.kind,
-        metrics=dict(fields.metrics),
-    )
+    return local_update(fields.model_dump(exclude={"arrays"}), arrays)
 
 
 def _validated(model: type[UpdateFields], data: Any) -> Any:

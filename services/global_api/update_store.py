@@ -26,8 +26,8 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from flead.federated import LocalUpdate
+from flead.federated.wire import UPDATE_FORMAT, UPDATE_FORMAT_VERSION
 from flead.model.serialization import pack, unpack
-from services.global_api.codec import UPDATE_FORMAT, UPDATE_FORMAT_VERSION
 
 MISSING_ARRAYS = "its arrays were not stored (the submission did not complete); resubmit with a new update_id"
 

@@ -33,6 +33,7 @@ from pymongo.write_concern import WriteConcern
 
 from flead.config import Settings
 from flead.federated import GlobalState, LocalUpdate
+from flead.federated.wire import weights_from_bytes, weights_to_bytes
 from flead.model.config import ModelConfig
 from services.stream_trainer.mongo_writes import DUPLICATE_KEY, insert_ignoring_duplicates
 from services.stream_trainer.slot import DeviceSlot
@@ -41,8 +42,6 @@ from services.stream_trainer.weights_codec import (
     SharedWeights,
     global_state_from_bytes,
     global_state_to_bytes,
-    weights_from_bytes,
-    weights_to_bytes,
 )
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ import httpx
 
 from flead.config import Settings
 from flead.federated import ClientConfig, GlobalState, LocalUpdate
+from flead.federated.wire import encode_json_update
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig
-from flead.model.serialization import nested_lists
 from services.stream_trainer.backoff import Backoff
 from services.stream_trainer.options import TrainerOptions
 
@@ -187,7 +187,7 @@ class HttpExchange:
                 return "idle"
             update = self._outbox[0]
         try:
-            response = self._http.post(UPDATE_PATH, json=update_payload(update))
+            response = self._http.post(UPDATE_PATH, json=encode_json_update(update))
         except httpx.HTTPError as exc:
             self._api_errors += 1
             log.warning("could not deliver update %s of %s: %s", update.update_id, update.device_id, exc)
@@ -251,18 +251,6 @@ class HttpExchange:
                 self._etag = response.headers.get("ETag")
             self._counts["models_fetched"] += 1
         return True
-
-
-def update_payload(update: LocalUpdate) -> dict:
-    return {
-        "device_id": update.device_id,
-        "update_id": update.update_id,
-        "base_version": int(update.base_version),
-        "n_samples": int(update.n_samples),
-        "kind": update.kind,
-        "arrays": {name: nested_lists(value) for name, value in update.arrays.items()},
-        "metrics": {name: float(value) for name, value in update.metrics.items()},
-    }
 
 
 def _reason(response: httpx.Response) -> str:

@@ -62,7 +62,6 @@ class Federation:
 
     def adopt(self, slot: DeviceSlot, state: GlobalState) -> None:
         client = slot.client
-        first = client.adopted is None
         client.client = self.exchange.client_config
         try:
             client.adopt(state)
@@ -71,23 +70,4 @@ class Federation:
             log.error("device %s cannot adopt global version %d: %s", slot.device_id, state.version, exc)
             return
         slot.lineage = self.exchange.lineage
-        _share_adopted_weights(client, first)
         self.counters.add("adoptions")
-
-
-def _share_adopted_weights(client: DeviceClient, first: bool) -> None:
-    """Let a freshly adopting client hold no private copies of weights equal to shared ones.
-
-    `DeviceClient.adopt` keeps the FedProx anchor and the weights as of the last push (`reported`) as
-    copies. Right after an adoption both equal the adopted weights (first adoption) or each other;
-    without a proximal term the anchor is never read. Sharing them keeps per-device memory at the
-    detector's own arrays until the device first pushes.
-    """
-    if client.client.proximal_mu == 0:
-        client.anchor = None
-    elif first:
-        client.anchor = client.adopted
-    if first:
-        client.reported = client.adopted
-    elif client.anchor is not None:
-        client.reported = client.anchor

@@ -1,6 +1,6 @@
 """One poll on its way in: decode and validate every record, split off the late ones, and group the
-rest by (partition, device) as NumPy rows ready for each device's buffer. Vectorised over the poll;
-the only per-record Python work is the codec's validation."""
+rest by (partition, device) as NumPy rows ready for each device's buffer. Vectorised over the poll,
+validation included (`flead.bus.codec` checks the poll column-wise)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""What the trainer produces: dead letters and late readings (topic_dlq), anomaly events (topic_anomalies
-and collection_anomalies) and per-device statistics (collection_devices).
+"""What the trainer produces: dead letters (topic_dlq), late readings (topic_late), anomaly events
+(topic_anomalies and collection_anomalies) and per-device statistics (collection_devices).
 
 Kafka sends are asynchronous and kept until acknowledged; anomaly documents go to MongoDB from a
 background thread (`anomaly_store`) within about a second. A checkpoint first settles both, and fails
@@ -60,8 +60,15 @@ class Outputs:
     # ------------------------------------------------------------------------------------- Kafka
 
     def dead_letters(self, rejected: Iterable[Rejected]) -> None:
+        self._side_output(self.settings.topic_dlq, rejected)
+
+    def late_readings(self, late: Iterable[Rejected]) -> None:
+        self._side_output(self.settings.topic_late, late)
+
+    def _side_output(self, topic: str, rejected: Iterable[Rejected]) -> None:
+        """The original bytes, with the reason and the source in headers (`flead.bus.dlq`)."""
         for r in rejected:
-            self._send((self.settings.topic_dlq, r.key, r.value, dead_letter_headers(r)))
+            self._send((topic, r.key, r.value, dead_letter_headers(r)))
 
     def _send(self, message: tuple) -> None:
         topic, key, value, headers = message

@@ -30,6 +30,7 @@ from pymongo.errors import PyMongoError
 
 from flead.bus.clients import make_consumer, make_producer
 from flead.bus.codec import Rejected
+from flead.bus.topics import ensure_topics, output_topics
 from flead.config import Settings
 from flead.storage.mongo import get_database, make_mongo_client
 from services.stream_trainer.anomaly_store import AnomalyStoreError
@@ -119,12 +120,17 @@ class StreamTrainer(RebalanceHandler):
         log.info("%s: /health on port %d", self.trainer_id, self.health.port)
         try:
             self._retry("create indexes", self.store.ensure_indexes)
+            ensure_topics(settings, output_topics(settings))
             if self.exchange is None:
                 self.exchange = self._open_exchange()
             if self.exchange is None:  # stopped while waiting for the global model
                 return EXIT_OK
             self.federation = Federation(settings, options, self.exchange, self.counters)
-            self.producer = make_producer(settings)
+            # kafka-python checksums what it sends in pure Python: gzip leaves fewer bytes to checksum,
+            # and a longer linger fewer requests (a checkpoint flushes whatever waits)
+            self.producer = make_producer(
+                settings, compression_type="gzip", batch_size=256 * 1024, linger_ms=50
+            )
             self.outputs = Outputs(settings, self.producer, db, self.counters, self.trainer_id)
             self.consumer = make_consumer(
                 settings, group_id=settings.consumer_group, max_poll_records=settings.trainer_max_poll_records
@@ -205,7 +211,7 @@ class StreamTrainer(RebalanceHandler):
         self.counters.add("late", len(intake.late))
         self.counters.add("valid", intake.records - len(intake.invalid))
         self.outputs.dead_letters(intake.invalid)
-        self.outputs.dead_letters(intake.late)
+        self.outputs.late_readings(intake.late)
         self._records_since_checkpoint += intake.records
         for number, offset in intake.next_offsets.items():
             part = self.owned.get(number)

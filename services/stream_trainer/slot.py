@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 
 from flead.federated.device import DeviceClient
 from flead.model import rules
@@ -63,11 +62,8 @@ class DeviceSlot:
     def score(self, rows: np.ndarray) -> ScoredChunk:
         """Score, judge and learn `rows` (taken from `pending`) in ONE detector call."""
         n = len(rows)
-        columns = {"ts": pl.Series("ts", rows["ts"])}
         values = rows["values"]
-        for i, feature in enumerate(self.features):
-            columns[feature] = pl.Series(feature, values[:, i])
-        out = self.client.process(pl.DataFrame(columns))
+        out = self.client.process(values, ts=rows["ts"])
         score = out.get_column("score").to_numpy()
         threshold = out.get_column("threshold").to_numpy()
         out_of_range = rules.out_of_range(values, self.features)

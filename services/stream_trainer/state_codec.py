@@ -13,14 +13,17 @@ from bson.binary import Binary
 
 from flead.federated import ClientConfig, LocalUpdate
 from flead.federated.device import DeviceClient
+from flead.federated.wire import (
+    encode_binary_update,
+    local_update,
+    read_binary_update,
+    weights_from_bytes,
+    weights_to_bytes,
+)
 from flead.model.detector import OnlineDetector
-from flead.model.serialization import pack, unpack
 from services.stream_trainer.pending import PendingReadings, reading_dtype
 from services.stream_trainer.slot import DeviceSlot
-from services.stream_trainer.weights_codec import weights_from_bytes, weights_to_bytes
 
-UPDATE_FORMAT = "flead-update"
-UPDATE_FORMAT_VERSION = 1
 ADOPTED, ANCHOR = "adopted", "anchor"
 
 
@@ -38,7 +41,7 @@ def slot_document(
         "kind": "device",
         **owner,  # group, topic, partition, epoch, gen
         "device_id": slot.device_id,
-        "detector": Binary(client.detector.to_bytes()),
+        "detector": client.detector.to_bytes(),  # bytes are stored as BSON binary (no Binary copy)
         "client": {
             "base_version": client.base_version,
             "sequence": client.sequence,
@@ -48,9 +51,9 @@ def slot_document(
             "adopted": adopted_digest,
             "anchor": _weights_ref(client.anchor, client, (ADOPTED,)),
             "reported": _weights_ref(client.reported, client, (ADOPTED, ANCHOR)),
-            "unsent": [Binary(update_to_bytes(u)) for u in unsent],
+            "unsent": [Binary(encode_binary_update(u)) for u in unsent],
         },
-        "pending": Binary(slot.pending.to_bytes()),
+        "pending": slot.pending.to_bytes(),
         "pending_rows": len(slot.pending),
         "stats": {
             "readings": slot.readings,
@@ -95,34 +98,7 @@ def slot_from_document(
         last_threshold=stats["last_threshold"],
         state_id=document["_id"],
     )
-    return slot, [update_from_bytes(bytes(b)) for b in fields.get("unsent", [])]
-
-
-def update_to_bytes(update: LocalUpdate) -> bytes:
-    header = {
-        "format": UPDATE_FORMAT,
-        "format_version": UPDATE_FORMAT_VERSION,
-        "device_id": update.device_id,
-        "update_id": update.update_id,
-        "base_version": int(update.base_version),
-        "n_samples": int(update.n_samples),
-        "kind": update.kind,
-        "metrics": {k: float(v) for k, v in update.metrics.items()},
-    }
-    return pack(header, dict(update.arrays))
-
-
-def update_from_bytes(data: bytes) -> LocalUpdate:
-    header, arrays = unpack(data, UPDATE_FORMAT, (UPDATE_FORMAT_VERSION,))
-    return LocalUpdate(
-        device_id=header["device_id"],
-        update_id=header["update_id"],
-        base_version=header["base_version"],
-        n_samples=header["n_samples"],
-        arrays=arrays,
-        kind=header["kind"],
-        metrics=header["metrics"],
-    )
+    return slot, [local_update(*read_binary_update(bytes(b))) for b in fields.get("unsent", [])]
 
 
 def _weights_ref(weights, client: DeviceClient, shared: tuple[str, ...]):

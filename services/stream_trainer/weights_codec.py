@@ -1,5 +1,6 @@
-"""Weights and global model states as bytes (the `flead.model.serialization` container), and a registry
-of the global weights many devices share, stored once by content digest."""
+"""Global model states as bytes (the `flead.model.serialization` container), and a registry of the
+global weights many devices share, stored once by content digest (the weights themselves travel in
+`flead.federated.wire`'s container)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,8 @@ from flead.federated.weights import Weights
 from flead.model.config import ModelConfig
 from flead.model.serialization import pack, unpack
 
-WEIGHTS_FORMAT = "flead-weights"
 GLOBAL_FORMAT = "flead-global-state"
 FORMAT_VERSION = 1
-
-
-def weights_to_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
-    return pack({"format": WEIGHTS_FORMAT, "format_version": FORMAT_VERSION}, dict(weights))
-
-
-def weights_from_bytes(data: bytes) -> Weights:
-    _, arrays = unpack(data, WEIGHTS_FORMAT, (FORMAT_VERSION,))
-    return arrays
 
 
 def weights_digest(weights: Mapping[str, np.ndarray]) -> str:

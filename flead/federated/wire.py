@@ -1,0 +1,86 @@
+"""Local updates and weights as they travel: one definition for the global model API, its clients and the
+stream trainer (which sends updates to the API and keeps undelivered ones in its checkpoints).
+
+JSON (``Content-Type: application/json``)::
+
+    {"device_id": "mote-01", "update_id": "mote-01:17", "base_version": 3, "n_samples": 1024,
+     "kind": "delta", "metrics": {"loss": 0.12}, "arrays": {"enc.0.W": [[...], ...], "enc.0.b": [...]}}
+
+Binary (``Content-Type: application/octet-stream``): ``flead.model.serialization.pack(header, arrays)``
+with ``header = {"format": "flead-update", "format_version": 1, <the fields above but arrays>}``.
+
+Arrays carry the global model's names and shapes (``AnomalyModel.get_weights()``), float32 values (JSON
+numbers in nested lists, exact). Decoding here checks the container only: a receiver that does not
+trust the sender validates the fields (the API: ``services.global_api.codec``) and the arrays
+(``flead.federated.prepare_update``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from flead.federated.update import LocalUpdate
+from flead.federated.weights import Weights
+from flead.model.serialization import nested_lists, pack, unpack
+
+UPDATE_FORMAT = "flead-update"
+UPDATE_FORMAT_VERSION = 1
+WEIGHTS_FORMAT = "flead-weights"
+WEIGHTS_FORMAT_VERSION = 1
+CONTAINER_FIELDS = ("format", "format_version", "dtype", "arrays")
+
+
+def update_fields(update: LocalUpdate) -> dict[str, Any]:
+    """Everything in an update but its arrays, as JSON values."""
+    return {
+        "device_id": update.device_id,
+        "update_id": update.update_id,
+        "base_version": int(update.base_version),
+        "n_samples": int(update.n_samples),
+        "kind": update.kind,
+        "metrics": {name: float(value) for name, value in update.metrics.items()},
+    }
+
+
+def encode_json_update(update: LocalUpdate) -> dict[str, Any]:
+    """The JSON body of `update`."""
+    return {
+        **update_fields(update),
+        "arrays": {name: nested_lists(value) for name, value in update.arrays.items()},
+    }
+
+
+def encode_binary_update(update: LocalUpdate) -> bytes:
+    """The binary container of `update`."""
+    header = {"format": UPDATE_FORMAT, "format_version": UPDATE_FORMAT_VERSION, **update_fields(update)}
+    return pack(header, {name: np.asarray(value) for name, value in update.arrays.items()})
+
+
+def read_binary_update(data: bytes) -> tuple[dict[str, Any], Weights]:
+    """(the fields, unchecked; the arrays, float32) of a binary update; ValueError if it is not one."""
+    header, arrays = unpack(data, UPDATE_FORMAT, (UPDATE_FORMAT_VERSION,))
+    return {key: value for key, value in header.items() if key not in CONTAINER_FIELDS}, arrays
+
+
+def local_update(fields: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> LocalUpdate:
+    return LocalUpdate(
+        device_id=fields["device_id"],
+        update_id=fields["update_id"],
+        base_version=fields["base_version"],
+        n_samples=fields["n_samples"],
+        arrays=dict(arrays),
+        kind=fields.get("kind", "delta"),
+        metrics=dict(fields.get("metrics") or {}),
+    )
+
+
+def weights_to_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
+    return pack({"format": WEIGHTS_FORMAT, "format_version": WEIGHTS_FORMAT_VERSION}, dict(weights))
+
+
+def weights_from_bytes(data: bytes) -> Weights:
+    _, arrays = unpack(data, WEIGHTS_FORMAT, (WEIGHTS_FORMAT_VERSION,))
+    return arrays
