@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     kafka_request_timeout_ms: int = Field(10000, ge=1000, description="Kafka request timeout.")
     topic_readings: str = Field("flead.readings", description="Topic of sensor readings, keyed by device id.")
     topic_readings_partitions: int = Field(8, ge=1, description="Partitions of the readings topic.")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replicas of the topics FLEAD creates (1 locally; 3 on a production cluster)."
+    )
     topic_anomalies: str = Field("flead.anomalies", description="Topic of detected anomaly events.")
     topic_dlq: str = Field("flead.readings.dlq", description="Dead-letter topic for invalid readings.")
     topic_late: str = Field(

@@ -72,7 +72,7 @@ def test_no_host_port_topic_or_collection_literals_outside_config():
     literals |= {
         getattr(defaults, n)
         for n in Settings.model_fields
-        if n.startswith("topic_") and n != "topic_readings_partitions"
+        if n.startswith("topic_") and n not in ("topic_readings_partitions", "topic_replication_factor")
     }
     collections = [getattr(defaults, n) for n in Settings.model_fields if n.startswith("collection_")]
     collection_use = re.compile(

@@ -456,9 +456,11 @@ def test_kafka_is_a_replicated_kraft_quorum_and_init_creates_every_flead_topic()
     topics = [
         getattr(defaults, n)
         for n in Settings.model_fields
-        if n.startswith("topic_") and "partitions" not in n
+        if n.startswith("topic_") and "partitions" not in n and n != "topic_replication_factor"
     ]
     assert sorted(created) == sorted(topics)
+    # Topics a FLEAD process creates itself (e.g. the trainer's outputs) are replicated alike.
+    assert _environment(doc["services"]["stream-trainer"])["FLEAD_TOPIC_REPLICATION_FACTOR"] == "3"
     assert created[defaults.topic_readings] == '"$READINGS_PARTITIONS"'
 
 

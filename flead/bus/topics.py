@@ -47,7 +47,7 @@ def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> l
             if name in existing:
                 continue
             try:
-                admin.create_topics([NewTopic(name, partitions, 1)])
+                admin.create_topics([NewTopic(name, partitions, settings.topic_replication_factor)])
                 created.add(name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another process
