@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -27,7 +28,8 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def demo_command(
     days: int = typer.Option(3, min=1, help="Days of the data set to run through the pipeline."),
     full: bool = typer.Option(False, "--full", help="Every day of the data set (38 for Intel Lab)."),
-    source: str = typer.Option("auto", help="auto (download, else synthetic), download or synthetic."),
+    source: str = typer.Option("auto", help="auto (download, else synthetic), download, path or synthetic."),
+    path: Path = typer.Option(None, help="With --source path: a data.txt(.gz) or a folder of Node*.txt."),
 ) -> None:
     """The main job: local services, global API, stream trainer, then data set -> lake -> replay ->
     training -> aggregation -> global model -> Spark evaluation -> report, as Dagster runs."""
@@ -52,7 +54,9 @@ def demo_command(
             bar.update(task, completed=index, description=name)
 
         try:
-            result = run_main_job(settings, days=None if full else days, source=source, on_step=on_step)
+            result = run_main_job(
+                settings, days=None if full else days, source=source, path=path, on_step=on_step
+            )
         except Exception as exc:  # every failure ends as one readable message
             raise _fail(f"{type(exc).__name__}: {exc}") from None
         bar.update(task, completed=len(STEPS), description="done")

@@ -75,10 +75,12 @@ def run_main_job(
     days: int | None = 3,
     source: str = "auto",
     synthetic_devices: int = 54,
+    path: Path | None = None,
     on_step: Callable[[int, str], None] = lambda _i, _name: None,
 ) -> MainJobResult:
     """Run every step; `days` None means every day of the data set. A synthetic fleet (the fallback
-    offline) has `synthetic_devices` devices."""
+    offline) has `synthetic_devices` devices; `path` is the data of source "path" (a data.txt(.gz) or
+    a folder of Node*.txt files)."""
     timings: dict[str, float] = {}
     step = iter(enumerate(STEPS))
 
@@ -117,9 +119,8 @@ def run_main_job(
 
     name = begin()
     synthetic = {"n_devices": synthetic_devices, "days": days or (DATASET_END - DATASET_START).days + 1}
-    raw = run(
-        [raw_intel_lab], run_config={"ops": {"raw_intel_lab": {"config": {"source": source, **synthetic}}}}
-    )
+    raw_config = {"source": source, **synthetic, **({"path": str(path)} if path else {})}
+    raw = run([raw_intel_lab], run_config={"ops": {"raw_intel_lab": {"config": raw_config}}})
     metadata = raw.asset_materializations_for_node("raw_intel_lab")[0].metadata
     first, last = (date.fromisoformat(metadata[k].value) for k in ("first_day", "last_day"))
     chosen = _choose_days(first, last, days)
