@@ -124,7 +124,8 @@ def run_main_job(
     metadata = raw.asset_materializations_for_node("raw_intel_lab")[0].metadata
     first, last = (date.fromisoformat(metadata[k].value) for k in ("first_day", "last_day"))
     chosen = _choose_days(first, last, days)
-    result = MainJobResult(metadata["source"].value, metadata["note"].value, chosen)
+    note = metadata["note"].value
+    result = MainJobResult(metadata["source"].value, "" if note == "-" else note, chosen)
     end(name)
 
     name = begin()
