@@ -8,7 +8,7 @@ from flead_dagster.data_assets import device_registry, labelled_benchmark, raw_i
 from flead_dagster.jobs import evaluation_job, global_model_job
 from flead_dagster.pipeline_assets import anomaly_report, global_model, global_model_evaluation, stream_replay
 from flead_dagster.resources import default_resources
-from flead_dagster.schedules import schedules
+from flead_dagster.schedules import report_automation_sensor, schedules
 from flead_dagster.sensors import sensors, service_assets
 
 defs = Definitions(
@@ -26,6 +26,6 @@ defs = Definitions(
     ],
     jobs=[global_model_job, evaluation_job],
     schedules=schedules,
-    sensors=sensors,
+    sensors=[*sensors, report_automation_sensor],
     resources=default_resources(Settings()),
 )

@@ -10,6 +10,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AutomationCondition,
     BackfillPolicy,
     Config,
     MaterializeResult,
@@ -219,9 +220,19 @@ def global_model_evaluation(
     )
 
 
+# Rebuilt after any new evaluation partition (not `eager()`: that waits until every day is evaluated).
+REPORT_AFTER_EVALUATION = (
+    AutomationCondition.any_deps_updated().since(
+        AutomationCondition.newly_requested() | AutomationCondition.newly_updated()
+    )
+    & ~AutomationCondition.in_progress()
+)
+
+
 @asset(
     group_name="model",
     deps=[global_model_evaluation],
+    automation_condition=REPORT_AFTER_EVALUATION,
     description="DuckDB over the lake and the newest evaluation: per-device and per-day summaries, charts.",
 )
 def anomaly_report(context: AssetExecutionContext) -> MaterializeResult:

@@ -1,9 +1,13 @@
-"""The 30-minute aggregation and the daily evaluation of the latest global model over the whole lake."""
+"""The 30-minute aggregation, the daily evaluation of the latest global model over the whole lake, and
+the automation that rebuilds the report after an evaluation."""
 
 from pathlib import Path
 
 from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultScheduleStatus,
+    DefaultSensorStatus,
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
@@ -50,3 +54,11 @@ def daily_evaluation_schedule(context: ScheduleEvaluationContext):
 
 
 schedules = [global_aggregation_schedule, daily_evaluation_schedule]
+
+report_automation_sensor = AutomationConditionSensorDefinition(
+    "report_automation_sensor",
+    target=AssetSelection.assets("anomaly_report"),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Rebuilds anomaly_report after a new global_model_evaluation (its automation condition).",
+)

@@ -10,7 +10,15 @@ from datetime import date, datetime
 
 import polars as pl
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, build_schedule_context, materialize
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetRecordsFilter,
+    DagsterInstance,
+    build_schedule_context,
+    evaluate_automation_conditions,
+    materialize,
+)
 
 from flead.config import Settings
 from flead.local.supervisor import Supervisor
@@ -52,6 +60,20 @@ def test_aggregation_schedule_runs_every_30_minutes_on_global_model():
     assert global_aggregation_schedule.cron_schedule == "*/30 * * * *"
     job = defs.resolve_job_def(global_aggregation_schedule.job_name)
     assert job.asset_layer.executable_asset_keys == {AssetKey("global_model")}
+
+
+def test_the_report_is_rebuilt_after_a_new_evaluation_partition():
+    instance = DagsterInstance.ephemeral()
+    quiet = evaluate_automation_conditions(defs=defs, instance=instance)
+    assert quiet.total_requested == 0
+    instance.report_runless_asset_event(
+        AssetMaterialization(asset_key="global_model_evaluation", partition=DAYS[1].isoformat())
+    )
+    after = evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert after.total_requested == 1
+    assert after.get_num_requested(AssetKey("anomaly_report")) == 1
+    again = evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
+    assert again.total_requested == 0  # requested once per new evaluation, not on every tick
 
 
 @pytest.fixture
