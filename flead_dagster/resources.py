@@ -1,7 +1,6 @@
 """Dagster resources: Kafka, MongoDB, the global model API and Spark, configured from `flead.config`."""
 
 import os
-import sys
 
 from dagster import ConfigurableResource, EnvVar
 from dagster_pyspark import PySparkResource
@@ -13,7 +12,7 @@ from flead.bus.clients import make_consumer, make_producer
 from flead.config import Settings
 from flead.local.secrets import local_admin_key
 from flead.storage.mongo import make_mongo_client
-from flead_dagster.spark_scoring import spark_config
+from flead_dagster.spark_scoring import prepare_environment, spark_config
 
 ADMIN_KEY_ENV = "FLEAD_API_ADMIN_KEY"
 
@@ -54,8 +53,7 @@ class GlobalApiResource(ConfigurableResource):
 
 
 def spark_resource(settings: Settings) -> PySparkResource:
-    # Spark starts its Python workers with `python3` from PATH unless told; they need this venv's pyarrow.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    prepare_environment(settings)
     return PySparkResource(spark_config=spark_config(settings))
 
 

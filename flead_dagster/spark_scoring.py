@@ -39,6 +39,8 @@ from flead.evaluation.batch_scoring import (
 )
 from flead.model.config import TrainConfig
 
+LOG4J2_CONFIG = Path(__file__).with_name("spark-log4j2.properties")
+
 # The Spark schema of `SCORED_SCHEMA` (timestamps are read in the session time zone: UTC).
 SCORED_DDL = (
     "device_id string, ts timestamp, date date, score float, threshold float, "
@@ -59,6 +61,7 @@ def spark_config(settings: Settings) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J2_CONFIG.as_uri()}",
     }
     if settings.spark_master.startswith("local"):  # no network lookups of this host's name
         host = settings.spark_driver_host
@@ -66,16 +69,23 @@ def spark_config(settings: Settings) -> dict[str, str]:
     return config
 
 
+def prepare_environment(settings: Settings) -> None:
+    """What the Spark launcher reads from the environment, before a session starts."""
+    # pyspark starts its Python workers with PYSPARK_PYTHON (default: python3 on the PATH, which may
+    # lack this environment's packages).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if settings.spark_master.startswith("local"):  # else Spark warns that the host name is loopback
+        os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)
+
+
 def make_local_spark(
     master: str = "local[1]", driver_memory: str = "1g", shuffle_partitions: int = 2
 ) -> SparkSession:
     """A Spark session for tests and benchmarks (stop it with ``spark.stop()``)."""
-    # pyspark starts its Python workers with PYSPARK_PYTHON (default: python3 on the PATH, which
-    # may lack this environment's packages).
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     settings = Settings(
         spark_master=master, spark_driver_memory=driver_memory, spark_shuffle_partitions=shuffle_partitions
     )
+    prepare_environment(settings)
     builder = SparkSession.builder
     for key, value in spark_config(settings).items():
         builder = builder.config(key, value)
