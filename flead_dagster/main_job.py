@@ -17,20 +17,16 @@ from flead.config import Settings
 from flead.local.services import LocalServices
 from flead.local.supervisor import SERVICES, Outcome, State, Supervisor
 from flead_dagster.data_assets import DAILY, device_registry, labelled_benchmark, raw_intel_lab, readings_lake
-from flead_dagster.pipeline_assets import anomaly_report, global_model, global_model_evaluation, stream_replay
+from flead_dagster.pipeline_assets import (
+    PIPELINE,
+    anomaly_report,
+    global_model,
+    global_model_evaluation,
+    stream_replay,
+)
 from flead_dagster.resources import default_resources
 from flead_dagster.schedules import range_tags
 
-ASSETS = [
-    raw_intel_lab,
-    readings_lake,
-    device_registry,
-    labelled_benchmark,
-    stream_replay,
-    global_model,
-    global_model_evaluation,
-    anomaly_report,
-]
 DATASET_START, DATASET_END = Settings().dataset_start, Settings().dataset_end
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 STEPS = (
@@ -109,7 +105,7 @@ def run_main_job(
     def run(selection, partitions: list[date] | None = None, run_config: dict | None = None):
         tags = range_tags(partitions[0].isoformat(), partitions[-1].isoformat()) if partitions else None
         return materialize(
-            ASSETS,
+            PIPELINE,
             selection=selection,
             instance=instance,
             resources=resources,

@@ -26,7 +26,7 @@ from flead.config import Settings
 from flead.evaluation import batch_scoring, store
 from flead.reporting.anomaly_report import build_report
 from flead.storage.mongo import get_database
-from flead_dagster.data_assets import DAILY, labelled_benchmark, readings_lake
+from flead_dagster.data_assets import DAILY, device_registry, labelled_benchmark, raw_intel_lab, readings_lake
 from flead_dagster.resources import GlobalApiResource, KafkaResource, MongoResource
 from flead_dagster.spark_scoring import score_lake_spark
 
@@ -265,3 +265,16 @@ def _markdown(frame: pl.DataFrame) -> str:
         for row in frame.iter_rows()
     ]
     return "\n".join([header, *rows])
+
+
+# The data set and model assets, in graph order (the main job materialises them step by step).
+PIPELINE = [
+    raw_intel_lab,
+    readings_lake,
+    device_registry,
+    labelled_benchmark,
+    stream_replay,
+    global_model,
+    global_model_evaluation,
+    anomaly_report,
+]

@@ -25,8 +25,8 @@ from flead.local.supervisor import Supervisor
 from flead.storage.mongo import get_database, make_mongo_client
 from flead_dagster.data_assets import readings_lake
 from flead_dagster.definitions import defs
-from flead_dagster.main_job import ASSETS, run_main_job
-from flead_dagster.pipeline_assets import global_model_evaluation, stream_replay
+from flead_dagster.main_job import run_main_job
+from flead_dagster.pipeline_assets import PIPELINE, global_model_evaluation, stream_replay
 from flead_dagster.resources import default_resources
 from flead_dagster.schedules import (
     RANGE_END_TAG,
@@ -134,7 +134,7 @@ def test_main_job_then_a_two_day_backfill(pipeline_env: Settings):
     untouched = settings.evaluations_dir / f"version={result.version}" / f"date={DAYS[0]}" / "part-0.parquet"
     mtime = untouched.stat().st_mtime_ns
     backfill = materialize(
-        ASSETS,
+        PIPELINE,
         selection=[readings_lake, stream_replay, global_model_evaluation],
         instance=instance,
         resources=default_resources(settings),

@@ -26,7 +26,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from flead.federated import LocalUpdate
-from flead.federated.wire import UPDATE_FORMAT, UPDATE_FORMAT_VERSION
+from flead.federated.wire import UPDATE_FORMAT, UPDATE_FORMAT_VERSION, update_fields
 from flead.model.serialization import pack, unpack
 
 MISSING_ARRAYS = "its arrays were not stored (the submission did not complete); resubmit with a new update_id"
@@ -73,12 +73,7 @@ class UpdateStore:
             self._updates.insert_one(
                 {
                     "_id": key,
-                    "device_id": update.device_id,
-                    "update_id": update.update_id,
-                    "base_version": int(update.base_version),
-                    "n_samples": int(update.n_samples),
-                    "kind": update.kind,
-                    "metrics": {name: float(value) for name, value in update.metrics.items()},
+                    **update_fields(update),
                     "norm": float(norm),
                     "status": str(UpdateStatus.PENDING),
                     "received_at": datetime.now(UTC),
