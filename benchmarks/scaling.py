@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,31 +35,15 @@ from flead.config import Settings
 from flead.local.services import LocalServices
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stream import MODELS, fleet, free_port  # the stream benchmark's helpers
+from stream import MODELS, fleet, free_port, start_trainer  # the stream benchmark's helpers
 
 
 def run_group(env: dict, topic: str, expected: int, processes: int, model: list[str], home: Path) -> dict:
     group, database = f"scale-{uuid.uuid4().hex[:8]}", f"scale_{uuid.uuid4().hex[:8]}"
     members = []
     for i in range(processes):
-        port = free_port()
-        member_env = {
-            **os.environ,
-            **env,
-            "FLEAD_TOPIC_READINGS": topic,
-            "FLEAD_CONSUMER_GROUP": group,
-            "FLEAD_MONGO_DB": database,
-            "FLEAD_TRAINER_HEALTH_PORT": str(port),
-        }
         log = home / f"{group}-{i}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "services.stream_trainer", *model, "--flush-idle", "3600"],
-                env=member_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        members.append((process, port, log))
+        members.append((*start_trainer(env, topic, group, database, model, log), log))
     health: list[dict | None] = [None] * processes
     deadline = time.monotonic() + 3600
     try:

@@ -80,11 +80,11 @@ def bare_consume(settings: Settings, topic: str, expected: int) -> float:
         consumer.close()
 
 
-def run_trainer(
-    settings: Settings, env: dict, topic: str, expected: int, model: list[str], home: Path
-) -> dict:
+def start_trainer(
+    env: dict, topic: str, group: str, database: str, model: list[str], log: Path
+) -> tuple[subprocess.Popen, int]:
+    """A trainer process on `topic` in `group` (idle flushes off), logging to `log`; (process, port)."""
     port = free_port()
-    group, database = f"bench-{uuid.uuid4().hex[:8]}", f"bench_{uuid.uuid4().hex[:8]}"
     trainer_env = {
         **os.environ,
         **env,
@@ -93,7 +93,6 @@ def run_trainer(
         "FLEAD_MONGO_DB": database,
         "FLEAD_TRAINER_HEALTH_PORT": str(port),
     }
-    log = home / f"trainer-{group}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.stream_trainer", *model, "--flush-idle", "3600"],
@@ -101,6 +100,15 @@ def run_trainer(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    return process, port
+
+
+def run_trainer(
+    settings: Settings, env: dict, topic: str, expected: int, model: list[str], home: Path
+) -> dict:
+    group, database = f"bench-{uuid.uuid4().hex[:8]}", f"bench_{uuid.uuid4().hex[:8]}"
+    log = home / f"trainer-{group}.log"
+    process, port = start_trainer(env, topic, group, database, model, log)
     peak_rss, health = 0, None
     deadline = time.monotonic() + 3600
     try:
