@@ -157,7 +157,7 @@ def device_registry(context: AssetExecutionContext) -> MaterializeResult:
             "devices": registry.height,
             "with_location": int(registry["x"].is_not_null().sum()),
             "path": MetadataValue.path(str(pipeline.registry_path(settings))),
-            "preview": MetadataValue.md(_markdown(preview)),
+            "preview": MetadataValue.md(markdown_table(preview)),
         }
     )
 
@@ -197,7 +197,11 @@ def labelled_benchmark(context: AssetExecutionContext, config: LabelConfig) -> M
     )
 
 
-def _markdown(frame: pl.DataFrame) -> str:
+def markdown_table(frame: pl.DataFrame) -> str:
+    """A frame as a Markdown table for Dagster metadata (floats to 4 significant digits)."""
     header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * frame.width
-    rows = ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join([header, *rows])
+    cells = [
+        " | ".join("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row)
+        for row in frame.iter_rows()
+    ]
+    return "\n".join([header, *(f"| {row} |" for row in cells)])

@@ -26,7 +26,14 @@ from flead.config import Settings
 from flead.evaluation import batch_scoring, store
 from flead.reporting.anomaly_report import build_report
 from flead.storage.mongo import get_database
-from flead_dagster.data_assets import DAILY, device_registry, labelled_benchmark, raw_intel_lab, readings_lake
+from flead_dagster.data_assets import (
+    DAILY,
+    device_registry,
+    labelled_benchmark,
+    markdown_table,
+    raw_intel_lab,
+    readings_lake,
+)
 from flead_dagster.resources import GlobalApiResource, KafkaResource, MongoResource
 from flead_dagster.spark_scoring import score_lake_spark
 
@@ -200,7 +207,7 @@ def global_model_evaluation(
             "precision": overall.get("precision") if overall.get("precision") is not None else float("nan"),
             "recall": overall.get("recall") if overall.get("recall") is not None else float("nan"),
             "labelled": f1 is not None,
-            "per_device": MetadataValue.md(_markdown(per_device.head(60))),
+            "per_device": MetadataValue.md(markdown_table(per_device.head(60))),
             "path": MetadataValue.path(str(paths[0].parent.parent) if paths else settings.evaluations_dir),
         },
         check_results=[
@@ -254,17 +261,6 @@ def anomaly_report(context: AssetExecutionContext) -> MaterializeResult:
             **{f"chart_{name}": value for name, value in charts.items()},
         }
     )
-
-
-def _markdown(frame: pl.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * frame.width
-    rows = [
-        "| "
-        + " | ".join("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row)
-        + " |"
-        for row in frame.iter_rows()
-    ]
-    return "\n".join([header, *rows])
 
 
 # The data set and model assets, in graph order (the main job materialises them step by step).
