@@ -4,14 +4,17 @@ Every step is a Dagster run in the instance at ``DAGSTER_HOME`` (default ``<FLEA
 `flead up` (``dagster dev``) shows them afterwards.
 """
 
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
 from flead.config import Settings
 from flead.local.services import LocalServices
@@ -78,28 +81,26 @@ def run_main_job(
     offline) has `synthetic_devices` devices; `path` is the data of source "path" (a data.txt(.gz) or
     a folder of Node*.txt files)."""
     timings: dict[str, float] = {}
-    step = iter(enumerate(STEPS))
+    steps = iter(enumerate(STEPS))
 
-    def begin() -> str:
-        index, name = next(step)
+    @contextmanager
+    def step() -> Iterator[None]:
+        """The next of STEPS: announced, timed."""
+        index, name = next(steps)
         on_step(index, name)
-        timings[name] = time.perf_counter()
-        return name
+        started = time.perf_counter()
+        yield
+        timings[name] = round(time.perf_counter() - started, 2)
 
-    def end(name: str) -> None:
-        timings[name] = round(time.perf_counter() - timings[name], 2)
+    with step():
+        LocalServices(settings).up()
 
-    name = begin()
-    LocalServices(settings).up()
-    end(name)
-
-    name = begin()
-    home = dagster_home(settings)
-    instance = DagsterInstance.get()
-    supervisor = Supervisor(settings, log_dir=home / "flead" / "logs")
-    for service in SERVICES:
-        ensure_healthy(supervisor, service)
-    end(name)
+    with step():
+        home = dagster_home(settings)
+        instance = DagsterInstance.get()
+        supervisor = Supervisor(settings, log_dir=home / "flead" / "logs")
+        for service in SERVICES:
+            ensure_healthy(supervisor, service)
     resources = default_resources(settings)
 
     def run(selection, partitions: list[date] | None = None, run_config: dict | None = None):
@@ -113,52 +114,47 @@ def run_main_job(
             run_config={**QUIET, **(run_config or {})},
         )
 
-    name = begin()
-    synthetic = {"n_devices": synthetic_devices, "days": days or (DATASET_END - DATASET_START).days + 1}
-    raw_config = {"source": source, **synthetic, **({"path": str(path)} if path else {})}
-    raw = run([raw_intel_lab], run_config={"ops": {"raw_intel_lab": {"config": raw_config}}})
-    metadata = raw.asset_materializations_for_node("raw_intel_lab")[0].metadata
-    first, last = (date.fromisoformat(metadata[k].value) for k in ("first_day", "last_day"))
-    chosen = _choose_days(first, last, days)
-    note = metadata["note"].value
-    result = MainJobResult(metadata["source"].value, "" if note == "-" else note, chosen)
-    end(name)
+    with step():
+        synthetic = {"n_devices": synthetic_devices, "days": days or (DATASET_END - DATASET_START).days + 1}
+        raw_config = {"source": source, **synthetic, **({"path": str(path)} if path else {})}
+        raw = run([raw_intel_lab], run_config={"ops": {"raw_intel_lab": {"config": raw_config}}})
+        staged = _metadata(raw, "raw_intel_lab")
+        first, last = (date.fromisoformat(staged[k]) for k in ("first_day", "last_day"))
+        chosen = _choose_days(first, last, days)
+        result = MainJobResult(staged["source"], "" if staged["note"] == "-" else staged["note"], chosen)
 
-    name = begin()
-    run([readings_lake], chosen)
-    end(name)
+    with step():
+        run([readings_lake], chosen)
 
-    name = begin()
-    window = {"start": chosen[0].isoformat(), "end": chosen[-1].isoformat()}
-    run([device_registry, labelled_benchmark], run_config={"ops": {"labelled_benchmark": {"config": window}}})
-    end(name)
+    with step():
+        window = {"start": chosen[0].isoformat(), "end": chosen[-1].isoformat()}
+        run(
+            [device_registry, labelled_benchmark],
+            run_config={"ops": {"labelled_benchmark": {"config": window}}},
+        )
 
-    name = begin()
-    replayed = run([stream_replay], chosen)
-    result.readings = int(
-        replayed.asset_materializations_for_node("stream_replay")[0].metadata["readings"].value
-    )
-    end(name)
+    with step():
+        result.readings = _metadata(run([stream_replay], chosen), "stream_replay")["readings"]
 
-    name = begin()
-    model = run([global_model])
-    result.version = int(model.asset_materializations_for_node("global_model")[0].metadata["version"].value)
-    end(name)
+    with step():
+        result.version = _metadata(run([global_model]), "global_model")["version"]
 
-    name = begin()
-    evaluation = run([global_model_evaluation], chosen)
-    evaluated = evaluation.asset_materializations_for_node("global_model_evaluation")[0].metadata
-    f1 = evaluated["f1"].value
-    result.f1 = None if f1 != f1 else float(f1)  # NaN: no labels
-    result.alarms = int(evaluated["alarms"].value)
-    end(name)
+    with step():
+        evaluated = _metadata(run([global_model_evaluation], chosen), "global_model_evaluation")
+        result.f1 = None if math.isnan(evaluated["f1"]) else evaluated["f1"]  # NaN: no labels
+        result.alarms = evaluated["alarms"]
 
-    name = begin()
-    report = run([anomaly_report])
-    result.report = Path(report.asset_materializations_for_node("anomaly_report")[0].metadata["path"].value)
-    end(name)
+    with step():
+        result.report = Path(_metadata(run([anomaly_report]), "anomaly_report")["path"])
     result.seconds = timings
     return result
+
+
+def _metadata(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    """The metadata values of `asset`'s materialization in a run (a run over a partition range has one
+    per partition, all with the same metadata)."""
+    event = result.asset_materializations_for_node(asset)[0]
+    return {key: value.value for key, value in event.metadata.items()}
 
 
 def ensure_healthy(supervisor: Supervisor, service: str, timeout_s: float = 90.0) -> None:
