@@ -193,8 +193,6 @@ def global_model_evaluation(
         client.close()
     per_device = batch_scoring.device_metrics(scored)
     f1 = overall.get("f1")
-    bound = settings.evaluation_f1_tolerance
-    passed = f1 is None or previous is None or f1 >= previous - bound
     context.log.info(f"{scored.height} readings, {overall['alarms']} alarms, F1 {f1} (previous {previous})")
     return MaterializeResult(
         metadata={
@@ -210,20 +208,23 @@ def global_model_evaluation(
             "per_device": MetadataValue.md(markdown_table(per_device.head(60))),
             "path": MetadataValue.path(str(paths[0].parent.parent) if paths else settings.evaluations_dir),
         },
-        check_results=[
-            AssetCheckResult(
-                check_name="f1_not_worse",
-                passed=passed,
-                metadata={
-                    "f1": f1 if f1 is not None else float("nan"),
-                    "previous_f1": previous if previous is not None else float("nan"),
-                    "tolerance": bound,
-                    "note": "no labels or no earlier version on these days"
-                    if f1 is None or previous is None
-                    else "-",
-                },
-            )
-        ],
+        check_results=[f1_check(f1, previous, settings.evaluation_f1_tolerance)],
+    )
+
+
+def f1_check(f1: float | None, previous: float | None, tolerance: float) -> AssetCheckResult:
+    """``f1_not_worse``: this version's F1 at most `tolerance` below the previous version's on the same
+    days; passes (and says why) when either is unknown."""
+    unknown = f1 is None or previous is None
+    return AssetCheckResult(
+        check_name="f1_not_worse",
+        passed=unknown or f1 >= previous - tolerance,
+        metadata={
+            "f1": float("nan") if f1 is None else f1,
+            "previous_f1": float("nan") if previous is None else previous,
+            "tolerance": tolerance,
+            "note": "no labels or no earlier version on these days" if unknown else "-",
+        },
     )
 
 

@@ -26,7 +26,7 @@ from flead.storage.mongo import get_database, make_mongo_client
 from flead_dagster.data_assets import readings_lake
 from flead_dagster.definitions import defs
 from flead_dagster.main_job import run_main_job
-from flead_dagster.pipeline_assets import PIPELINE, global_model_evaluation, stream_replay
+from flead_dagster.pipeline_assets import PIPELINE, f1_check, global_model_evaluation, stream_replay
 from flead_dagster.resources import default_resources
 from flead_dagster.schedules import (
     RANGE_END_TAG,
@@ -74,6 +74,15 @@ def test_the_report_is_rebuilt_after_a_new_evaluation_partition():
     assert after.get_num_requested(AssetKey("anomaly_report")) == 1
     again = evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
     assert again.total_requested == 0  # requested once per new evaluation, not on every tick
+
+
+def test_f1_check_fails_only_beyond_the_tolerance():
+    assert f1_check(0.50, 0.52, 0.05).passed
+    assert not f1_check(0.40, 0.52, 0.05).passed
+    assert f1_check(0.60, 0.52, 0.0).passed
+    unknown = f1_check(None, 0.52, 0.05)
+    assert unknown.passed and "no labels" in unknown.metadata["note"].value
+    assert f1_check(0.1, None, 0.05).passed
 
 
 @pytest.fixture
