@@ -28,6 +28,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 down: install
+	$(BIN)/flead services stop
 	$(BIN)/flead local down
 
 # Refresh the lock after changing dependencies in pyproject.toml.
