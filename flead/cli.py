@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 from kafka.errors import KafkaError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -15,6 +14,7 @@ from flead.bus.replay import ReplayError, lake_readings, replay
 from flead.cli_api import api_app
 from flead.cli_data import data_app
 from flead.cli_evaluate import evaluate_command
+from flead.cli_output import console, fail
 from flead.cli_pipeline import demo_command, up_command
 from flead.cli_report import report_command
 from flead.cli_services import services_app
@@ -37,13 +37,6 @@ app.command("evaluate")(evaluate_command)
 app.command("demo")(demo_command)
 app.command("up")(up_command)
 app.command("report")(report_command)
-
-console = Console(log_path=False)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _services() -> LocalServices:
@@ -68,7 +61,7 @@ def local_up() -> None:
         with console.status("starting local services") as spinner:
             result = services.up(on_event=lambda msg: (spinner.update(msg), console.log(msg)))
     except LocalServiceError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(_status_table(result.services))
 
 
@@ -99,7 +92,7 @@ def local_logs(
     try:
         names = [services.spec(service).name] if service else [s.name for s in services.specs()]
     except LocalServiceError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for name in names:
         console.rule(f"{name}: {services.log_file(name)}")
         console.print(services.tail_log(name, lines) or "(no log yet)", markup=False, highlight=False)
@@ -116,15 +109,15 @@ def replay_command(
 ) -> None:
     """Publish lake readings to Kafka, keyed by device id, in event-time order."""
     if speed is not None and max_rate:
-        raise _fail("choose --speed N or --max, not both")
+        raise fail("choose --speed N or --max, not both")
     settings = Settings()
     try:
         first, last = (date.fromisoformat(d) if d else None for d in (start, end))
     except ValueError as exc:
-        raise _fail(f"bad date: {exc}") from None
+        raise fail(f"bad date: {exc}") from None
     frame = lake_readings(settings, first, last, device or None)
     if not frame.height:
-        raise _fail(
+        raise fail(
             f"no readings in the lake at {settings.lake_dir} for that selection; run `flead data ingest`"
         )
     with Progress(
@@ -140,7 +133,7 @@ def replay_command(
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
         except (ReplayError, KafkaError) as exc:
-            raise _fail(f"{exc}\nIs the broker up? `flead local status`") from None
+            raise fail(f"{exc}\nIs the broker up? `flead local status`") from None
     console.print(
         f"{summary.messages:,} readings of {summary.devices} devices "
         f"({summary.first_ts} .. {summary.last_ts}) to {summary.topic} "
@@ -169,7 +162,7 @@ def local_check() -> None:
     """Local services up, then one reading through Kafka (a consumer group) and MongoDB and back."""
     problem = java_problem()
     if problem:
-        raise _fail(problem, code=2)
+        raise fail(problem, code=2)
     settings = Settings()
     services = LocalServices(settings)
     try:
@@ -178,7 +171,7 @@ def local_check() -> None:
         with console.status("round trip: Kafka -> consumer group -> MongoDB") as spinner:
             report = run_round_trip(settings, on_step=lambda msg: (spinner.update(msg), console.log(msg)))
     except (LocalServiceError, RoundTripError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     table = Table(title="Round trip of one reading")
     table.add_column("step")
     table.add_column("seconds", justify="right")

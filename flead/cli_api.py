@@ -10,27 +10,21 @@ from enum import StrEnum
 
 import typer
 from pymongo.errors import PyMongoError
-from rich.console import Console
 from rich.table import Table
 
+from flead.cli_output import console, fail
 from flead.config import Settings
 from flead.model import ModelConfig
 
 api_app = typer.Typer(
     help="The global model API: serve it, initialise it, manage its tokens.", no_args_is_help=True
 )
-console = Console(log_path=False)
 
 
 class KeyRole(StrEnum):
     device = "device"
     trainer = "trainer"
     admin = "admin"
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(1)
 
 
 def _service():
@@ -71,17 +65,17 @@ def init(
             time_features=time_features,
         )
     except ValueError as exc:
-        raise _fail(f"invalid architecture: {exc}") from None
+        raise fail(f"invalid architecture: {exc}") from None
     service = _service()
     try:
         created = service.initialise(config, seed=seed)
         latest = service.registry.latest()
     except PyMongoError as exc:
-        raise _fail(f"MongoDB unreachable ({type(exc).__name__}); start it with `flead local up`") from None
+        raise fail(f"MongoDB unreachable ({type(exc).__name__}); start it with `flead local up`") from None
     finally:
         service.close()
     if not created:
-        raise _fail(f"the global model already has versions (latest {latest.version}); nothing changed")
+        raise fail(f"the global model already has versions (latest {latest.version}); nothing changed")
     console.print(f"created version 0: {config.kind}, features {', '.join(config.features)}, seed {seed}")
 
 
@@ -96,9 +90,9 @@ def create_key(
     try:
         created = service.keys.create(role.value, device_id=device, name=name)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except PyMongoError as exc:
-        raise _fail(f"MongoDB unreachable ({type(exc).__name__}); start it with `flead local up`") from None
+        raise fail(f"MongoDB unreachable ({type(exc).__name__}); start it with `flead local up`") from None
     finally:
         service.close()
     bound = f" for device {created.device_id}" if created.device_id else ""
@@ -115,7 +109,7 @@ def list_keys() -> None:
     try:
         keys = service.keys.list()
     except PyMongoError as exc:
-        raise _fail(f"MongoDB unreachable ({type(exc).__name__}); start it with `flead local up`") from None
+        raise fail(f"MongoDB unreachable ({type(exc).__name__}); start it with `flead local up`") from None
     finally:
         service.close()
     table = Table(title="API keys")
@@ -142,5 +136,5 @@ def revoke_key(key_id: str = typer.Argument(..., help="The key id (see `flead ap
     finally:
         service.close()
     if not revoked:
-        raise _fail(f"no key {key_id!r}")
+        raise fail(f"no key {key_id!r}")
     console.print(f"revoked key {key_id}")

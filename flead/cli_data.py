@@ -8,7 +8,6 @@ from pathlib import Path
 
 import polars as pl
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -20,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from flead.cli_output import console, fail
 from flead.config import Settings
 from flead.datasets import intel_lab, lake, pipeline
 from flead.datasets.inject import ANOMALY_TYPES, EVENTS_FILE, InjectionConfig
@@ -28,12 +28,6 @@ from flead.datasets.synthetic import generate_fleet
 data_app = typer.Typer(
     help="Fetch, generate, ingest, label and inspect the sensor data set.", no_args_is_help=True
 )
-console = Console(log_path=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(1)
 
 
 @contextmanager
@@ -62,7 +56,7 @@ def _day(value: str | None) -> date | None:
     try:
         return date.fromisoformat(value) if value else None
     except ValueError:
-        raise _fail(f"not a date (YYYY-MM-DD): {value!r}") from None
+        raise fail(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
 @data_app.command("fetch")
@@ -79,9 +73,7 @@ def fetch() -> None:
                 attempts=settings.download_attempts,
             )
     except intel_lab.DownloadError as exc:
-        raise _fail(
-            f"{exc}\nOffline? `flead data synth` or `flead data ingest --source synthetic`."
-        ) from None
+        raise fail(f"{exc}\nOffline? `flead data synth` or `flead data ingest --source synthetic`.") from None
     for path in (files.data, files.locations):
         console.print(f"{path}  sha256 {intel_lab.checksum_path(path).read_text().split()[0]}")
 
@@ -157,7 +149,7 @@ def ingest(
                 range(1, max_mote + 1),
             )
     except (intel_lab.DownloadError, FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if raw.note:
         console.print(f"[yellow]note:[/] {raw.note}")
     with console.status(f"parsing {len(raw.files)} file(s)"):
@@ -193,7 +185,7 @@ def inject(
         if (first is None or d >= first) and (last is None or d <= last)
     ]
     if not days:
-        raise _fail(
+        raise fail(
             f"no lake partitions in that range under {settings.lake_dir}; run `flead data ingest` first"
         )
     base = InjectionConfig()
@@ -209,7 +201,7 @@ def inspect() -> None:
     """Summaries of the lake (rows per day and device, flags, rejects) and of the labelled data set."""
     settings = Settings()
     if not lake.list_partitions(Path(settings.lake_dir)):
-        raise _fail(f"the lake at {settings.lake_dir} is empty; run `flead data ingest` first")
+        raise fail(f"the lake at {settings.lake_dir} is empty; run `flead data ingest` first")
     _print_lake_summary(settings)
     labelled_root = Path(settings.labelled_dir)
     if lake.list_partitions(labelled_root):

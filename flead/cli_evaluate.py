@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from flead.cli_output import console, fail
 from flead.config import Settings
 from flead.evaluation.loader import load_labelled
 from flead.evaluation.runner import EVALUATION_MODES, EvaluationPlan, evaluate, load_lake_benchmark
-
-console = Console(log_path=False)
 
 
 def _fmt(value) -> str:
@@ -50,9 +48,9 @@ def evaluate_command(
     settings = Settings()
     unknown = [m for m in mode if m not in EVALUATION_MODES]
     if unknown:
-        raise _fail(f"unknown mode(s) {unknown}; choose from {', '.join(EVALUATION_MODES)}")
+        raise fail(f"unknown mode(s) {unknown}; choose from {', '.join(EVALUATION_MODES)}")
     if (train_fraction is not None) + (train_rows is not None) + online > 1:
-        raise _fail("choose one of --train-fraction, --train-rows and --online")
+        raise fail("choose one of --train-fraction, --train-rows and --online")
     if train_fraction is None and train_rows is None and not online:
         train_fraction = 0.3
     try:
@@ -71,7 +69,7 @@ def evaluate_command(
             series, dropped = load_lake_benchmark(Path(settings.labelled_dir))
             source = f"labelled benchmark {settings.labelled_dir}"
     except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     frame = series.frame
     console.print(
         f"{frame.height:,} readings of {frame['device_id'].n_unique()} devices from {source}; "
@@ -101,7 +99,7 @@ def evaluate_command(
                     series, plan, lambda done, total, task=task: bar.update(task, completed=done, total=total)
                 )
             except ValueError as exc:
-                raise _fail(str(exc)) from None
+                raise fail(str(exc)) from None
         results[m] = outcome.to_dict()
     _print(results)
     path = out or Path(settings.home) / "evaluations" / "evaluation.json"
@@ -161,8 +159,3 @@ def _print(results: dict) -> None:
             _fmt(report["pr_auc"]),
         )
     console.print(per_device)
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(1)

@@ -11,18 +11,11 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from flead.cli_output import console, fail
 from flead.config import Settings
 from flead.local.java import java_problem
-
-console = Console(log_path=False)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def demo_command(
@@ -35,7 +28,7 @@ def demo_command(
     training -> aggregation -> global model -> Spark evaluation -> report, as Dagster runs."""
     problem = java_problem()
     if problem:
-        raise _fail(problem, code=2)
+        raise fail(problem, code=2)
     from flead_dagster.main_job import STEPS, run_main_job
 
     settings = Settings()
@@ -58,7 +51,7 @@ def demo_command(
                 settings, days=None if full else days, source=source, path=path, on_step=on_step
             )
         except Exception as exc:  # every failure ends as one readable message
-            raise _fail(f"{type(exc).__name__}: {exc}") from None
+            raise fail(f"{type(exc).__name__}: {exc}") from None
         bar.update(task, completed=len(STEPS), description="done")
     if result.note:
         console.print(f"[yellow]{result.note}[/]")
@@ -86,7 +79,7 @@ def up_command(
     the trainer running) until Ctrl-C."""
     problem = java_problem()
     if problem:
-        raise _fail(problem, code=2)
+        raise fail(problem, code=2)
     from flead.local.services import LocalServices
     from flead.local.supervisor import SERVICES, Supervisor
     from flead_dagster.main_job import dagster_home, ensure_healthy
@@ -95,11 +88,11 @@ def up_command(
     with console.status("starting local services"):
         LocalServices(settings).up()
     home = dagster_home(settings)
-    supervisor = Supervisor(settings, log_dir=home / "flead" / "logs")
-    for service in SERVICES:
-        with console.status(f"starting {service}"):
-            ensure_healthy(supervisor, service)
-        console.print(f"{service}: healthy (log: {supervisor.check(service).log_file})")
+    with Supervisor(settings, log_dir=home / "flead" / "logs") as supervisor:
+        for service in SERVICES:
+            with console.status(f"starting {service}"):
+                ensure_healthy(supervisor, service)
+            console.print(f"{service}: healthy (log: {supervisor.log_file(service)})")
     port = port or settings.dagster_port
     console.print(
         f"Dagster UI on http://{settings.dagster_host}:{port} (DAGSTER_HOME={home}); Ctrl-C stops it"

@@ -5,38 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flead.cli_output import console, fail
 from flead.config import Settings
-from flead.reporting.anomaly_report import ReportError, build_report
-
-console = Console(log_path=False)
+from flead.reporting.anomaly_report import ReportError, build_report, format_cell
 
 _TOTALS = {
-    "readings": ("readings in the lake", "count"),
-    "scored": ("scored readings", "count"),
-    "out_of_range": ("out-of-range readings", "count"),
-    "alarms": ("model alarms", "count"),
+    "readings": ("readings in the lake", ""),
+    "scored": ("scored readings", ""),
+    "out_of_range": ("out-of-range readings", ""),
+    "alarms": ("model alarms", ""),
     "alarm_rate": ("alarm rate", "rate"),
-    "alarms_out_of_range": ("alarms on out-of-range readings", "count"),
-    "devices": ("devices", "count"),
-    "days": ("days", "count"),
-    "labelled": ("labelled readings", "count"),
+    "alarms_out_of_range": ("alarms on out-of-range readings", ""),
+    "devices": ("devices", ""),
+    "days": ("days", ""),
+    "labelled": ("labelled readings", ""),
     "precision": ("precision", "ratio"),
     "recall": ("recall", "ratio"),
     "f1": ("F1", "ratio"),
 }
-
-
-def _fmt(value, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "rate":
-        return f"{value:.2%}"
-    if kind == "ratio":
-        return f"{value:.3f}"
-    return f"{value:,}"
 
 
 def report_command(
@@ -56,13 +44,12 @@ def report_command(
                 Path(settings.lake_dir), Path(settings.evaluations_dir), out_dir, version=version
             )
     except ReportError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     table = Table(title=f"anomaly report, evaluation version {report.version}")
     table.add_column("total")
     table.add_column("value", justify="right")
     for key, (label, kind) in _TOTALS.items():
-        table.add_row(label, _fmt(report.totals.get(key), kind))
+        table.add_row(label, format_cell(report.totals.get(key), kind))
     console.print(table)
     for name, path in report.png.items():
         console.print(f"chart {name}: {path}", highlight=False, soft_wrap=True)

@@ -3,20 +3,16 @@ global API): their state, and stopping what the sensors started (``flead.local.s
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flead.cli_output import console
 from flead.config import Settings
-from flead.local.supervisor import State, Supervisor
+from flead.local.supervisor import State, Supervisor, dagster_log_dir
 
 services_app = typer.Typer(
     help="The stream trainer and global API that the Dagster sensors keep running.", no_args_is_help=True
 )
-console = Console(log_path=False)
 
 STATE_STYLE = {
     State.HEALTHY: "green",
@@ -26,16 +22,10 @@ STATE_STYLE = {
 }
 
 
-def _log_dir() -> Path | None:
-    """Where the sensors' services log (``$DAGSTER_HOME/flead/logs``), shown for a service that is down."""
-    home = os.environ.get("DAGSTER_HOME")
-    return Path(home) / "flead" / "logs" if home else None
-
-
 @services_app.command("status")
 def status() -> None:
     """A table of the supervised services: state, PID, whether the supervisor started it, detail, log."""
-    with Supervisor(Settings(), log_dir=_log_dir()) as supervisor:
+    with Supervisor(Settings(), log_dir=dagster_log_dir()) as supervisor:
         statuses = supervisor.status()
     table = Table(title="FLEAD supervised services")
     for column in ("service", "state", "PID", "started by", "detail", "log"):
