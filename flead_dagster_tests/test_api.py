@@ -509,7 +509,8 @@ def test_status_health_metrics_and_errors_are_json(api):
     status = api.http.get("/api/status").json()
     assert status["config"]["auto_aggregate_threshold"] == 1000
     assert status["architecture"]["kind"] == "autoencoder"
-    assert status["versions"] == status["version"] + 1
+    history = api.http.get("/api/history", params={"limit": 1000}).json()
+    assert status["versions"] == status["version"] + 1 == history["total"] == len(history["versions"])
 
     health = api.http.get("/health")
     assert health.status_code == 200

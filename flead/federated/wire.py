@@ -84,3 +84,21 @@ def weights_to_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
 def weights_from_bytes(data: bytes) -> Weights:
     _, arrays = unpack(data, WEIGHTS_FORMAT, (WEIGHTS_FORMAT_VERSION,))
     return arrays
+
+
+def flat_server_state(
+    server_state: Mapping[str, Mapping[str, np.ndarray]], sep: str = "/"
+) -> dict[str, np.ndarray]:
+    """A server optimiser's state (kind -> name -> array) as one mapping keyed ``<kind><sep><name>``."""
+    return {
+        f"{kind}{sep}{name}": array for kind, arrays in server_state.items() for name, array in arrays.items()
+    }
+
+
+def nested_server_state(flat: Mapping[str, np.ndarray], sep: str = "/") -> dict[str, dict[str, np.ndarray]]:
+    """The inverse of `flat_server_state`."""
+    nested: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in flat.items():
+        kind, _, name = key.partition(sep)
+        nested.setdefault(kind, {})[name] = array
+    return nested

@@ -6,7 +6,7 @@ it. The document lists the updates it consumed (``update_keys``), which makes it
 was counted; the updates' own status is brought in step from it (see ``aggregation``).
 
 Weights and the server optimiser's state are stored as ``flead.model.serialization`` containers
-(float32, bit exact). Versions never change, so decoded states are cached in memory.
+(float32, bit exact; ``flead.federated.wire``). Versions never change, so decoded states are cached in memory.
 """
 
 from __future__ import annotations
@@ -18,18 +18,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
 from bson import Binary
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from flead.federated import AggregationResult, ClientConfig, GlobalState
+from flead.federated.weights import Weights
+from flead.federated.wire import flat_server_state, nested_server_state, weights_from_bytes, weights_to_bytes
 from flead.model import AnomalyModel, ModelConfig
 from flead.model.serialization import pack, unpack
+from services.global_api.monitoring import utc
 
-WEIGHTS_FORMAT = "flead-global-weights"
 SERVER_STATE_FORMAT = "flead-server-state"
-CONTAINER_VERSION = 1
+SERVER_STATE_FORMAT_VERSION = 1
 ARRAY_FIELDS = {"weights": 0, "server_state": 0}
 STATE_CACHE_SIZE = 32
 # How long a process may answer "the latest version" from memory. Versions this process creates are
@@ -63,7 +64,7 @@ class ModelVersion:
     def from_doc(cls, doc: dict) -> ModelVersion:
         return cls(
             version=int(doc["_id"]),
-            created_at=_utc(doc["created_at"]),
+            created_at=utc(doc["created_at"]),
             parent_version=doc.get("parent_version"),
             strategy=doc.get("strategy"),
             trigger=doc.get("trigger", "unknown"),
@@ -175,18 +176,15 @@ class ModelRegistry:
         doc = self._versions.find_one({"_id": int(version)})
         if doc is None:
             raise LookupError(f"global model version {version} does not exist")
-        _, weights = unpack(doc["weights"], WEIGHTS_FORMAT, (CONTAINER_VERSION,))
-        server_state: dict[str, dict[str, np.ndarray]] = {}
+        server_state = {}
         if doc.get("server_state"):
-            _, flat = unpack(doc["server_state"], SERVER_STATE_FORMAT, (CONTAINER_VERSION,))
-            for key, array in flat.items():
-                kind, _, name = key.partition("/")
-                server_state.setdefault(kind, {})[name] = array
+            _, flat = unpack(doc["server_state"], SERVER_STATE_FORMAT, (SERVER_STATE_FORMAT_VERSION,))
+            server_state = nested_server_state(flat)
         state = GlobalState(
             version=int(doc["_id"]),
-            weights=weights,
+            weights=weights_from_bytes(doc["weights"]),
             server_state=server_state,
-            created_at=_utc(doc["created_at"]),
+            created_at=utc(doc["created_at"]),
             parent_version=doc.get("parent_version"),
         )
         with self._lock:
@@ -195,7 +193,7 @@ class ModelRegistry:
                 self._states.popitem(last=False)
         return state
 
-    def weights_history(self, versions: Iterable[int]) -> dict[int, dict[str, np.ndarray]]:
+    def weights_history(self, versions: Iterable[int]) -> dict[int, Weights]:
         """Weights of the listed versions that exist (to turn full-weight updates into deltas)."""
         history = {}
         for version in set(versions):
@@ -272,12 +270,8 @@ class ModelRegistry:
 def _state_doc(
     state: GlobalState, architecture: ModelConfig, *, strategy: str | None, trigger: str, client: ClientConfig
 ) -> dict:
-    header = {"format": WEIGHTS_FORMAT, "format_version": CONTAINER_VERSION}
-    flat_server_state = {
-        f"{kind}/{name}": array
-        for kind, arrays in state.server_state.items()
-        for name, array in arrays.items()
-    }
+    flat = flat_server_state(state.server_state)
+    header = {"format": SERVER_STATE_FORMAT, "format_version": SERVER_STATE_FORMAT_VERSION}
     return {
         "_id": state.version,
         "parent_version": state.parent_version,
@@ -286,14 +280,6 @@ def _state_doc(
         "trigger": trigger,
         "architecture": architecture.to_dict(),
         "client": {"proximal_mu": client.proximal_mu, "personal_mix": client.personal_mix},
-        "weights": Binary(pack(header, dict(state.weights))),
-        "server_state": Binary(
-            pack({"format": SERVER_STATE_FORMAT, "format_version": CONTAINER_VERSION}, flat_server_state)
-        )
-        if flat_server_state
-        else None,
+        "weights": Binary(weights_to_bytes(state.weights)),
+        "server_state": Binary(pack(header, flat)) if flat else None,
     }
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -26,7 +26,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from flead.federated import LocalUpdate
-from flead.federated.wire import UPDATE_FORMAT, UPDATE_FORMAT_VERSION, update_fields
+from flead.federated.wire import UPDATE_FORMAT, UPDATE_FORMAT_VERSION, local_update, update_fields
 from flead.model.serialization import pack, unpack
 
 MISSING_ARRAYS = "its arrays were not stored (the submission did not complete); resubmit with a new update_id"
@@ -117,17 +117,7 @@ class UpdateStore:
             if doc["_id"] not in blobs:
                 continue
             _, arrays = unpack(blobs[doc["_id"]], UPDATE_FORMAT, (UPDATE_FORMAT_VERSION,))
-            updates.append(
-                LocalUpdate(
-                    device_id=doc["device_id"],
-                    update_id=doc["update_id"],
-                    base_version=doc["base_version"],
-                    n_samples=doc["n_samples"],
-                    arrays=arrays,
-                    kind=doc["kind"],
-                    metrics=doc.get("metrics") or {},
-                )
-            )
+            updates.append(local_update(doc, arrays))
         return updates
 
     def mark_aggregated(self, keys: Iterable[str], version: int) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 
 from flead.federated.state import GlobalState
 from flead.federated.weights import Weights
+from flead.federated.wire import flat_server_state, nested_server_state
 from flead.model.config import ModelConfig
 from flead.model.serialization import pack, unpack
 
@@ -38,26 +39,18 @@ def global_state_to_bytes(state: GlobalState, model: ModelConfig) -> bytes:
         "architecture": model.to_dict(),
     }
     arrays = {f"w|{name}": value for name, value in state.weights.items()}
-    for kind, values in state.server_state.items():
-        arrays |= {f"s|{kind}|{name}": value for name, value in values.items()}
+    arrays |= {f"s|{key}": value for key, value in flat_server_state(state.server_state, sep="|").items()}
     return pack(header, arrays)
 
 
 def global_state_from_bytes(data: bytes) -> tuple[GlobalState, ModelConfig]:
     header, arrays = unpack(data, GLOBAL_FORMAT, (FORMAT_VERSION,))
-    weights: dict[str, np.ndarray] = {}
-    server: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in arrays.items():
-        part, _, rest = key.partition("|")
-        if part == "w":
-            weights[rest] = value
-        else:
-            kind, _, name = rest.partition("|")
-            server.setdefault(kind, {})[name] = value
+    weights = {key[2:]: value for key, value in arrays.items() if key.startswith("w|")}
+    server = {key[2:]: value for key, value in arrays.items() if key.startswith("s|")}
     state = GlobalState(
         version=int(header["version"]),
         weights=weights,
-        server_state=server,
+        server_state=nested_server_state(server, sep="|"),
         created_at=datetime.fromisoformat(header["created_at"]),
         parent_version=header.get("parent_version"),
     )
@@ -91,9 +84,6 @@ class SharedWeights:
         shared = self._by_digest.setdefault(digest, weights)
         self._digest_by_id[id(shared)] = (shared, digest)
         return shared
-
-    def __len__(self) -> int:
-        return len(self._by_digest)
 
     def retain(self, in_use: set[int]) -> None:
         """Forget the weights no device holds any more (`in_use`: ids of the adopted dicts)."""

@@ -7,13 +7,14 @@ from typing import Literal
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from flead.federated import STRATEGY_NAMES
 from services.global_api.auth import admin, get_service
-from services.global_api.keys import Principal
 from services.global_api.service import GlobalModelService
 
 router = APIRouter(tags=["admin"])
+ADMIN_ONLY = [Depends(admin)]
 
-Strategy = Literal["fedavg", "fedavgm", "fedadam", "median", "trimmed_mean"]
+Strategy = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
 
 
 class ConfigChange(BaseModel):
@@ -28,12 +29,10 @@ class ConfigChange(BaseModel):
     personal_mix: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
-@router.post("/api/aggregate", summary="Aggregate the pending updates into a new version now")
-def aggregate(
-    request: Request,
-    principal: Principal = Depends(admin),
-    service: GlobalModelService = Depends(get_service),
-) -> dict:
+@router.post(
+    "/api/aggregate", dependencies=ADMIN_ONLY, summary="Aggregate the pending updates into a new version now"
+)
+def aggregate(request: Request, service: GlobalModelService = Depends(get_service)) -> dict:
     outcome = service.aggregator.aggregate(trigger="manual")
     request.app.state.metrics.count_aggregation("manual", outcome.created)
     return outcome.to_dict()
@@ -44,12 +43,8 @@ def get_config(service: GlobalModelService = Depends(get_service)) -> dict:
     return service.config.load().to_dict()
 
 
-@router.post("/api/config", summary="Change the runtime configuration (persisted)")
-def set_config(
-    change: ConfigChange,
-    principal: Principal = Depends(admin),
-    service: GlobalModelService = Depends(get_service),
-) -> dict:
+@router.post("/api/config", dependencies=ADMIN_ONLY, summary="Change the runtime configuration (persisted)")
+def set_config(change: ConfigChange, service: GlobalModelService = Depends(get_service)) -> dict:
     try:
         return service.config.update(change.model_dump(exclude_none=True)).to_dict()
     except ValueError as exc:

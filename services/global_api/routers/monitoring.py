@@ -21,7 +21,7 @@ def get_status(service: GlobalModelService = Depends(get_service)) -> dict:
         "version": latest.version,
         "created_at": latest.created_at.isoformat(),
         "strategy": latest.strategy,
-        "versions": service.registry.count(),
+        "versions": latest.version + 1,  # versions are consecutive from 0
         "updates": service.updates.status_counts(),
         "config": service.config.load().to_dict(),
         "architecture": latest.architecture,
