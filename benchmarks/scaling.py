@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -31,11 +30,9 @@ import httpx
 
 from flead.bus.replay import replay
 from flead.bus.topics import ensure_topics
-from flead.config import Settings
-from flead.local.services import LocalServices
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stream import MODELS, fleet, free_port, start_trainer  # the stream benchmark's helpers
+from stream import MODELS, fleet, local_services, start_trainer  # the stream benchmark's helpers
 
 
 def run_group(env: dict, topic: str, expected: int, processes: int, model: list[str], home: Path) -> dict:
@@ -95,25 +92,12 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="default")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        env = {
-            "FLEAD_HOME": str(home),
-            "FLEAD_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-            "FLEAD_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-            "FLEAD_TOPIC_READINGS_PARTITIONS": str(args.partitions),
-        }
-        settings = Settings(**{k.removeprefix("FLEAD_").lower(): v for k, v in env.items()})
-        services = LocalServices(settings)
-        services.up()
-        try:
-            frame = fleet(home / "fleet", args.devices, args.days, None)
-            topic = f"bench.scaling.{uuid.uuid4().hex[:6]}"
-            ensure_topics(settings, {topic: args.partitions})
-            summary = replay(settings, frame, topic=topic)
-            runs = [run_group(env, topic, frame.height, n, MODELS[args.model], home) for n in args.processes]
-        finally:
-            services.down()
+    with local_services(FLEAD_TOPIC_READINGS_PARTITIONS=str(args.partitions)) as (home, env, settings):
+        frame = fleet(home / "fleet", args.devices, args.days, None)
+        topic = f"bench.scaling.{uuid.uuid4().hex[:6]}"
+        ensure_topics(settings, {topic: args.partitions})
+        summary = replay(settings, frame, topic=topic)
+        runs = [run_group(env, topic, frame.height, n, MODELS[args.model], home) for n in args.processes]
     base = runs[0]["readings_per_s"]
     for run in runs:
         run["ratio_vs_first"] = round(run["readings_per_s"] / base, 3)

@@ -3,6 +3,7 @@ kafka-python consumer loop reading the same topic in the same run, and the train
 
     python benchmarks/stream.py [--devices 54 --days 7] [--large-devices 5000 --large-hours 4]
                                 [--models default,small] [--fleets small,large]
+                                [--large-checkpoint-records N]
 
 Starts its own embedded broker and MongoDB on free ports under a temporary home. For each fleet
 (synthetic, `flead.datasets.synthetic.generate_fleet` parsed by `intel_lab.parse_files`): replay it
@@ -16,6 +17,7 @@ waiting for a whole chunk, stored in MongoDB), sampling its RSS. Prints one JSON
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -50,6 +53,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_services(**extra_env: str) -> Iterator[tuple[Path, dict, Settings]]:
+    """An embedded broker and MongoDB on free ports under a temporary home: (home, FLEAD_* env,
+    settings); stopped on exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        env = {
+            "FLEAD_HOME": str(home),
+            "FLEAD_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+            "FLEAD_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+            **extra_env,
+        }
+        settings = Settings(**{k.removeprefix("FLEAD_").lower(): v for k, v in env.items()})
+        services = LocalServices(settings)
+        services.up()
+        try:
+            yield home, env, settings
+        finally:
+            services.down()
 
 
 def fleet(out: Path, devices: int, days: int, hours: float | None) -> pl.DataFrame:
@@ -181,35 +205,31 @@ def main() -> None:
     parser.add_argument("--large-hours", type=float, default=4.0)
     parser.add_argument("--models", default="default,small")
     parser.add_argument("--fleets", default="small,large", help="small (--devices), large (--large-devices)")
+    parser.add_argument(
+        "--large-checkpoint-records",
+        type=int,
+        default=None,
+        help="readings between the large fleet's checkpoints (default 100 per device, or every 60 s)",
+    )
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     fleets = args.fleets.split(",")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        env = {
-            "FLEAD_HOME": str(home),
-            "FLEAD_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-            "FLEAD_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-        }
-        settings = Settings(**{k.removeprefix("FLEAD_").lower(): v for k, v in env.items()})
-        services = LocalServices(settings)
-        services.up()
-        try:
-            results = {"machine": {"cpus": os.cpu_count()}, "fleets": []}
-            if "small" in fleets:
-                checkpoint = (settings.trainer_checkpoint_records, settings.trainer_checkpoint_seconds)
-                results["fleets"].append(
-                    bench_fleet(settings, env, home, args.devices, args.days, None, models, checkpoint)
-                )
-            if "large" in fleets:
-                # a checkpoint writes every device changed since the last one: its cost grows with the
-                # fleet, so the interval does too (about 100 readings per device, or a minute)
-                checkpoint = (100 * args.large_devices, 60.0)
-                large = (args.large_devices, 1, args.large_hours)
-                results["fleets"].append(bench_fleet(settings, env, home, *large, models, checkpoint))
-        finally:
-            services.down()
+    with local_services() as (home, env, settings):
+        results = {"machine": {"cpus": os.cpu_count()}, "fleets": []}
+        if "small" in fleets:
+            checkpoint = (settings.trainer_checkpoint_records, settings.trainer_checkpoint_seconds)
+            results["fleets"].append(
+                bench_fleet(settings, env, home, args.devices, args.days, None, models, checkpoint)
+            )
+        if "large" in fleets:
+            # a checkpoint writes every device changed since the last one: its cost grows with the
+            # fleet, so the interval does too (about 100 readings per device, or a minute)
+            checkpoint = (100 * args.large_devices, 60.0)
+            if args.large_checkpoint_records is not None:  # above the fleet's readings: the final one only
+                checkpoint = (args.large_checkpoint_records, 3600.0)
+            large = (args.large_devices, 1, args.large_hours)
+            results["fleets"].append(bench_fleet(settings, env, home, *large, models, checkpoint))
     print(json.dumps(results, indent=2))
 
 

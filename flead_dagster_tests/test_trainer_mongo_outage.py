@@ -5,14 +5,12 @@ and once MongoDB is back its outputs are complete."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from flead.bus.replay import replay
 from flead.local.services import LocalServices
 from flead_dagster_tests.conftest import service_env
 from flead_dagster_tests.test_trainer_stream import (
@@ -27,6 +25,7 @@ from flead_dagster_tests.test_trainer_stream import (
     kafka_committed,
     no_leftover_trainers,
     offsets_total,
+    paced_replay,
     settings_for,
     wait_until,
 )
@@ -62,9 +61,7 @@ def test_mongodb_outage_is_retried_and_never_commits_what_was_not_checkpointed(p
     produced = dict(frame.group_by("device_id").len().iter_rows())
     trainer = Trainer(env, tmp_path, "--flush-idle", "0.5")
     trainer.wait_for(lambda h: len(h["partitions"]) == PARTITIONS, 60, "partitions assigned")
-    speed = (frame["ts"][-1] - frame["ts"][0]).total_seconds() / 20  # ~20 s of paced production
-    producer = threading.Thread(target=replay, args=(settings, frame), kwargs={"speed": speed})
-    producer.start()
+    producer = paced_replay(settings, frame, seconds=20)
     try:
         trainer.wait_for(
             lambda h: offsets_total(h, "checkpointed_offsets") > frame.height * 0.15, 60, "a few checkpoints"

@@ -76,6 +76,14 @@ def isolated_env(base: dict[str, str], **extra: str) -> dict[str, str]:
     }
 
 
+def paced_replay(settings: Settings, frame: pl.DataFrame, seconds: float) -> threading.Thread:
+    """Replay `frame` in the background, paced to take about `seconds` (join the thread to wait)."""
+    speed = (frame["ts"][-1] - frame["ts"][0]).total_seconds() / seconds
+    producer = threading.Thread(target=replay, args=(settings, frame), kwargs={"speed": speed})
+    producer.start()
+    return producer
+
+
 def settings_for(env: dict[str, str]) -> Settings:
     return Settings(**{k.removeprefix("FLEAD_").lower(): v for k, v in env.items() if k.startswith("FLEAD_")})
 
@@ -317,9 +325,7 @@ def test_kill_9_and_restart_loses_and_double_counts_nothing(services_env, tmp_pa
     b = Trainer(restarted, tmp_path, "--flush-idle", "3600", name="b1")
     for t in (a, b):
         t.wait_for(lambda h: len(h["partitions"]) == PARTITIONS, 60, "partitions assigned")
-    speed = (frame["ts"][-1] - frame["ts"][0]).total_seconds() / 12  # ~12 s of paced production
-    producer = threading.Thread(target=replay, args=(settings_a, frame), kwargs={"speed": speed})
-    producer.start()
+    producer = paced_replay(settings_a, frame, seconds=12)
     try:
         b.wait_for(
             lambda h: total * 0.2 < offsets_total(h, "checkpointed_offsets") < offsets_total(h),

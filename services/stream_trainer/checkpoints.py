@@ -28,14 +28,14 @@ from datetime import UTC, datetime
 from bson.binary import Binary
 from pymongo import ReplaceOne, ReturnDocument
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from flead.config import Settings
 from flead.federated import GlobalState, LocalUpdate
 from flead.federated.wire import weights_from_bytes, weights_to_bytes
 from flead.model.config import ModelConfig
-from services.stream_trainer.mongo_writes import DUPLICATE_KEY, insert_ignoring_duplicates
+from services.stream_trainer.mongo_writes import duplicates_ignored, insert_ignoring_duplicates
 from services.stream_trainer.slot import DeviceSlot
 from services.stream_trainer.state_codec import slot_document, slot_from_document
 from services.stream_trainer.weights_codec import (
@@ -284,10 +284,6 @@ def _other_copy(state_id: str | None) -> str:
 def _write_ignoring_fenced(collection, operations: list) -> None:
     """Bulk upserts guarded by ``epoch <= ours``: a copy already written by a newer owner is a duplicate
     key for us and left alone (our checkpoint will be refused too)."""
-    if not operations:
-        return
-    try:
-        collection.bulk_write(operations, ordered=False)
-    except BulkWriteError as exc:
-        if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
-            raise
+    if operations:
+        with duplicates_ignored():
+            collection.bulk_write(operations, ordered=False)

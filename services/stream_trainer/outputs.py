@@ -79,24 +79,22 @@ class Outputs:
     def settle_kafka(self, timeout_s: float = 30.0) -> None:
         """Wait until every message sent so far is acknowledged, resending failures; OutputError if
         some still fail."""
-        for attempt in range(SEND_ATTEMPTS):
+        for attempt in range(SEND_ATTEMPTS + 1):
             self.producer.flush(timeout=timeout_s)
             failed = [m for f, m in self._in_flight if not f.succeeded()]
-            self._in_flight = []
             if not failed:
+                self._in_flight = []
                 return
+            if attempt == SEND_ATTEMPTS:
+                raise OutputError(
+                    f"{len(failed)} Kafka messages (first to {failed[0][0]}) could not be delivered"
+                )
             log.warning(
                 "%d Kafka messages not acknowledged (attempt %d); resending", len(failed), attempt + 1
             )
+            self._in_flight = []
             for message in failed:
                 self._send(message)
-        self.producer.flush(timeout=timeout_s)
-        failed = [m for f, m in self._in_flight if not f.succeeded()]
-        if failed:
-            raise OutputError(
-                f"{len(failed)} Kafka messages (first to {failed[0][0]}) could not be delivered"
-            )
-        self._in_flight = []
 
     # ----------------------------------------------------------------------------------- anomalies
 

@@ -356,6 +356,9 @@ class StreamTrainer(RebalanceHandler):
                 log.warning("partition %d belongs to another member now: its state here is dropped", number)
                 self.counters.add("fenced")
                 self._drop(number)
+            # forget the global weights no device holds any more (every adopted version stays known
+            # otherwise: memory growing with the versions)
+            self.shared.retain({id(s.client.adopted) for p in self.owned.values() for s in p.slots.values()})
         self._save_global()
         self.counters.add("checkpoints")
         self._records_since_checkpoint = 0
@@ -515,13 +518,13 @@ class StreamTrainer(RebalanceHandler):
 def _failed_rows(settings: Settings, slot: DeviceSlot, rows, exc: Exception) -> list[Rejected]:
     """Readings a device failed to score, re-encoded as Reading JSON for the dead-letter topic."""
     stamps = np.datetime_as_string(rows["ts"], unit="us")
+    reason = f"processing failed: {type(exc).__name__}: {exc}"
     out = []
     for stamp, offset, values in zip(stamps, rows["offset"], rows["values"], strict=True):
         reading = {"device_id": slot.device_id, "ts": f"{stamp}Z"}
         reading |= {
             f: (None if np.isnan(v) else float(v)) for f, v in zip(slot.features, values, strict=True)
         }
-        reason = f"processing failed: {type(exc).__name__}: {exc}"
         out.append(
             Rejected(
                 settings.topic_readings,
