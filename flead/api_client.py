@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import httpx
 
-from flead.config import Settings
-
 RETRIES = 4
 BACKOFF_S = 0.5
 
@@ -26,10 +24,6 @@ class GlobalApiClient:
     base_url: str
     token: str | None = None
     timeout_s: float = 30.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings, token: str | None = None) -> GlobalApiClient:
-        return cls(settings.api_url, token)
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         headers = kwargs.pop("headers", {})
@@ -58,12 +52,6 @@ class GlobalApiClient:
         raise ApiError(
             f"{method} {path} failed after {RETRIES} tries ({last}); is the API at {self.base_url} up?"
         )
-
-    def health(self) -> dict:
-        return self._request("GET", "/health").json()
-
-    def status(self) -> dict:
-        return self._request("GET", "/api/status").json()
 
     def aggregate(self) -> dict:
         return self._request("POST", "/api/aggregate").json()

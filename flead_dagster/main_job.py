@@ -30,7 +30,6 @@ from flead_dagster.pipeline_assets import (
 from flead_dagster.resources import default_resources
 from flead_dagster.schedules import range_tags
 
-DATASET_START, DATASET_END = Settings().dataset_start, Settings().dataset_end
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 STEPS = (
     "local services",
@@ -98,9 +97,9 @@ def run_main_job(
     with step():
         home = dagster_home(settings)
         instance = DagsterInstance.get()
-        supervisor = Supervisor(settings, log_dir=home / "flead" / "logs")
-        for service in SERVICES:
-            ensure_healthy(supervisor, service)
+        with Supervisor(settings, log_dir=home / "flead" / "logs") as supervisor:
+            for service in SERVICES:
+                ensure_healthy(supervisor, service)
     resources = default_resources(settings)
 
     def run(selection, partitions: list[date] | None = None, run_config: dict | None = None):
@@ -115,7 +114,10 @@ def run_main_job(
         )
 
     with step():
-        synthetic = {"n_devices": synthetic_devices, "days": days or (DATASET_END - DATASET_START).days + 1}
+        synthetic = {
+            "n_devices": synthetic_devices,
+            "days": days or (settings.dataset_end - settings.dataset_start).days + 1,
+        }
         raw_config = {"source": source, **synthetic, **({"path": str(path)} if path else {})}
         raw = run([raw_intel_lab], run_config={"ops": {"raw_intel_lab": {"config": raw_config}}})
         staged = _metadata(raw, "raw_intel_lab")

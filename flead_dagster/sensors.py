@@ -14,8 +14,6 @@ Settings are read at every tick (``flead.config.Settings``), so a changed enviro
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 
 from dagster import (
     AssetObservation,
@@ -23,6 +21,7 @@ from dagster import (
     DefaultSensorStatus,
     MetadataValue,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -32,7 +31,7 @@ from pymongo import DESCENDING
 from pymongo.errors import PyMongoError
 
 from flead.config import Settings
-from flead.local.supervisor import API, TRAINER, EnsureResult, Supervisor
+from flead.local.supervisor import API, TRAINER, EnsureResult, Supervisor, dagster_log_dir
 from flead.storage.mongo import make_mongo_client
 from flead_dagster.jobs import global_model_job
 from services.global_api.update_store import UpdateStatus, UpdateStore
@@ -61,12 +60,6 @@ service_assets = [
         ),
     ),
 ]
-
-
-def dagster_log_dir() -> Path | None:
-    """``$DAGSTER_HOME/flead/logs`` when DAGSTER_HOME is set, else None (the supervisor's default)."""
-    home = os.environ.get("DAGSTER_HOME")
-    return Path(home) / "flead" / "logs" if home else None
 
 
 def observation_metadata(result: EnsureResult) -> dict[str, object]:
@@ -100,26 +93,25 @@ def supervise(context: SensorEvaluationContext, name: str, enabled: bool, settin
     )
 
 
-@sensor(
-    name="stream_trainer_sensor",
-    minimum_interval_seconds=SERVICE_INTERVAL_S,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Keeps a stream trainer running (FLEAD_SUPERVISE_TRAINER) and observes its health.",
-)
-def stream_trainer_sensor(context: SensorEvaluationContext) -> SensorResult:
-    settings = Settings()
-    return supervise(context, TRAINER, settings.supervise_trainer, settings)
+def service_sensor(name: str, switch: str, what: str) -> SensorDefinition:
+    """The sensor ``<name>_sensor`` that keeps service `name` running while the setting `switch`
+    (``FLEAD_<SWITCH>``) is true, and observes its health."""
+
+    @sensor(
+        name=f"{name}_sensor",
+        minimum_interval_seconds=SERVICE_INTERVAL_S,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Keeps {what} running (FLEAD_{switch.upper()}) and observes its health.",
+    )
+    def _sensor(context: SensorEvaluationContext) -> SensorResult:
+        settings = Settings()
+        return supervise(context, name, getattr(settings, switch), settings)
+
+    return _sensor
 
 
-@sensor(
-    name="global_api_sensor",
-    minimum_interval_seconds=SERVICE_INTERVAL_S,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Keeps the global model API running (FLEAD_SUPERVISE_API) and observes its health.",
-)
-def global_api_sensor(context: SensorEvaluationContext) -> SensorResult:
-    settings = Settings()
-    return supervise(context, API, settings.supervise_api, settings)
+stream_trainer_sensor = service_sensor(TRAINER, "supervise_trainer", "a stream trainer")
+global_api_sensor = service_sensor(API, "supervise_api", "the global model API")
 
 
 def pending_updates(settings: Settings) -> tuple[int, dict | None]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 from flead.config import Settings
 from flead.evaluation.batch_scoring import (
@@ -94,35 +94,6 @@ def make_local_spark(
     return spark
 
 
-def scored_spark_frame(
-    spark: SparkSession,
-    lake_dir: Path | str,
-    days: Iterable[date],
-    model_bytes: bytes,
-    *,
-    quantile: float,
-    labelled_dir: Path | str | None = None,
-    train: TrainConfig | None = None,
-) -> DataFrame:
-    """The scored rows as a (lazy) Spark DataFrame with `SCORED_DDL`'s columns."""
-    if spark.conf.get("spark.sql.session.timeZone") != "UTC":
-        raise ValueError("batch evaluation needs spark.sql.session.timeZone=UTC (see spark_config)")
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must be within (0, 1), got {quantile}")
-    paths, labelled = lake_sources(lake_dir, days, labelled_dir)
-    columns = source_columns(model_features(model_bytes), labelled)
-    readings = spark.read.parquet(*(str(p) for p in paths)).select(*columns)
-
-    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # model_bytes travels in this closure (a global model is tens of kB).
-        for table in _devices(batches):
-            yield from score_table(table, model_bytes, quantile=quantile, train=train).to_batches()
-
-    return (
-        readings.repartition(DEVICE).sortWithinPartitions(DEVICE, TS).mapInArrow(score_partition, SCORED_DDL)
-    )
-
-
 def score_lake_spark(
     spark: SparkSession,
     lake_dir: Path | str,
@@ -134,8 +105,21 @@ def score_lake_spark(
     train: TrainConfig | None = None,
 ) -> pl.DataFrame:
     """`score_lake` on Spark: the scored rows collected to the driver, in `canonical_order`."""
-    frame = scored_spark_frame(
-        spark, lake_dir, days, model_bytes, quantile=quantile, labelled_dir=labelled_dir, train=train
+    if spark.conf.get("spark.sql.session.timeZone") != "UTC":
+        raise ValueError("batch evaluation needs spark.sql.session.timeZone=UTC (see spark_config)")
+    if not 0.0 < quantile < 1.0:  # checked on the driver too, before any Spark work
+        raise ValueError(f"quantile must be within (0, 1), got {quantile}")
+    paths, labelled = lake_sources(lake_dir, days, labelled_dir)
+    columns = source_columns(model_features(model_bytes), labelled)
+    readings = spark.read.parquet(*(str(p) for p in paths)).select(*columns)
+
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        # model_bytes travels in this closure (a global model is tens of kB).
+        for table in _devices(batches):
+            yield from score_table(table, model_bytes, quantile=quantile, train=train).to_batches()
+
+    frame = (
+        readings.repartition(DEVICE).sortWithinPartitions(DEVICE, TS).mapInArrow(score_partition, SCORED_DDL)
     )
     scored = pl.from_arrow(frame.toArrow())  # ts arrives as timestamp[us, UTC]
     assert isinstance(scored, pl.DataFrame)

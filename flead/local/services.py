@@ -242,14 +242,7 @@ class LocalServices:
 
     def tail_log(self, name: str, lines: int = 50) -> str:
         self.spec(name)  # validates the name
-        path = self.log_file(name)
-        if not path.exists():
-            return ""
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 256 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return tail_text(self.log_file(name), lines, max_bytes=256 * 1024)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -311,6 +304,17 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def tail_text(path: Path, lines: int, *, max_bytes: int) -> str:
+    """The last `lines` lines of the file's last `max_bytes` bytes; "" when the file does not exist."""
+    if not path.exists():
+        return ""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - max_bytes))
+        text = handle.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def read_record(pid_file: Path) -> dict | None:

@@ -47,6 +47,7 @@ from flead.local.services import (
     read_record,
     reap_children,
     start_detached,
+    tail_text,
     terminate,
 )
 from flead.storage.mongo import make_mongo_client
@@ -111,6 +112,13 @@ class _Probe:
     info: dict[str, object] = field(default_factory=dict)
 
 
+def dagster_log_dir() -> Path | None:
+    """Where the Dagster sensors' services log: ``$DAGSTER_HOME/flead/logs`` when DAGSTER_HOME is set,
+    else None (the supervisor's default, ``<state_dir>/logs``)."""
+    home = os.environ.get("DAGSTER_HOME")
+    return Path(home) / "flead" / "logs" if home else None
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """FLEAD_* variables that reproduce `settings` in a child process (paths made absolute)."""
     env = {}
@@ -162,14 +170,7 @@ class Supervisor:
         return self.log_dir / f"{name}.log"
 
     def tail_log(self, name: str, lines: int = 20) -> str:
-        path = self.log_file(name)
-        if not path.exists():
-            return ""
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return tail_text(self.log_file(name), lines, max_bytes=64 * 1024)
 
     # --- what a service is -----------------------------------------------------------------
 

@@ -46,11 +46,11 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from flead.datasets.lake import list_partitions, partition_path
+from flead.datasets.lake import PARTITION_FILE, list_partitions, partition_path
 
 REPORT_FILE = "report.md"
 MARKER_FILE = ".flead-report"
-EVALUATION_FILE = "part-0.parquet"
+EVALUATION_FILE = PARTITION_FILE  # the evaluation is laid out like the lake
 EVALUATION_COLUMNS = ("device_id", "ts", "date", "score", "threshold", "is_anomaly", "out_of_range")
 CHARTS = {
     "alarms_per_day": "alarms_per_day.png",
@@ -193,13 +193,14 @@ def _ratio(numerator: str, denominator: str, guard: str = "") -> str:
     return f"CASE WHEN {zero}({denominator}) = 0 THEN NULL ELSE ({numerator})::DOUBLE / ({denominator}) END"
 
 
-def _quality(labelled: str = "labelled", tp: str = "tp", fp: str = "fp", fn: str = "fn") -> str:
-    no_labels = f"{labelled} = 0"
+def _quality() -> str:
+    """Precision, recall and F1 from the columns labelled, tp, fp and fn."""
+    no_labels = "labelled = 0"
     return ",\n    ".join(
         [
-            f"{_ratio(tp, f'{tp} + {fp}', no_labels)} AS precision",
-            f"{_ratio(tp, f'{tp} + {fn}', no_labels)} AS recall",
-            f"{_ratio(f'2 * {tp}', f'2 * {tp} + {fp} + {fn}', no_labels)} AS f1",
+            f"{_ratio('tp', 'tp + fp', no_labels)} AS precision",
+            f"{_ratio('tp', 'tp + fn', no_labels)} AS recall",
+            f"{_ratio('2 * tp', '2 * tp + fp + fn', no_labels)} AS f1",
         ]
     )
 
@@ -383,7 +384,8 @@ def _utc(frame: pl.DataFrame) -> pl.DataFrame:
 # --- Markdown -------------------------------------------------------------------------------------
 
 
-def _cell(value: Any, kind: str = "") -> str:
+def format_cell(value: Any, kind: str = "") -> str:
+    """A value for a table: ``-`` when missing; `kind` "rate" as a percentage, "ratio" to 3 decimals."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "-"
     if kind == "rate":
@@ -399,15 +401,37 @@ def _cell(value: Any, kind: str = "") -> str:
     return str(value).replace("|", "\\|")
 
 
-def _table(frame: pl.DataFrame, columns: Sequence[tuple[str, str, str]]) -> str:
-    """A Markdown table of `frame`'s columns given as (column, header, kind)."""
+# column -> (header, kind) of the Markdown tables; kind as in `format_cell`, text and time left-aligned
+_COLUMNS = {
+    "device_id": ("device", "text"),
+    "date": ("day", "text"),
+    "devices": ("devices", ""),
+    "readings": ("readings", ""),
+    "scored": ("scored", ""),
+    "out_of_range": ("out of range", ""),
+    "alarms": ("alarms", ""),
+    "alarm_rate": ("alarm rate", "rate"),
+    "devices_with_alarms": ("devices with alarms", ""),
+    "first_alarm": ("first alarm (UTC)", "time"),
+    "last_alarm": ("last alarm (UTC)", "time"),
+    "max_score": ("max score", ""),
+    "precision": ("precision", "ratio"),
+    "recall": ("recall", "ratio"),
+    "f1": ("F1", "ratio"),
+}
+_QUALITY = ("precision", "recall", "f1")
+
+
+def _table(frame: pl.DataFrame, columns: Sequence[str]) -> str:
+    """A Markdown table of `frame`'s `columns` (headers and formats from `_COLUMNS`)."""
+    specs = [_COLUMNS[c] for c in columns]
     lines = [
-        "| " + " | ".join(header for _, header, _ in columns) + " |",
-        "|" + "|".join("---" if kind in ("text", "time") else "---:" for _, _, kind in columns) + "|",
+        "| " + " | ".join(header for header, _ in specs) + " |",
+        "|" + "|".join("---" if kind in ("text", "time") else "---:" for _, kind in specs) + "|",
     ]
-    for row in frame.select(c for c, _, _ in columns).iter_rows():
+    for row in frame.select(columns).iter_rows():
         lines.append(
-            "| " + " | ".join(_cell(v, kind) for v, (_, _, kind) in zip(row, columns, strict=True)) + " |"
+            "| " + " | ".join(format_cell(v, kind) for v, (_, kind) in zip(row, specs, strict=True)) + " |"
         )
     return "\n".join(lines)
 
@@ -428,7 +452,6 @@ def _markdown(
     max_days: int,
 ) -> str:
     labelled = totals["labelled"] > 0
-    quality = [("precision", "precision", "ratio"), ("recall", "recall", "ratio"), ("f1", "F1", "ratio")]
     first_day, last_day = per_day["date"].min(), per_day["date"].max()
     not_evaluated = totals["lake_days_not_evaluated"]
     summary = [
@@ -438,50 +461,25 @@ def _markdown(
         f"- readings in the lake on these days: {totals['readings']:,}, "
         f"of them out of range: {totals['out_of_range']:,}",
         f"- scored readings: {totals['scored']:,}",
-        f"- model alarms: {totals['alarms']:,} (alarm rate {_cell(totals['alarm_rate'], 'rate')}), "
+        f"- model alarms: {totals['alarms']:,} (alarm rate {format_cell(totals['alarm_rate'], 'rate')}), "
         f"{totals['alarms_out_of_range']:,} of them on out-of-range readings",
     ]
     if labelled:
         summary.append(
-            f"- labelled readings: {totals['labelled']:,}; precision {_cell(totals['precision'], 'ratio')}, "
-            f"recall {_cell(totals['recall'], 'ratio')}, F1 {_cell(totals['f1'], 'ratio')}"
+            f"- labelled readings: {totals['labelled']:,}; "
+            f"precision {format_cell(totals['precision'], 'ratio')}, "
+            f"recall {format_cell(totals['recall'], 'ratio')}, F1 {format_cell(totals['f1'], 'ratio')}"
         )
     else:
         summary.append("- no labels in this evaluation: precision, recall and F1 are not available")
 
-    device_columns = [
-        ("device_id", "device", "text"),
-        ("readings", "readings", ""),
-        ("scored", "scored", ""),
-        ("out_of_range", "out of range", ""),
-        ("alarms", "alarms", ""),
-        ("alarm_rate", "alarm rate", "rate"),
-        ("first_alarm", "first alarm (UTC)", "time"),
-        ("last_alarm", "last alarm (UTC)", "time"),
-        ("max_score", "max score", ""),
-        *(quality if labelled else []),
-    ]
-    day_columns = [
-        ("date", "day", "text"),
-        ("devices", "devices", ""),
-        ("readings", "readings", ""),
-        ("scored", "scored", ""),
-        ("out_of_range", "out of range", ""),
-        ("alarms", "alarms", ""),
-        ("alarm_rate", "alarm rate", "rate"),
-        ("devices_with_alarms", "devices with alarms", ""),
-        *(quality if labelled else []),
-    ]
-    top_columns = [
-        ("device_id", "device", "text"),
-        ("date", "day", "text"),
-        ("scored", "scored", ""),
-        ("out_of_range", "out of range", ""),
-        ("alarms", "alarms", ""),
-        ("alarm_rate", "alarm rate", "rate"),
-        ("max_score", "max score", ""),
-        ("first_alarm", "first alarm (UTC)", "time"),
-    ]
+    quality = list(_QUALITY) if labelled else []
+    device_columns = ["device_id", "readings", "scored", "out_of_range", "alarms", "alarm_rate"]
+    device_columns += ["first_alarm", "last_alarm", "max_score", *quality]
+    day_columns = ["date", "devices", "readings", "scored", "out_of_range", "alarms", "alarm_rate"]
+    day_columns += ["devices_with_alarms", *quality]
+    top_columns = ["device_id", "date", "scored", "out_of_range", "alarms", "alarm_rate", "max_score"]
+    top_columns += ["first_alarm"]
     shown_devices = min(max_devices, per_device.height)
     shown_days = min(max_days, per_day.height)
     sections = [
