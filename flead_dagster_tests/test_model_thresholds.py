@@ -11,6 +11,7 @@ import pytest
 from flead.model.thresholds import (
     QuantileThreshold,
     SpotThreshold,
+    calibrated_threshold,
     fit_gpd_moments,
     threshold_from_state_dict,
 )
@@ -119,3 +120,20 @@ def test_bad_states_are_refused() -> None:
         threshold_from_state_dict({**state, "counts": [1.0, -2.0]})
     with pytest.raises(ValueError, match="q must be"):
         QuantileThreshold(q=1.5)
+
+
+def test_calibrated_threshold_meets_its_false_alarm_target_on_unseen_normal_scores() -> None:
+    rng = np.random.default_rng(0)
+    calibration, unseen = rng.exponential(1.0, 5_000), rng.exponential(1.0, 200_000)
+    for rate in (1e-2, 1e-3, 1e-4):
+        threshold = calibrated_threshold(calibration, rate)
+        assert 0.5 * rate <= (unseen > threshold).mean() <= 2.0 * rate
+    # An anomalous stretch is not capped by a budget: every reading above the threshold alarms.
+    assert (rng.exponential(1.0, 1_000) + 20.0 > calibrated_threshold(calibration, 1e-3)).all()
+
+
+def test_calibrated_threshold_with_few_scores_stays_above_them() -> None:
+    scores = np.arange(1.0, 51.0)
+    assert calibrated_threshold(scores, 1e-3) >= 50.0
+    with pytest.raises(ValueError, match="finite score"):
+        calibrated_threshold(np.array([np.nan]), 1e-3)

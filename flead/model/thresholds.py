@@ -258,3 +258,29 @@ def threshold_from_state_dict(state: dict) -> QuantileThreshold | SpotThreshold:
         return kinds[state["kind"]].from_state_dict(state)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"bad threshold state: {exc!r}") from exc
+
+
+def calibrated_threshold(
+    normal_scores: np.ndarray, false_alarm_rate: float = 1e-3, tail_quantile: float = 0.98
+) -> float:
+    """A threshold fitted on scores of data taken as normal, exceeded by about `false_alarm_rate` of them.
+
+    Peaks over threshold: the scores above their `tail_quantile` are fitted with a generalized Pareto
+    tail (as SPOT does), which extrapolates beyond the largest normal score when the target is rarer
+    than the calibration set can show. With fewer than 20 peaks the tail is not fitted: the threshold is
+    the empirical (1 - false_alarm_rate)-quantile, never below the largest score times the shortfall.
+    Unlike an alarm budget, nothing caps how many later readings may exceed it.
+    """
+    if not 0.0 < false_alarm_rate < 1.0 or not 0.0 < tail_quantile < 1.0:
+        raise ValueError("false_alarm_rate and tail_quantile must be within (0, 1)")
+    scores = _finite(normal_scores)
+    if not scores.size:
+        raise ValueError("calibration needs at least one finite score of normal data")
+    if 1.0 - false_alarm_rate <= tail_quantile:
+        return float(np.quantile(scores, 1.0 - false_alarm_rate))
+    t = float(np.quantile(scores, tail_quantile))
+    excess = scores[scores > t] - t
+    if excess.size < 20:
+        return float(max(np.quantile(scores, 1.0 - false_alarm_rate), scores.max()))
+    gamma, sigma = fit_gpd_moments(excess)
+    return spot_threshold(t, gamma, sigma, false_alarm_rate, scores.size, excess.size)
