@@ -7,7 +7,9 @@ anomaly), ``alarms`` (bool, the detector fired), optionally ``scores`` (higher =
 Definitions
 -----------
 - **Point** precision / recall / F1 over readings: TP = alarm on a labelled reading, FP = alarm on
-  an unlabelled one, FN = labelled reading without alarm.
+  an unlabelled one, FN = labelled reading without alarm, TN = unlabelled reading without alarm.
+  **FAR** (false alarm rate) = FP / (FP + TN), the share of the actual negatives that alarm; **MAR**
+  (missed alarm rate) = FN / (TP + FN) = 1 - recall, the share of the actual positives missed.
 - **Event**: with ``event_ids``, each distinct id of a device is one event (its readings need not be
   consecutive, e.g. a dropout labels only the reading after the gap); without, a maximal run of
   consecutive labelled readings of one device. An event is **detected** if at least one of its
@@ -15,6 +17,12 @@ Definitions
   is a maximal run of consecutive alarms of one device containing no labelled reading. Event
   precision = detected / (detected + false-positive runs), event recall = detected / events: the
   event-wise convention of Hundman et al. (KDD 2018) and the range-based view with existence reward.
+- **Event (sequence)**, ``event_sequence``: the same counts with events always taken as the maximal
+  runs of consecutive labelled readings of a device, whatever ``event_ids`` say — exactly the
+  definition of the NASA SMAP/MSL benchmark (a labelled sequence is detected if any flagged reading
+  falls inside it; a flagged run sharing no reading with a labelled sequence is one false positive).
+  Without ``event_ids`` it equals **Event**; with them (an injected dropout labels readings apart)
+  the two differ.
 - F1 = 2·TP / (2·TP + FP + FN), the harmonic mean of precision and recall (0 when TP = 0 but
   something fired or was missed). A ratio whose denominator is 0 is undefined and reported as
   ``None`` (precision without any alarm, recall without any positive), never as a made-up 0 or 1.
@@ -23,12 +31,16 @@ Definitions
   first, tied scores entering together. ``None`` without labelled readings; NaN scores are refused.
 - **Detection delay** of a detected event: from its first reading to its first reading with an
   alarm, in readings (positions in the device's series) and, with ``ts``, in seconds.
+- **Judged / unjudged**: a reading is unjudged when the detector could not judge it (no threshold
+  yet, no training part, ...; the reason is counted). It raises no alarm and counts as not flagged
+  in every metric above, as it would in service.
 - **False alarms per device-day**: alarms on unlabelled readings / device-days, a device-day being
   a UTC day on which the device has readings (the unit of the injection rates in
   `flead.datasets.inject`).
 
 Pooled (micro-averaged) numbers over many devices pool the readings for point metrics and PR-AUC,
-sum event counts, and pool the delays of all detected events; ``macro`` averages per-device values.
+sum event counts (events, detected, false-positive runs: sums over devices, never means), and pool
+the delays of all detected events; ``macro`` averages per-device values.
 """
 
 from __future__ import annotations
@@ -48,9 +60,12 @@ class PointScores:
     tp: int
     fp: int
     fn: int
+    tn: int
     precision: float | None
     recall: float | None
     f1: float | None
+    false_alarm_rate: float | None  # FAR = fp / (fp + tn)
+    missed_alarm_rate: float | None  # MAR = fn / (tp + fn)
 
 
 @dataclass(frozen=True)
@@ -77,8 +92,11 @@ class DetectionReport:
     readings: int
     labelled: int
     alarms: int
+    judged: int
+    unjudged: dict[str, int]  # reason -> readings
     point: PointScores
     event: EventScores
+    event_sequence: EventScores  # events = runs of labelled readings (the NASA SMAP/MSL definition)
     pr_auc: float | None  # None without scores or without labelled readings
     delay: DelayStats
     false_alarms: int
@@ -109,7 +127,8 @@ def point_scores(alarms: npt.ArrayLike, labels: npt.ArrayLike) -> PointScores:
     tp = int(np.count_nonzero(alarm & label))
     fp = int(np.count_nonzero(alarm & ~label))
     fn = int(np.count_nonzero(~alarm & label))
-    return PointScores(tp, fp, fn, *_ratios(tp, fp, fn))
+    tn = int(alarm.size) - tp - fp - fn
+    return PointScores(tp, fp, fn, tn, *_ratios(tp, fp, fn), _rate(fp, fp + tn), _rate(fn, tp + fn))
 
 
 def event_index(
@@ -244,9 +263,13 @@ def evaluate_device(
     scores: npt.ArrayLike | None = None,
     ts: npt.ArrayLike | None = None,
     event_ids: npt.ArrayLike | None = None,
+    unjudged: npt.ArrayLike | None = None,
 ) -> DetectionReport:
-    """Every metric for one device's readings in time order."""
-    return _report(labels, alarms, scores, ts, event_ids, devices=None)
+    """Every metric for one device's readings in time order.
+
+    `unjudged`: per reading, why it was not judged (a non-empty text), or None / "" when judged.
+    """
+    return _report(labels, alarms, scores, ts, event_ids, unjudged, devices=None)
 
 
 def evaluate_frame(
@@ -258,14 +281,17 @@ def evaluate_frame(
     device: str = "device_id",
     ts: str | None = "ts",
     event_id: str | None = None,
+    unjudged: str | None = None,
 ) -> Evaluation:
     """Per-device reports, their micro-averaged (pooled) report and macro averages.
 
     `frame` holds one row per reading; rows are ordered by device, then by `ts` when that column
     exists (else the frame's row order is each device's time order). `score` and `ts` are skipped
-    when None or absent; `event_id` (nulls = no event) is used when given.
+    when None or absent; `event_id` (nulls = no event) is used when given; `unjudged` (text, null =
+    judged) names why a reading was not judged.
     """
-    missing = [c for c in (alarm, label, device, event_id) if c is not None and c not in frame.columns]
+    wanted = (alarm, label, device, event_id, unjudged)
+    missing = [c for c in wanted if c is not None and c not in frame.columns]
     if missing:
         raise ValueError(f"frame lacks columns {missing}; it has {frame.columns}")
     score = score if score is not None and score in frame.columns else None
@@ -290,6 +316,7 @@ def evaluate_frame(
         "scores": frame[score].cast(pl.Float64).to_numpy() if score is not None else None,
         "ts": _ts_array(frame[ts]) if ts is not None else None,
         "event_ids": frame[event_id].fill_null(NO_EVENT).to_numpy() if event_id is not None else None,
+        "unjudged": frame[unjudged].cast(pl.String).to_numpy() if unjudged is not None else None,
     }
     pooled = _report(**arrays, devices=codes)
     starts = np.flatnonzero(~_same_as_previous(codes))
@@ -305,6 +332,7 @@ def macro_average(reports: Mapping[str, DetectionReport]) -> dict[str, float | N
     values = {
         "point_f1": [r.point.f1 for r in reports.values()],
         "event_f1": [r.event.f1 for r in reports.values()],
+        "event_sequence_f1": [r.event_sequence.f1 for r in reports.values()],
         "pr_auc": [r.pr_auc for r in reports.values()],
         "false_alarms_per_device_day": [r.false_alarms_per_device_day for r in reports.values()],
     }
@@ -320,10 +348,12 @@ def _report(
     scores: npt.ArrayLike | None,
     ts: npt.ArrayLike | None,
     event_ids: npt.ArrayLike | None,
+    unjudged: npt.ArrayLike | None,
     devices: np.ndarray | None,
 ) -> DetectionReport:
     label, alarm = _as_bool(labels, "labels"), _as_bool(alarms, "alarms")
     _same_length(labels=label, alarms=alarm)
+    reasons = _unjudged_counts(unjudged, alarm)
     time = _as_datetime(ts, label.size) if ts is not None else None
     delays = detection_delays(alarm, label, time, event_ids, devices)
     false_alarms = int(np.count_nonzero(alarm & ~label))
@@ -332,14 +362,34 @@ def _report(
         readings=int(label.size),
         labelled=int(label.sum()),
         alarms=int(alarm.sum()),
+        judged=int(label.size) - sum(reasons.values()),
+        unjudged=reasons,
         point=point_scores(alarm, label),
         event=event_scores(alarm, label, event_ids, devices),
+        event_sequence=event_scores(alarm, label, None, devices),
         pr_auc=average_precision(scores, label) if scores is not None else None,
         delay=delay_stats(*delays),
         false_alarms=false_alarms,
         device_days=device_days,
         false_alarms_per_device_day=false_alarms / device_days if device_days else None,
     )
+
+
+def _unjudged_counts(unjudged: npt.ArrayLike | None, alarm: np.ndarray) -> dict[str, int]:
+    """Readings per reason of not being judged; an alarm on an unjudged reading is refused."""
+    if unjudged is None:
+        return {}
+    reason = np.asarray(unjudged, dtype=object)
+    _same_length(unjudged=reason, alarms=alarm)
+    missing = np.array([r is not None and r != "" for r in reason], dtype=bool)
+    if np.any(missing & alarm):
+        raise ValueError(f"{int(np.count_nonzero(missing & alarm))} unjudged readings have an alarm")
+    names, counts = np.unique(reason[missing].astype(str), return_counts=True)
+    return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
 
 
 def _ratios(tp: int, fp: int, fn: int) -> tuple[float | None, float | None, float | None]:
