@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flead.evaluation.loader import load_labelled, split_series
+from flead.evaluation.loader import load_labelled, load_train_test, split_series
 
 
 def write(path: Path, text: str) -> Path:
@@ -206,3 +206,115 @@ def test_split_needs_exactly_one_valid_option() -> None:
         split_series(frame, train_fraction=1.5)
     with pytest.raises(ValueError, match="integer >= 0"):
         split_series(frame, train_rows=-1)
+
+
+def test_any_extension_is_a_csv_once_a_separator_is_given(tmp_path: Path) -> None:
+    dat = write(tmp_path / "mote7.dat", "x y label\n1 2 0\n3 4 1\n")
+    with pytest.raises(ValueError, match="once a separator is given"):
+        load_labelled([dat])
+    loaded = load_labelled([dat], separator=" ")
+    assert loaded.frame["device_id"].to_list() == ["mote7", "mote7"]
+    assert loaded.frame["y"].to_list() == [2.0, 4.0]
+    tabbed = write(tmp_path / "t" / "mote8.txt", "x\ty\tlabel\n1\t2\t0\n")
+    assert load_labelled([tabbed], separator="\\t").features == ("x", "y")  # backslash-t as typed
+    with pytest.raises(ValueError, match="one character"):
+        load_labelled([tabbed], separator="::")
+
+
+def test_a_tsv_file_is_tab_separated_by_default(tmp_path: Path) -> None:
+    loaded = load_labelled([write(tmp_path / "a.tsv", "x\tlabel\n1.5\t0\n")])
+    assert loaded.frame["x"].to_list() == [1.5]
+
+
+def test_quotes_around_values_do_not_stop_time_parsing(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "q.csv",
+        "time,mote,temp,label\n'2004-02-29T00:00:18','1','20.5',0\n\"2004-02-29T00:00:48\",'1','21.0','1'\n",
+    )
+    loaded = load_labelled([path], time="time", device="mote")
+    frame = loaded.frame
+    assert frame["ts"].to_list() == [
+        datetime(2004, 2, 29, 0, 0, 18, tzinfo=UTC),
+        datetime(2004, 2, 29, 0, 0, 48, tzinfo=UTC),
+    ]
+    assert loaded.features == ("temp",)  # quoted throughout and numeric: a number column
+    assert frame["temp"].to_list() == [20.5, 21.0]
+    assert frame["device_id"].to_list() == ["1", "1"]  # a role column stays text
+    assert frame["label"].to_list() == [0, 1]
+
+
+def test_a_semicolon_file_read_with_the_default_separator_gets_a_hint(tmp_path: Path) -> None:
+    path = write(tmp_path / "semi.csv", "x;y;label\n1;2;0\n")
+    with pytest.raises(ValueError, match=r"semi.csv.*pass --sep ';'"):
+        load_labelled([path])
+    tabs = write(tmp_path / "tabs.csv", "x\ty\tlabel\n1\t2\t0\n")
+    with pytest.raises(ValueError, match=r"pass --sep '\\t'"):
+        load_labelled([tabs])
+
+
+def test_a_split_column_marks_the_train_part(tmp_path: Path) -> None:
+    words = write(tmp_path / "w" / "a.csv", "x,part,label\n1,train,0\n2, Train ,0\n3,TEST,1\n")
+    loaded = load_labelled([words], split="part")
+    assert loaded.has_split and loaded.features == ("x",)  # the split column is no feature
+    assert loaded.frame["is_train"].to_list() == [True, True, False]
+    digits = write(tmp_path / "d" / "a.csv", "x,fold,label\n1,0,0\n2,1,0\n")
+    assert load_labelled([digits], split="fold").frame["is_train"].to_list() == [True, False]
+    for value in ("val", "2"):
+        bad = write(tmp_path / f"bad-{value}" / "a.csv", f"x,part,label\n1,train,0\n2,{value},0\n")
+        with pytest.raises(ValueError, match=rf"split column 'part' has 1 values .*'?{value}'?"):
+            load_labelled([bad], split="part")
+
+
+def test_feature_patterns_expand_to_the_numeric_columns_they_match(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.csv", "t,value,cmd_01,cmd_02,note,label\n0,1.0,0,1,a,0\n")
+    assert load_labelled([path], features=["value", "cmd_*"]).features == ("value", "cmd_01", "cmd_02")
+    with pytest.raises(ValueError, match="'ctl_\\*' matches no numeric column"):
+        load_labelled([path], features=["ctl_*"])
+
+
+def test_train_and_test_files_matched_by_file_name(tmp_path: Path) -> None:
+    write(tmp_path / "train" / "A-1.csv", "v,extra,label\n1,9,0\n2,9,0\n")
+    write(tmp_path / "train" / "A-2.csv", "v,extra,label\n5,9,0\n")
+    write(tmp_path / "test" / "A-1.csv", "v,label\n3,1\n4,0\n")
+    write(tmp_path / "test" / "B-9.csv", "v,extra,label\n7,9,0\n")
+    with pytest.raises(ValueError, match=r"test/A-1.csv: missing columns \['extra'\]"):
+        load_train_test([tmp_path / "train"], [tmp_path / "test"])  # the train part's features
+    series, unmatched = load_train_test([tmp_path / "train"], [tmp_path / "test"], features=["v"])
+    frame = series.frame
+    assert unmatched == ["B-9"]
+    assert frame["device_id"].to_list() == ["A-1"] * 4 + ["A-2", "B-9"]
+    assert frame["row"].to_list() == [0, 1, 2, 3, 0, 0]  # the test rows follow the train rows
+    assert frame["v"].to_list() == [1.0, 2.0, 3.0, 4.0, 5.0, 7.0]
+    assert frame["is_train"].to_list() == [True, True, False, False, True, False]
+
+
+def test_one_train_file_and_one_test_file_are_one_device(tmp_path: Path) -> None:
+    train = write(tmp_path / "smap_train.csv", "when,v,label\n2024-01-02,1,0\n2024-01-03,2,0\n")
+    test = write(tmp_path / "smap_test.csv", "when,v,label\n2024-01-01,3,1\n")
+    series, unmatched = load_train_test([train], [test], time="when")
+    assert unmatched == [] and set(series.frame["device_id"]) == {"smap_test"}
+    assert series.frame["is_train"].to_list() == [True, True, False]  # train first, whatever the times
+    with pytest.raises(ValueError, match="both train and test"):
+        load_train_test([train], [train])
+    with pytest.raises(ValueError, match="either separate train and test files or a split column"):
+        load_train_test([train], [test], split="part")
+
+
+def test_train_and_test_matched_by_device_column_and_no_match_is_an_error(tmp_path: Path) -> None:
+    pl.DataFrame({"device_id": ["P-1", "P-2"], "value": [0.1, 0.2], "label": [0, 0]}).write_parquet(
+        tmp_path / "train.parquet"
+    )
+    pl.DataFrame({"device_id": ["P-2", "P-2"], "value": [0.3, 0.4], "label": [0, 1]}).write_parquet(
+        tmp_path / "test.parquet"
+    )
+    series, unmatched = load_train_test(
+        [tmp_path / "train.parquet"], [tmp_path / "test.parquet"], device="device_id"
+    )
+    assert unmatched == []
+    assert series.frame.filter(pl.col("device_id") == "P-2")["value"].to_list() == [0.2, 0.3, 0.4]
+    write(tmp_path / "a" / "x.csv", "v,label\n1,0\n")
+    write(tmp_path / "a" / "y.csv", "v,label\n1,0\n")
+    write(tmp_path / "b" / "z.csv", "v,label\n1,0\n")
+    write(tmp_path / "b" / "w.csv", "v,label\n1,0\n")
+    with pytest.raises(ValueError, match="no test device has a train part"):
+        load_train_test([tmp_path / "a"], [tmp_path / "b"])

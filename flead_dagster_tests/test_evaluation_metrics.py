@@ -235,3 +235,77 @@ def test_reports_serialise_to_strict_json() -> None:
     back = json.loads(text)
     assert back["pooled"]["event"]["detected"] == 1
     assert set(back["devices"]) == {"big", "small"}
+
+
+# index          0123456789012345
+SEQUENCES = bits("0011100000111000")  # labelled sequences 2..4 and 10..12
+FLAGS = bits("0001100010000110")  # flagged runs 3..4 (inside the first), 8, 13..14 (right after the second)
+
+
+def test_far_and_mar_beside_point_scores() -> None:
+    point = point_scores(FLAGS, SEQUENCES)
+    assert (point.tp, point.fp, point.fn, point.tn) == (2, 3, 4, 7)
+    assert point.false_alarm_rate == pytest.approx(3 / 10)  # false positives / actual negatives
+    assert point.missed_alarm_rate == pytest.approx(4 / 6)  # false negatives / actual positives
+    quiet = point_scores(bits("000"), bits("000"))
+    assert quiet.false_alarm_rate == 0.0 and quiet.missed_alarm_rate is None
+
+
+def test_event_sequence_metric_two_sequences_three_flagged_runs() -> None:
+    report = evaluate_device(SEQUENCES, FLAGS)
+    seq = report.event_sequence
+    # One sequence detected, one missed; runs 8 and 13..14 touch no sequence: two false positives.
+    assert (seq.events, seq.detected, seq.false_positive_runs) == (2, 1, 2)
+    assert seq.precision == pytest.approx(1 / 3)
+    assert seq.recall == pytest.approx(1 / 2)
+    assert seq.f1 == pytest.approx(0.4)
+
+
+def test_event_sequence_ignores_event_ids_and_the_event_metric_follows_them() -> None:
+    labels = bits("0111100")
+    ids = np.array([-1, 1, 1, 2, 2, -1, -1])  # two injected events back to back: one sequence
+    alarms = bits("0001000")
+    report = evaluate_device(labels, alarms, event_ids=ids)
+    assert (report.event.events, report.event.detected) == (2, 1)
+    assert (report.event_sequence.events, report.event_sequence.detected) == (1, 1)
+    assert report.event_sequence.f1 == 1.0
+
+
+def test_pooled_event_sequence_counts_are_sums_over_devices() -> None:
+    frame = pl.DataFrame(
+        {
+            "device_id": ["a"] * 16 + ["b"] * 6,
+            "label": np.r_[SEQUENCES, bits("000110")].astype(np.int8),
+            "alarm": np.r_[FLAGS, bits("110110")],
+        }
+    )
+    result = evaluate_frame(frame, score=None, ts=None)
+    a, b, pooled = result.devices["a"], result.devices["b"], result.pooled
+    assert (b.event_sequence.events, b.event_sequence.detected, b.event_sequence.false_positive_runs) == (
+        1,
+        1,
+        1,
+    )
+    for field in ("events", "detected", "false_positive_runs"):
+        total = getattr(a.event_sequence, field) + getattr(b.event_sequence, field)
+        assert getattr(pooled.event_sequence, field) == total
+    assert pooled.event_sequence.precision == pytest.approx(2 / 5)  # not the mean of 1/3 and 1/2
+    assert pooled.point.false_alarm_rate == pytest.approx(5 / 14)
+    assert result.macro["event_sequence_f1"] == pytest.approx((0.4 + 2 / 3) / 2)
+
+
+def test_unjudged_readings_are_counted_by_reason_and_may_not_alarm() -> None:
+    frame = pl.DataFrame(
+        {
+            "device_id": ["a"] * 4,
+            "label": [0, 1, 1, 0],
+            "alarm": [False, False, True, False],
+            "why": ["no threshold yet", "no threshold yet", None, None],
+        }
+    )
+    report = evaluate_frame(frame, score=None, ts=None, unjudged="why").pooled
+    assert report.judged == 2 and report.unjudged == {"no threshold yet": 2}
+    assert report.point.fn == 1  # an unjudged labelled reading is missed, as in service
+    with pytest.raises(ValueError, match="1 unjudged readings have an alarm"):
+        evaluate_frame(frame.with_columns(alarm=pl.lit(True)).head(1), score=None, ts=None, unjudged="why")
+    assert evaluate_device(bits("01"), bits("01")).unjudged == {}

@@ -2,8 +2,19 @@
 
 The frame has a row per reading: ``device_id``, then ``ts`` (Datetime us UTC) when a time column is
 given or else ``row`` (each device's 0-based position: row order is time order), the features as
-Float64, ``label`` (Int8, 1 = anomaly) and, when an event column is given, ``event_id`` (Int64, null
-outside events). Rows are sorted by device, then time; readings with equal times keep file order.
+Float64, ``label`` (Int8, 1 = anomaly), when an event column is given ``event_id`` (Int64, null
+outside events) and, when the data carries its own train/test split, ``is_train`` (Boolean). Rows
+are sorted by device, then time; readings with equal times keep file order.
+
+The split comes from a split column (`split`: ``train`` / ``test`` in any case, or 0 = train and
+1 = test, booleans as 0/1; anything else is refused) or from separate train and test files
+(`load_train_test`: within a device the train file's rows come first, then the test file's).
+
+Files: ``.csv``, ``.tsv`` (tab-separated by default) and ``.parquet`` / ``.pq`` are recognised by
+name (folders yield those); once a separator is given, a file named explicitly is read as CSV whatever
+its extension (``.txt``, ``.dat``, ...). ``\\t`` (backslash-t, as typed in a shell) means tab. Values
+wrapped in quotes (``'2004-02-29T00:00:18'`` or ``"..."``) are unwrapped: a column quoted throughout
+that holds numbers is read as numbers.
 
 Without a device column every file is one device, named by its path below the files' common folder
 without the extension, so ``site-a/0.csv`` and ``site-b/0.csv`` stay two devices. With one, the
@@ -13,6 +24,7 @@ Every problem is a ValueError naming the file.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,10 +37,14 @@ TS = "ts"
 ROW = "row"
 LABEL = "label"
 EVENT = "event_id"
-OUTPUT_COLUMNS = (DEVICE, TS, ROW, LABEL, EVENT)
+IS_TRAIN = "is_train"
+OUTPUT_COLUMNS = (DEVICE, TS, ROW, LABEL, EVENT, IS_TRAIN)
 
-CSV_SUFFIXES = (".csv.gz", ".csv")
+CSV_SUFFIXES = (".csv.gz", ".csv", ".tsv.gz", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+DEFAULT_SEPARATOR = ","
+_QUOTES = "'\""
+_SPLIT_WORDS = {"train": True, "test": False}
 NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 _BOOLEAN_WORDS = {
     "true": True,
@@ -53,21 +69,44 @@ class LabelledSeries:
         """``ts`` when the data has times, else ``row``."""
         return TS if TS in self.frame.columns else ROW
 
+    @property
+    def has_split(self) -> bool:
+        """Whether the data says which readings train (``is_train``)."""
+        return IS_TRAIN in self.frame.columns
 
-def find_files(paths: Iterable[Path | str]) -> list[Path]:
-    """The CSV / Parquet files among `paths`, folders searched recursively (hidden entries skipped)."""
+
+def parse_separator(separator: str | None) -> str | None:
+    """One character; ``\\t`` (backslash-t as typed in a shell) or ``tab`` is a tab; None = not given."""
+    if separator is None:
+        return None
+    if separator in ("\\t", "tab"):
+        return "\t"
+    if len(separator.encode()) != 1:
+        raise ValueError(f"the separator must be one character (or \\t for tab), got {separator!r}")
+    return separator
+
+
+def find_files(paths: Iterable[Path | str], *, separator_given: bool = False) -> list[Path]:
+    """The CSV / Parquet files among `paths`, folders searched recursively (hidden entries skipped).
+
+    With `separator_given`, a file named explicitly is a CSV whatever its extension (a folder still
+    yields only CSV / Parquet files: it may hold notes).
+    """
     found: dict[Path, None] = {}
+    known = CSV_SUFFIXES + PARQUET_SUFFIXES
     for given in paths:
         path = Path(given)
         if path.is_dir():
             for file in sorted(path.rglob("*")):
                 relative = file.relative_to(path).parts
-                if file.is_file() and _suffix(file) and not any(p.startswith(".") for p in relative):
+                listed = _suffix(file, known) is not None
+                if file.is_file() and listed and not any(p.startswith(".") for p in relative):
                     found.setdefault(file.resolve())
         elif path.is_file():
-            if not _suffix(path):
+            if not separator_given and not _suffix(path, known):
                 raise ValueError(
-                    f"{path}: not a CSV or Parquet file (want {CSV_SUFFIXES + PARQUET_SUFFIXES})"
+                    f"{path}: not a CSV or Parquet file (want {CSV_SUFFIXES + PARQUET_SUFFIXES}; "
+                    "a CSV with another extension is read as one once a separator is given, e.g. --sep ',')"
                 )
             found.setdefault(path.resolve())
         else:
@@ -83,7 +122,7 @@ def device_names(files: Sequence[Path]) -> dict[Path, str]:
     files_by_name: dict[str, Path] = {}
     for file in files:
         relative = file.relative_to(root).as_posix()
-        name = relative[: -len(_suffix(file))]
+        name = relative[: len(relative) - len(_extension(file))]
         if (twin := files_by_name.setdefault(name, file)) != file:
             raise ValueError(f"{file}: names the same device {name!r} as {twin}; pass a device column")
     return {file: name for name, file in files_by_name.items()}
@@ -93,31 +132,36 @@ def load_labelled(
     paths: Iterable[Path | str],
     *,
     label: str = LABEL,
-    separator: str = ",",
+    separator: str | None = None,
     time: str | None = None,
     time_format: str | None = None,
     device: str | None = None,
     features: Sequence[str] | None = None,
     event: str | None = None,
+    split: str | None = None,
 ) -> LabelledSeries:
     """Read labelled readings from CSV / Parquet files or folders.
 
+    `separator`: the CSV field separator (default ","; see `parse_separator`).
     `label`: non-zero, true, "true"/"yes"/"t"/"y" (any case) or a non-zero number as text mean an
     anomaly. `time`: parsed to datetimes (text with `time_format` or an inferred ISO-like format,
     numbers as Unix seconds; naive times are taken as UTC); without it row order is time order.
     `features`: default = every numeric column other than the time, device, label and event columns
     (and other than the output column names), in order of first appearance over the files.
-    `event`: an integer event id column, null outside events.
+    `features` may hold shell-style patterns (``cmd_*``), matched against those numeric columns.
+    `event`: an integer event id column, null outside events. `split`: the train/test column.
     """
-    files = find_files(paths)
-    tables = {file: _read(file, separator) for file in files}
-    roles = {c for c in (label, time, device, event) if c is not None}
+    separator = parse_separator(separator)
+    files = find_files(paths, separator_given=separator is not None)
+    roles = {c for c in (label, time, device, event, split) if c is not None}
+    tables = {file: _read(file, separator, roles) for file in files}
+    numeric = _default_features(tables.values(), roles)
     if features is None:
-        features = _default_features(tables.values(), roles)
+        features = numeric
         if not features:
             raise ValueError(f"no numeric feature columns in {[str(f) for f in files]}")
     else:
-        features = list(features)
+        features = _expand_features(features, numeric)
         clash = [f for f in features if f in OUTPUT_COLUMNS or f in roles]
         if clash:
             raise ValueError(
@@ -135,13 +179,15 @@ def load_labelled(
             device=device,
             features=features,
             event=event,
+            split=split,
         )
         for file, table in tables.items()
     ]
     frame = pl.concat(frames, how="vertical")
     if time is None:
         frame = frame.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over(DEVICE).alias(ROW))
-        frame = frame.select(DEVICE, ROW, *features, LABEL, *([EVENT] if event else []))
+        extra = [*([EVENT] if event else []), *([IS_TRAIN] if split else [])]
+        frame = frame.select(DEVICE, ROW, *features, LABEL, *extra)
         frame = frame.sort(DEVICE, ROW)
     else:
         frame = frame.sort(DEVICE, TS, maintain_order=True)
@@ -179,13 +225,60 @@ def split_series(
     )
 
 
-def _suffix(path: Path) -> str | None:
+def load_train_test(
+    train: Iterable[Path | str], test: Iterable[Path | str], **options
+) -> tuple[LabelledSeries, list[str]]:
+    """Train and test readings from separate files, as one series with ``is_train``; and the test
+    devices that have no train part.
+
+    Devices are matched by the device column or, without one, by file name (the path below each
+    side's common folder); one train file and one test file are one device, named by the test
+    file. The features are the train part's (default: its numeric columns).
+    """
+    if options.get("split") is not None:
+        raise ValueError("give either separate train and test files or a split column, not both")
+    fit = load_labelled(train, **options)
+    judge = load_labelled(test, **{**options, "features": list(fit.features)})
+    if shared := set(fit.files) & set(judge.files):
+        raise ValueError(f"files given as both train and test: {sorted(map(str, shared))}")
+    fit_frame = fit.frame
+    if options.get("device") is None and len(fit.files) == len(judge.files) == 1:
+        fit_frame = fit_frame.with_columns(pl.lit(judge.frame[DEVICE][0]).alias(DEVICE))
+    train_devices, test_devices = set(fit_frame[DEVICE]), set(judge.frame[DEVICE])
+    if not train_devices & test_devices:
+        raise ValueError(
+            f"no test device has a train part: train devices {sorted(train_devices)[:5]}, test devices "
+            f"{sorted(test_devices)[:5]}; name the files alike or pass the device column"
+        )
+    order = TS if TS in fit_frame.columns else ROW
+    frame = pl.concat(
+        [
+            fit_frame.with_columns(pl.lit(True).alias(IS_TRAIN)),
+            judge.frame.with_columns(pl.lit(False).alias(IS_TRAIN)),
+        ]
+    ).sort([DEVICE, IS_TRAIN, order], descending=[False, True, False], maintain_order=True)
+    if order == ROW:
+        frame = frame.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over(DEVICE).alias(ROW))
+    series = LabelledSeries(frame=frame, features=fit.features, files=(*fit.files, *judge.files))
+    return series, sorted(test_devices - train_devices)
+
+
+def _suffix(path: Path, known: Sequence[str] = CSV_SUFFIXES + PARQUET_SUFFIXES) -> str | None:
     name = path.name.lower()
-    return next((s for s in CSV_SUFFIXES + PARQUET_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+    return next((s for s in known if name.endswith(s) and len(name) > len(s)), None)
 
 
-def _read(path: Path, separator: str) -> pl.DataFrame:
-    is_csv = _suffix(path) in CSV_SUFFIXES
+def _extension(path: Path) -> str:
+    """What a device name leaves out: a known suffix, else the last one (with a trailing .gz)."""
+    if known := _suffix(path):
+        return known
+    return "".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix
+
+
+def _read(path: Path, separator: str | None, roles: set[str]) -> pl.DataFrame:
+    is_csv = _suffix(path, PARQUET_SUFFIXES) is None
+    if separator is None:
+        separator = "\t" if _suffix(path, (".tsv", ".tsv.gz")) else DEFAULT_SEPARATOR
     try:
         if is_csv:
             # A full-file schema scan, so a column that turns fractional late is not refused.
@@ -196,9 +289,63 @@ def _read(path: Path, separator: str) -> pl.DataFrame:
         raise ValueError(f"{path}: the file is empty") from error
     except (pl.exceptions.PolarsError, OSError) as error:
         raise ValueError(f"{path}: cannot read it as {'CSV' if is_csv else 'Parquet'}: {error}") from error
+    if is_csv:
+        _check_separator(table, path, separator)
     if table.height == 0:
         raise ValueError(f"{path}: the file has a header but no rows")
-    return table
+    return _unquote(table, roles) if is_csv else table
+
+
+def _check_separator(table: pl.DataFrame, path: Path, separator: str) -> None:
+    """One column whose name holds another common separator: the file was read with the wrong one."""
+    if table.width != 1:
+        return
+    header = table.columns[0]
+    for other, flag in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ","), (" ", " ")):
+        if other != separator and other in header.strip():
+            raise ValueError(
+                f"{path}: read with the separator {separator!r} the file has one column {header[:60]!r}; "
+                f"it looks '{flag}'-separated: pass --sep '{flag}'"
+            )
+
+
+def _unquote(table: pl.DataFrame, roles: set[str]) -> pl.DataFrame:
+    """Strip quotes wrapping every value of a text column (an export quirk); such a column holding
+    numbers becomes a number column, unless it plays a role (device ids stay text)."""
+    columns = []
+    for name, dtype in table.schema.items():
+        column = table[name]
+        if dtype == pl.String:
+            text = column.str.strip_chars(" ")
+            values = text.drop_nulls()
+            wrapped = values.len() > 0 and any(
+                (values.str.starts_with(q) & values.str.ends_with(q) & (values.str.len_chars() >= 2)).all()
+                for q in _QUOTES
+            )
+            if wrapped:
+                column = text.str.slice(1, text.str.len_chars() - 2)
+                as_number = column.cast(pl.Float64, strict=False)
+                if name not in roles and as_number.null_count() == column.null_count():
+                    column = as_number
+        columns.append(column)
+    return pl.DataFrame(columns)
+
+
+def _expand_features(requested: Sequence[str], numeric: Sequence[str]) -> list[str]:
+    """Requested feature names with shell-style patterns replaced by the numeric columns they match."""
+    expanded: dict[str, None] = {}
+    for item in requested:
+        if not any(c in item for c in "*?["):
+            expanded.setdefault(item)
+            continue
+        matched = fnmatch.filter(numeric, item)
+        if not matched:
+            raise ValueError(
+                f"the feature pattern {item!r} matches no numeric column (they are {list(numeric)})"
+            )
+        for name in matched:
+            expanded.setdefault(name)
+    return list(expanded)
 
 
 def _default_features(tables: Iterable[pl.DataFrame], roles: set[str]) -> list[str]:
@@ -221,8 +368,9 @@ def _conform(
     device: str | None,
     features: Sequence[str],
     event: str | None,
+    split: str | None,
 ) -> pl.DataFrame:
-    wanted = [c for c in (label, time, device, event, *features) if c is not None]
+    wanted = [c for c in (label, time, device, event, split, *features) if c is not None]
     missing = [c for c in wanted if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing} (the file has {table.columns})")
@@ -237,6 +385,8 @@ def _conform(
     columns.append(_labels(table[label], path).alias(LABEL))
     if event is not None:
         columns.append(_event_ids(table[event], path).alias(EVENT))
+    if split is not None:
+        columns.append(_split_flags(table[split], path).alias(IS_TRAIN))
     return pl.DataFrame(columns)
 
 
@@ -253,6 +403,7 @@ def _times(column: pl.Series, path: Path, time_format: str | None) -> pl.Series:
     dtype = column.dtype
     problem = f"{path}: cannot parse time column {column.name!r}"
     if dtype == pl.String:
+        column = column.str.strip_chars(" ").str.strip_chars(_QUOTES)  # '2004-02-29T00:00:18'
         try:
             parsed = column.str.to_datetime(time_format, time_unit="us", strict=False)
         except pl.exceptions.PolarsError as error:
@@ -286,7 +437,7 @@ def _labels(column: pl.Series, path: Path) -> pl.Series:
             raise ValueError(f"{problem} has NaN labels")
         flags = column != 0
     elif dtype == pl.String:
-        text = column.str.strip_chars().str.to_lowercase()
+        text = column.str.strip_chars().str.strip_chars(_QUOTES).str.to_lowercase()
         as_number = text.cast(pl.Float64, strict=False).fill_nan(None)
         flags = text.replace_strict(_BOOLEAN_WORDS, default=None, return_dtype=pl.Boolean).fill_null(
             as_number != 0
@@ -301,6 +452,28 @@ def _labels(column: pl.Series, path: Path) -> pl.Series:
     if flags.null_count():
         raise ValueError(f"{problem} has {flags.null_count()} empty values")
     return flags.cast(pl.Int8)
+
+
+def _split_flags(column: pl.Series, path: Path) -> pl.Series:
+    """True for the train part: ``train`` / ``test`` (any case), or 0 = train and 1 = test."""
+    dtype = column.dtype
+    if dtype == pl.String:
+        text = column.str.strip_chars(" ").str.strip_chars(_QUOTES).str.to_lowercase()
+        words = {**_SPLIT_WORDS, "0": True, "1": False}
+        flags = text.replace_strict(words, default=None, return_dtype=pl.Boolean)
+    elif dtype == pl.Boolean or dtype.is_numeric():
+        flags = column.cast(pl.Float64).replace_strict(
+            {0.0: True, 1.0: False}, default=None, return_dtype=pl.Boolean
+        )
+    else:
+        raise ValueError(f"{path}: split column {column.name!r} has unsupported type {dtype}")
+    bad = column.filter(flags.is_null())
+    if bad.len():
+        raise ValueError(
+            f"{path}: split column {column.name!r} has {bad.len()} values that are neither train / test "
+            f"nor 0 (train) / 1 (test), e.g. {bad.unique(maintain_order=True).head(3).to_list()}"
+        )
+    return flags
 
 
 def _event_ids(column: pl.Series, path: Path) -> pl.Series:
