@@ -2,9 +2,16 @@
 
 The simulation and the stream trainer both drive devices through this class, so what is measured
 offline is what runs online. The protocol is the one in `flead.federated.client`.
+
+Update ids are ``{device}:{epoch}:{sequence}``: `epoch` is drawn at random for every new device state
+and kept with it (a restored state continues its sequence), so a device whose state starts over (lost,
+reset, another deployment on the same API) never repeats an id the API has seen, which would be
+answered "duplicate" and dropped.
 """
 
 from __future__ import annotations
+
+import secrets
 
 import numpy as np
 import polars as pl
@@ -33,6 +40,7 @@ class DeviceClient:
         self.adopted: dict[str, np.ndarray] | None = None  # the global weights adopted last
         self.anchor: dict[str, np.ndarray] | None = None  # FedProx anchor: weights at that adoption
         self.reported: dict[str, np.ndarray] | None = None  # weights as of the last push
+        self.epoch = new_epoch()  # of this state; with `sequence` it makes update ids unique
         self.sequence = 0
 
     def adopt(self, state: GlobalState) -> None:
@@ -71,9 +79,14 @@ class DeviceClient:
         self.sequence += 1
         return LocalUpdate(
             device_id=self.device_id,
-            update_id=f"{self.device_id}:{self.sequence}",
+            update_id=f"{self.device_id}:{self.epoch}:{self.sequence}",
             base_version=self.base_version,
             n_samples=samples,
             arrays=delta,
             kind="delta",
         )
+
+
+def new_epoch() -> str:
+    """A random token for a new device state (8 hex digits: 2**32 states before a likely repeat)."""
+    return secrets.token_hex(4)

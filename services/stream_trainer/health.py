@@ -22,6 +22,8 @@ COUNTERS = (
     "records_in",  # records polled
     "valid",
     "dlq",  # invalid records sent to the dead-letter topic
+    "dlq_truncated",  # dead letters stored truncated (too large to send whole, or refused by Kafka)
+    "dlq_undeliverable",  # dead letters Kafka refused even truncated: dropped, logged with their offset
     "late",  # late records (side output: the dead-letter topic with a "late: ..." reason)
     "scored",
     "anomalies",
@@ -30,6 +32,7 @@ COUNTERS = (
     "checkpoint_failures",
     "mongo_errors",
     "fenced",  # partitions whose checkpoint was refused because another member owns them now
+    "partition_resets",  # checkpoints of a recreated topic discarded: the partition read from its start
     "updates_pushed",
     "adoptions",
     "adoption_errors",

@@ -4,9 +4,11 @@
 Kafka sends are asynchronous and kept until acknowledged; anomaly documents go to MongoDB from a
 background thread (`anomaly_store`) within about a second. A checkpoint first settles both, and fails
 (so commits nothing) until every output it covers is stored. Anomaly documents are keyed by
-``f"{device_id}:{ts}"`` (ts in ISO form with microseconds): a replay or a restart never duplicates
-them in MongoDB. The anomaly topic is at-least-once: after a restart, events since the last checkpoint
-are sent again with the same ``event_id``.
+``f"{device_id}:{ts}"`` (ts in ISO form with microseconds) and carry the event time as ``ts`` (a BSON
+date, for queries: milliseconds only) and ``ts_us`` (integer microseconds since the epoch): a replay or
+a restart never duplicates them in MongoDB, and readings microseconds apart stay apart. The anomaly
+topic is at-least-once: after a restart, events since the last checkpoint are sent again with the same
+``event_id``. Dead letters too large to send whole are sent truncated (`flead.bus.dlq`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from kafka import KafkaProducer
+from kafka.errors import InvalidRecordError, MessageSizeTooLargeError, RecordListTooLargeError
+from kafka.future import Future
 from pymongo import UpdateOne
 from pymongo.database import Database
 
 from flead.bus.codec import Rejected
-from flead.bus.dlq import dead_letter_headers
+from flead.bus.dlq import dead_letter, truncated, value_limit
 from flead.config import Settings
 from services.stream_trainer.anomaly_store import AnomalyStore
 from services.stream_trainer.health import Counters
@@ -33,6 +37,9 @@ log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SEND_ATTEMPTS = 3
+# what Kafka refuses for the record itself (retrying it unchanged cannot help)
+REFUSED_RECORD = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+REFUSED_PREFIX_BYTES = 1024  # a dead letter refused even so is resent with this much of its value
 
 
 class OutputError(RuntimeError):
@@ -49,7 +56,10 @@ class Outputs:
         self.devices = db[settings.collection_devices]
         self.counters = counters
         self.trainer_id = trainer_id
-        self._in_flight: list[tuple[object, tuple]] = []  # (future, (topic, key, value, headers))
+        # (future, (topic, key, value, headers, the Rejected of a side output or None))
+        self._in_flight: list[tuple[Future, tuple]] = []
+        self._dlq_limit = value_limit(producer)
+        self._dlq_prefix = min(settings.max_message_bytes, self._dlq_limit)
         self.anomaly_store = AnomalyStore(self.anomalies, counters)
         # one attempt may take the server selection timeout: leave room for two
         self._flush_timeout_s = max(10.0, 2 * settings.mongo_server_selection_timeout_ms / 1000)
@@ -66,35 +76,82 @@ class Outputs:
         self._side_output(self.settings.topic_late, late)
 
     def _side_output(self, topic: str, rejected: Iterable[Rejected]) -> None:
-        """The original bytes, with the reason and the source in headers (`flead.bus.dlq`)."""
+        """The original bytes (truncated if too large to send), with the reason and the source in
+        headers (`flead.bus.dlq`)."""
         for r in rejected:
-            self._send((topic, r.key, r.value, dead_letter_headers(r)))
+            letter = dead_letter(r, self._dlq_limit, self._dlq_prefix)
+            if letter.truncated:
+                self.counters.add("dlq_truncated")
+            self._send((topic, letter.key, letter.value, letter.headers, r))
 
     def _send(self, message: tuple) -> None:
-        topic, key, value, headers = message
-        self._in_flight.append((self.producer.send(topic, key=key, value=value, headers=headers), message))
+        topic, key, value, headers, _ = message
+        try:
+            future = self.producer.send(topic, key=key, value=value, headers=headers)
+        except REFUSED_RECORD as exc:  # refused by the producer itself: settled like a refusal by Kafka
+            future = Future().failure(exc)
+        self._in_flight.append((future, message))
         if len(self._in_flight) > 50_000:
             self._in_flight = [(f, m) for f, m in self._in_flight if not f.succeeded()]
 
     def settle_kafka(self, timeout_s: float = 30.0) -> None:
         """Wait until every message sent so far is acknowledged, resending failures; OutputError if
-        some still fail."""
+        some still fail. A side output Kafka refuses for itself (e.g. too large) is resent truncated,
+        and dropped (logged, counted ``dlq_undeliverable``) if even that is refused: one record never
+        blocks the checkpoints."""
         for attempt in range(SEND_ATTEMPTS + 1):
             self.producer.flush(timeout=timeout_s)
-            failed = [m for f, m in self._in_flight if not f.succeeded()]
+            failed = [(f, m) for f, m in self._in_flight if not f.succeeded()]
             if not failed:
+                self._in_flight = []
+                return
+            resend = [m for m in (self._after_failure(f, m) for f, m in failed) if m is not None]
+            if not resend:
                 self._in_flight = []
                 return
             if attempt == SEND_ATTEMPTS:
                 raise OutputError(
-                    f"{len(failed)} Kafka messages (first to {failed[0][0]}) could not be delivered"
+                    f"{len(resend)} Kafka messages (first to {resend[0][0]}) could not be delivered"
                 )
             log.warning(
-                "%d Kafka messages not acknowledged (attempt %d); resending", len(failed), attempt + 1
+                "%d Kafka messages not acknowledged (attempt %d); resending", len(resend), attempt + 1
             )
             self._in_flight = []
-            for message in failed:
+            for message in resend:
                 self._send(message)
+
+    def _after_failure(self, future: Future, message: tuple) -> tuple | None:
+        """What to resend for a message that was not acknowledged: itself, a truncated copy of a side
+        output Kafka refused for its own sake, or nothing (a truncated copy refused too)."""
+        topic, _, value, headers, rejected = message
+        refused = future.failed() and isinstance(future.exception, REFUSED_RECORD)
+        if not refused or rejected is None:
+            return message
+        is_truncated = any(name == "flead.truncated" for name, _ in headers)
+        if not is_truncated and len(value or b"") <= REFUSED_PREFIX_BYTES:
+            return message  # small already: refused with a large neighbour in its batch
+        if len(value or b"") > REFUSED_PREFIX_BYTES:
+            log.warning(
+                "%s: the record of %s offset %d was refused (%s); resending it truncated",
+                topic,
+                rejected.partition,
+                rejected.offset,
+                future.exception,
+            )
+            self.counters.add("dlq_truncated")
+            why = f"refused by Kafka: {type(future.exception).__name__}"
+            letter = truncated(rejected, REFUSED_PREFIX_BYTES, why)
+            return (topic, letter.key, letter.value, letter.headers, rejected)
+        self.counters.add("dlq_undeliverable")
+        log.error(
+            "%s: dropped the record of partition %d offset %d (%s), refused even truncated: %s",
+            topic,
+            rejected.partition,
+            rejected.offset,
+            dict(headers).get("flead.error", b"").decode(errors="replace"),
+            future.exception,
+        )
+        return None
 
     # ----------------------------------------------------------------------------------- anomalies
 
@@ -125,6 +182,7 @@ class Outputs:
             fields = {
                 **common,
                 "ts_text": ts_text,
+                "ts_us": ts_us[k],  # the event time to the microsecond (`ts`, a BSON date, keeps ms)
                 "score": scores[k],
                 "threshold": thresholds[k],
                 "reason": reasons[k],
@@ -141,7 +199,7 @@ class Outputs:
                 }
             )
             event = {"event_id": event_id, **fields, "ts": ts_text, "detected_at": detected_text}
-            self._send((topic, key, json.dumps(event).encode(), []))
+            self._send((topic, key, json.dumps(event).encode(), [], None))
         self.anomaly_store.add(documents)
         self.counters.add("anomalies", len(index))
 

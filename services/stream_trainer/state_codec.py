@@ -44,6 +44,7 @@ def slot_document(
         "detector": client.detector.to_bytes(),  # bytes are stored as BSON binary (no Binary copy)
         "client": {
             "base_version": client.base_version,
+            "epoch": client.epoch,
             "sequence": client.sequence,
             "lineage": slot.lineage,
             "proximal_mu": client.client.proximal_mu,
@@ -76,6 +77,8 @@ def slot_from_document(
     config = ClientConfig(proximal_mu=fields["proximal_mu"], personal_mix=fields["personal_mix"])
     client = DeviceClient(document["device_id"], detector, config, push_every=push_every)
     client.base_version = fields["base_version"]
+    # a state saved before update ids had an epoch keeps the fresh one: its old ids had another form
+    client.epoch = fields.get("epoch") or client.epoch
     client.sequence = fields["sequence"]
     if fields["adopted"] is not None:
         client.adopted = adopted(fields["adopted"])

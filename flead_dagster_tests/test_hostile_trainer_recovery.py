@@ -1,0 +1,177 @@
+"""Hostile cases for the stream trainer's recovery, against the real broker, MongoDB and global API: a
+message too large to dead-letter as it is, device states that start over (update ids), readings
+microseconds apart, topics recreated under surviving checkpoints, and a main job whose trainer makes
+no progress."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+from kafka.structs import TopicPartition
+
+from flead.bus import lag
+from flead.bus.clients import make_producer
+from flead.bus.replay import encode_readings
+from flead.model.config import TrainConfig
+from flead.schema import MEASUREMENTS
+from flead_dagster_tests.test_trainer_http_exchange import OPTIONS, api, feed  # noqa: F401 (fixture)
+from flead_dagster_tests.test_trainer_state import SMALL, readings, records
+from flead_dagster_tests.test_trainer_stream import (
+    Trainer,
+    create_topics,
+    isolated_env,
+    mongo_db,
+    offsets_total,
+    read_all,
+    settings_for,
+)
+from services.stream_trainer.exchange import InProcessExchange
+from services.stream_trainer.exchange_http import HttpExchange
+from services.stream_trainer.federation import Federation
+from services.stream_trainer.health import Counters
+from services.stream_trainer.intake import take_in
+from services.stream_trainer.options import TrainerOptions
+from services.stream_trainer.outputs import Outputs
+from services.stream_trainer.state_codec import slot_document, slot_from_document
+from services.stream_trainer.watermarks import Watermarks
+
+T0 = datetime(2004, 3, 1, tzinfo=UTC)
+BIG = b'{"x":"' + b"x" * 2_000_000 + b'"}'  # the tester's probe: 2 MB, over the producer's 1 MB limit
+
+
+def good_readings(device: str, n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
+    frame = pl.DataFrame(
+        {
+            "device_id": [device] * n,
+            "ts": [T0 + timedelta(seconds=30 * (start + i)) for i in range(n)],
+            "epoch": list(range(start, start + n)),
+            "temperature": [20.0 + (i % 7) * 0.1 for i in range(n)],
+            "humidity": [40.0] * n,
+            "light": [100.0] * n,
+            "voltage": [2.7] * n,
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    keys, values = encode_readings(frame)
+    return list(zip(keys, values, strict=True))
+
+
+def test_a_message_too_large_to_dead_letter_is_stored_truncated_and_the_trainer_goes_on(
+    services_env, tmp_path
+):
+    env = isolated_env(services_env)
+    settings = settings_for(env)
+    create_topics(settings)
+    before, after = good_readings("dev-a", 128), good_readings("dev-a", 128, start=128)
+    producer = make_producer(settings, max_request_size=8 << 20)
+    partition = producer.send(settings.topic_readings, key=before[0][0], value=before[0][1]).get(10).partition
+    for key, value in before[1:]:
+        producer.send(settings.topic_readings, key=key, value=value, partition=partition)
+    big = producer.send(settings.topic_readings, key=b"probe-09", value=BIG, partition=partition).get(30)
+    for key, value in after:
+        producer.send(settings.topic_readings, key=key, value=value, partition=partition)
+    producer.flush(30)
+    producer.close()
+    total = len(before) + 1 + len(after)
+
+    trainer = Trainer(env, tmp_path)
+    health = trainer.wait_for(
+        lambda h: offsets_total(h, "checkpointed_offsets") == total,
+        90,
+        "every record, the big one included, consumed and checkpointed",
+    )
+    counters = health["counters"]
+    assert counters["scored"] == len(before) + len(after)  # the good readings on both sides trained
+    assert counters["dlq"] == 1 and counters["dlq_truncated"] == 1 and health["healthy"]
+
+    # killed after its checkpoint and restarted: the big record is not read (nor dead-lettered) again
+    trainer.kill()
+    again = Trainer(env, tmp_path, name="restarted")
+    again.wait_for(
+        lambda h: len(h["partitions"]) > 0 and offsets_total(h, "checkpointed_offsets") == total,
+        90,
+        "the restarted trainer resumed from the checkpoint",
+    )
+    assert again.stop() == 0, again.tail()
+    assert lag.end_offsets(settings, settings.topic_dlq) == {0: 1}, "exactly one dead letter"
+    [letter] = read_all(settings, settings.topic_dlq, 1)
+    headers = dict(letter.headers)
+    assert headers["flead.truncated"] == b"true"
+    assert headers["flead.original.value_size"] == str(len(BIG)).encode()
+    assert headers["flead.source.offset"] == str(big.offset).encode()
+    assert headers["flead.source.partition"] == str(partition).encode()
+    assert b"exceeds the 65536-byte limit" in headers["flead.error"]
+    assert b"dead-letter limit" in headers["flead.truncated.reason"]
+    assert letter.value == BIG[: settings.max_message_bytes]  # a bounded prefix of the original
+
+
+def test_device_states_that_start_over_never_reuse_an_update_id(api):  # noqa: F811 (fixture)
+    settings, _servers = api
+    exchange = HttpExchange(settings, OPTIONS)
+    assert exchange.open(lambda: False)
+    try:
+        fed = Federation(settings, OPTIONS, exchange, Counters())
+        for seed in (1, 2):  # the same device, its trainer state new each time (lost or reset)
+            slots: dict = {}
+            feed(fed, slots, "dev-a", 256, seed=seed)
+        assert exchange.flush(30), exchange.stats()
+        stats = exchange.stats()
+        assert stats["duplicate"] == 0, "an update of a new state was taken for one already received"
+        assert stats["pushed"] >= 4 and stats["delivered"] == stats["pushed"], stats
+    finally:
+        exchange.close()
+    client, db = mongo_db(settings)
+    try:
+        received = [
+            d["update_id"] for d in db[settings.collection_local_updates].find({"device_id": "dev-a"})
+        ]
+    finally:
+        client.close()
+    assert len(received) == stats["pushed"] == len(set(received))
+
+    # a restored state continues its own sequence under its own epoch
+    slot = slots["dev-a"]
+    document = slot_document(slot, state_id="s", owner={"partition": 0}, adopted_digest=None)
+    restored, _ = slot_from_document(document, adopted=lambda _d: None, push_every=128)
+    assert (restored.client.epoch, restored.client.sequence) == (slot.client.epoch, slot.client.sequence)
+
+
+def test_anomalies_171_microseconds_apart_are_two_documents(settings):
+    options = TrainerOptions(model=SMALL, train=TrainConfig(warmup=100, batch_size=2))
+    fed = Federation(settings, options, InProcessExchange(settings, SMALL), Counters())
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    frame = readings(device, 2).with_columns(
+        pl.Series("ts", [T0, T0 + timedelta(microseconds=171)]).cast(pl.Datetime("us", "UTC")),
+        pl.lit(150.0).alias("temperature"),  # beyond what the sensor can report: always an anomaly
+    )
+    tp = TopicPartition("t", 0)
+    intake = take_in(
+        {tp: records(frame)}, max_bytes=65536, watermarks=Watermarks(3600), features=MEASUREMENTS
+    )
+    [run] = intake.runs
+    slot = fed.new_slot(device, 0)
+    slot.receive(run.rows, run.max_event_us)
+    chunk = slot.score(slot.pending.take(2))
+    assert chunk.is_anomaly.all()
+    client, db = mongo_db(settings)
+    producer = make_producer(settings)
+    collection = db[settings.collection_anomalies]
+    outputs = Outputs(settings, producer, db, Counters(), "test")
+    try:
+        for _ in range(2):  # written twice (a replay): still two documents
+            outputs.anomaly_events(slot, chunk)
+            outputs.store_anomalies()
+        documents = list(collection.find({"device_id": device}).sort("ts_us", 1))
+        epoch_us = int(T0.timestamp() * 1_000_000)
+        assert [d["ts_us"] for d in documents] == [epoch_us, epoch_us + 171]
+        assert len({d["_id"] for d in documents}) == 2
+        # the BSON date, for queries, holds milliseconds: the same for both
+        assert {d["ts"].replace(tzinfo=None) for d in documents} == {T0.replace(tzinfo=None)}
+        assert [json.loads(json.dumps(d["values"]))["temperature"] for d in documents] == [150.0, 150.0]
+    finally:
+        collection.delete_many({"device_id": device})
+        outputs.close()
+        producer.close()
+        client.close()
