@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     trainer_allowed_lateness_s: float = Field(
         300.0, ge=0, description="Event-time lateness after which a reading goes to the late side output."
     )
+    trainer_max_future_s: float = Field(
+        300.0,
+        ge=0,
+        description="How far ahead of the trainer's clock a reading's time may be; later ones go to the DLQ.",
+    )
     trainer_health_port: int = Field(
         8081, ge=0, le=65535, description="Port of the trainer's /health endpoint."
     )

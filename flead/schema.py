@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,17 +25,24 @@ LAKE_SCHEMA: dict[str, pl.DataType] = {
 }
 MEASUREMENTS = ("temperature", "humidity", "light", "voltage")
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+INT64_MAX = 2**63 - 1
+# The date and time written out (RFC 3339 allows a space for the `T`); a number of seconds is not a time.
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
 
 class Reading(BaseModel):
-    """One sensor reading as it travels on Kafka."""
+    """One sensor reading as it travels on Kafka.
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    Strict: a value of the wrong JSON type is refused, never converted (``"21.5"``, ``true``, ``"7"``);
+    a JSON integer is a valid measurement. ``ts`` is an ISO-8601 date and time with a time zone,
+    normalised to UTC."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     schema_version: int = SCHEMA_VERSION
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    ts: datetime
-    epoch: int | None = None
+    ts: datetime = Field(strict=False)  # text, checked by `_iso_text` first (strict would refuse text)
+    epoch: int | None = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX)  # the lake's Int64
     temperature: float | None = None
     humidity: float | None = None
     light: float | None = None
@@ -47,9 +55,22 @@ class Reading(BaseModel):
             raise ValueError(f"unknown schema_version {value} (this build reads {SCHEMA_VERSION})")
         return value
 
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _iso_text(cls, value: object) -> object:
+        if isinstance(value, datetime) or (isinstance(value, str) and _ISO_DATETIME.match(value)):
+            return value
+        raise ValueError(
+            "ts must be an ISO-8601 date and time with a time zone, like 2004-03-01T12:00:31Z, "
+            f"not {value!r:.40}"
+        )
+
     @field_validator("ts")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("ts must carry a timezone (UTC)")
-        return value
+        try:
+            return value.astimezone(UTC)
+        except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-01:00 is in year 10000 in UTC
+            raise ValueError(f"ts is out of range in UTC: {value.isoformat()}") from None

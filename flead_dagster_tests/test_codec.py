@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
 import uuid
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
 
 from flead.bus.clients import make_consumer, make_producer
 from flead.bus.codec import decode_batch
 from flead.bus.dlq import send_dead_letters
 from flead.bus.topics import ensure_topics
+from flead.schema import MEASUREMENTS, Reading
 from flead_dagster_tests.test_bus import consume
 
 GOOD = {
@@ -31,6 +37,21 @@ BAD = {
     json.dumps({**GOOD, "extra": 1}).encode(): "extra: Extra inputs are not permitted",
     json.dumps({**GOOD, "ts": "2004-02-28T00:58:46"}).encode(): "ts must carry a timezone",
     b"{" + b" " * 70_000 + b"}": "exceeds the 65536-byte limit",
+    # strict JSON types: nothing is converted
+    json.dumps({**GOOD, "temperature": "21.5"}).encode(): "temperature: Input should be a valid number",
+    json.dumps({**GOOD, "humidity": True}).encode(): "humidity: Input should be a valid number",
+    json.dumps({**GOOD, "epoch": "7"}).encode(): "epoch: Input should be a valid integer",
+    json.dumps({**GOOD, "epoch": 7.0}).encode(): "epoch: Input should be a valid integer",
+    json.dumps({**GOOD, "epoch": 2**63}).encode(): "epoch: Input should be less than or equal to",
+    json.dumps({**GOOD, "schema_version": "1"}).encode(): "schema_version: Input should be a valid integer",
+    json.dumps({**GOOD, "schema_version": True}).encode(): "schema_version: Input should be a valid integer",
+    json.dumps({**GOOD, "ts": 1078142400}).encode(): "ts: Value error, ts must be an ISO-8601 date and time",
+    json.dumps(
+        {**GOOD, "ts": "1078142400"}
+    ).encode(): "ts: Value error, ts must be an ISO-8601 date and time",
+    json.dumps(
+        {**GOOD, "ts": "9999-12-31T23:59:59-01:00"}
+    ).encode(): "ts: Value error, ts is out of range in UTC",
 }
 
 
@@ -69,10 +90,139 @@ def test_bad_messages_go_to_the_dlq_with_reasons_and_good_ones_around_them_survi
         assert int(headers["flead.source.offset"]) >= 0
 
 
-def test_key_must_match_the_device_id():
-    class Record:
-        topic, partition, offset, key = "t", 0, 7, b"mote-02"
-        value = json.dumps(GOOD).encode()
+class Record:
+    def __init__(self, offset: int, key: bytes | None, value: bytes) -> None:
+        self.topic, self.partition, self.offset, self.key, self.value = "t", 0, offset, key, value
 
-    valid, rejected = decode_batch([Record()], 65536)
-    assert valid.is_empty() and "differs from device_id" in rejected[0].reason
+
+@pytest.mark.parametrize("key", [b"mote-02", None, b""])
+def test_the_key_must_be_the_device_id(key):
+    valid, rejected = decode_batch([Record(7, key, json.dumps(GOOD).encode())], 65536)
+    assert valid.is_empty() and f"key {key!r} does not match device_id 'mote-01'" in rejected[0].reason
+
+
+def test_integer_measurements_and_time_zone_offsets_are_valid():
+    reading = {**GOOD, "temperature": 21, "light": 0, "ts": "2004-02-28T01:58:46.5+01:00"}
+    valid, rejected = decode_batch([Record(0, b"mote-01", json.dumps(reading).encode())], 65536)
+    assert not rejected
+    row = valid.row(0, named=True)
+    assert row["temperature"] == 21.0 and row["light"] == 0.0
+    assert row["ts"] == datetime(2004, 2, 28, 0, 58, 46, 500_000, tzinfo=UTC)
+
+
+# ------------------------------------------- the column-wise path and `Reading` agree on every message
+
+VARIANTS = {
+    "schema_version": [1, 1, "1", True, 1.0, 2, 0, -1, None],
+    "device_id": ["mote-01", "mote-02", 5, "", "m" * 64, "m" * 65, "mote 1", "mote-01\n", "m\u00f6te", None],
+    "ts": [
+        "2004-02-28T00:58:46.002832Z",
+        "2004-02-28T00:58:46Z",
+        "2004-02-28T00:58:46.5Z",
+        "2004-02-28T00:58:46.1234567Z",
+        "2004-02-28T00:58:46+01:00",
+        "2004-02-28 00:58:46Z",
+        "2004-02-28t00:58:46z",
+        "2004-02-28T00:58:46",
+        "2004-02-28",
+        "2004-02-30T00:00:00Z",
+        "2004-02-28T24:00:00Z",
+        "0000-01-01T00:00:00Z",
+        "0001-01-01T00:00:00Z",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59Z",
+        "9999-12-31T23:59:59-01:00",
+        "1078142400",
+        1078142400,
+        1078142400.5,
+        True,
+        None,
+    ],
+    "epoch": [2, 0, -5, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**70, 7.0, 7.5, 1e3, "7", True, None],
+    "measurement": [
+        19.7,
+        21,
+        0,
+        -0.0,
+        1e-300,
+        1e308,
+        2**70,
+        10**400,
+        "21.5",
+        "NaN",
+        True,
+        False,
+        None,
+        [1],
+        {},
+    ],
+}
+RAW = [  # text edits json.dumps cannot make
+    ("19.7", "NaN"),
+    ("19.7", "Infinity"),
+    ("19.7", "1e400"),
+    ("19.7", "19.7e0"),
+    ("19.7", "0019.7"),
+    (", ", ","),
+    (": ", ":"),
+    ('"epoch": 2', '"epoch": 2, "epoch": 3'),
+    ("}", "}\n"),
+    ("}", "} "),
+]
+
+
+def fuzzed_records(n: int, seed: int) -> list[Record]:
+    """Messages in runs of 100, each run with its own share of edited ones: a run of mostly plain
+    messages is parsed by polars in groups, a run of mostly edited ones falls back to `Reading`."""
+    rng = random.Random(seed)
+    records = []
+    for offset in range(n):
+        if offset % 100 == 0:
+            edited = rng.choice([0.0, 0.01, 0.05, 0.3, 0.9])
+        message = {**GOOD, "epoch": offset, "temperature": round(rng.uniform(-10, 40), rng.randint(0, 6))}
+        for _ in range(rng.choice([1, 1, 2]) if rng.random() < edited else 0):
+            name = rng.choice([*GOOD, "missing", "extra"])
+            if name == "missing":
+                message.pop(rng.choice(list(message)), None)
+            elif name == "extra":
+                message["extra"] = 1
+            else:
+                pool = VARIANTS["measurement" if name in MEASUREMENTS else name]
+                message[name] = rng.choice(pool)
+        if rng.random() < edited / 3:
+            message = dict(rng.sample(list(message.items()), len(message)))  # another key order
+        text = json.dumps(message)
+        if rng.random() < edited / 3:
+            text = text.replace(*rng.choice(RAW), 1)
+        key = b"mote-01"
+        if rng.random() < edited / 3:
+            key = rng.choice([None, b"", b"mote-02", str(message.get("device_id")).encode()])
+        records.append(Record(offset, key, text.encode()))
+    return records
+
+
+def reference(record: Record) -> dict | None:
+    """What `Reading` alone makes of one message: the decoded row, or None if it is rejected."""
+    try:
+        reading = Reading.model_validate_json(record.value)
+    except ValidationError:
+        return None
+    if record.key != reading.device_id.encode():
+        return None
+    return {**reading.model_dump(exclude={"schema_version"}), "partition": 0, "offset": record.offset}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_column_wise_path_gives_the_per_record_verdict_on_every_message(seed):
+    records = fuzzed_records(3000, seed)
+    expected = {r.offset: row for r in records if (row := reference(r)) is not None}
+    assert 0.5 * len(records) < len(expected) < 0.95 * len(records)  # both verdicts well represented
+    for size in (len(records), 500, 64, 7):  # however the stream is cut into polls
+        valid, rejected = [], []
+        for start in range(0, len(records), size):
+            v, r = decode_batch(records[start : start + size], 1 << 20)
+            valid += v.to_dicts()
+            rejected += r
+        assert {row["offset"]: row for row in valid} == expected, size
+        assert len(valid) + len(rejected) == len(records)
+        assert all(r.reason for r in rejected)

@@ -1,11 +1,14 @@
 """Reading messages at the Kafka edge: decode and validate a polled batch; reject the bad with a reason.
 
-`flead.schema.Reading` defines what is valid. A poll is decoded column-wise: the messages that are
-plainly well-formed (a flat JSON object of known, distinct keys with the expected JSON types, a device
-id of the allowed form, an event time like ``2004-03-01T12:00:31.000000Z``, finite numbers) are parsed
-together by polars and checked as columns. Every other message, and every message of a group that
-polars could not parse, is validated on its own by `Reading`, which accepts the other forms it allows
-(e.g. a time zone offset) and names what is wrong with the rest.
+`flead.schema.Reading` defines what is valid (strict JSON types), and a message's Kafka key must be its
+device id: unkeyed or foreign-keyed readings would spread one device over several partitions, and so
+over several states. A poll is decoded column-wise: the messages that are plainly well-formed (a flat
+JSON object of known, distinct keys with the expected JSON types, a device id of the allowed form, an
+event time like ``2004-03-01T12:00:31.000000Z``, finite numbers) are parsed together by polars, whose
+typed `read_ndjson` refuses a wrong JSON type as `Reading` does, and checked as columns. Every other
+message, and every message of a group that polars could not parse, is validated on its own by
+`Reading`, which accepts the other forms it allows (e.g. a time zone offset) and names what is wrong
+with the rest. Both ways give the same verdict on every message (`test_codec.py` fuzzes them).
 
 A rejected message keeps its original bytes and where it came from, so the dead-letter topic can hold
 exactly what arrived (see `flead.bus.dlq`).
@@ -123,11 +126,11 @@ def _decode_plain(records: Sequence, candidates: list[int]) -> tuple[pl.DataFram
         & pl.col("device_id").str.contains(DEVICE_ID_PATTERN)
         & pl.col("ts").str.contains(_TS_PATTERN)
         & pl.all_horizontal(pl.col(m).is_finite() | pl.col(m).is_null() for m in MEASUREMENTS)
-        & (pl.col("_key").is_null() | (pl.col("_key") == pl.col("device_id").cast(pl.Binary)))
+        & (pl.col("_key") == pl.col("device_id").cast(pl.Binary))
     ).fill_null(False)
     frame = frame.with_columns(
         pl.col("ts").str.strptime(DECODED_SCHEMA["ts"], _TS_FORMAT, strict=False), _ok=ok
-    ).with_columns(pl.col("_ok") & pl.col("ts").is_not_null())
+    ).with_columns((pl.col("_ok") & (pl.col("ts").dt.year() >= 1)).fill_null(False))  # Python has no year 0
     one_by_one += frame.filter(~pl.col("_ok"))["_i"].to_list()
     valid = frame.filter("_ok").select(*DECODED_SCHEMA, "_i")
     return valid, sorted(one_by_one)
@@ -149,8 +152,11 @@ def _decode_one(record) -> tuple[dict | None, str | None]:
         reading = Reading.model_validate_json(record.value)
     except ValidationError as exc:
         return None, _summarise(exc)
-    if record.key is not None and record.key != reading.device_id.encode():
-        return None, f"key {record.key!r} differs from device_id {reading.device_id!r}"
+    if record.key != reading.device_id.encode():
+        return None, (
+            f"key {record.key!r} does not match device_id {reading.device_id!r} (readings are keyed by "
+            "their device id, which keeps a device's state in one partition)"
+        )
     row = reading.model_dump(exclude={"schema_version"})
     row["partition"], row["offset"] = record.partition, record.offset
     return row, None

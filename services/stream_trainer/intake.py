@@ -1,6 +1,7 @@
-"""One poll on its way in: decode and validate every record, split off the late ones, and group the
-rest by (partition, device) as NumPy rows ready for each device's buffer. Vectorised over the poll,
-validation included (`flead.bus.codec` checks the poll column-wise)."""
+"""One poll on its way in: decode and validate every record, reject those too far ahead of the clock,
+split off the late ones, and group the rest by (partition, device) as NumPy rows ready for each
+device's buffer. Vectorised over the poll, validation included (`flead.bus.codec` checks the poll
+column-wise)."""
 
 from __future__ import annotations
 
@@ -52,13 +53,17 @@ def take_in(
         if partition_records:
             intake.next_offsets[tp.partition] = partition_records[-1].offset + 1
     frame, intake.invalid = decode_batch(records, max_bytes)
-    on_time, late = watermarks.split(frame)
-    if late.height:
-        intake.late = _late_rejections(late, records, watermarks.lateness_us)
-        counts = late.group_by("partition", "device_id", maintain_order=True).len()
+    split = watermarks.split(frame)
+    if split.ahead.height:
+        order = {(r.partition, r.offset): i for i, r in enumerate(records)}
+        ahead = _ahead_rejections(split.ahead, records, split.now_us, watermarks.max_future_us)
+        intake.invalid = sorted(intake.invalid + ahead, key=lambda r: order[(r.partition, r.offset)])
+    if split.late.height:
+        intake.late = _late_rejections(split.late, records, watermarks.lateness_us)
+        counts = split.late.group_by("partition", "device_id", maintain_order=True).len()
         intake.late_by_device = [(int(p), d, int(n)) for p, d, n in counts.iter_rows()]
-    if on_time.height:
-        intake.runs = _device_runs(on_time, tuple(features))
+    if split.on_time.height:
+        intake.runs = _device_runs(split.on_time, tuple(features))
     return intake
 
 
@@ -79,17 +84,33 @@ def _device_runs(frame: pl.DataFrame, features: tuple[str, ...]) -> list[DeviceR
 
 
 def _late_rejections(late: pl.DataFrame, records: Sequence, lateness_us: int) -> list[Rejected]:
+    reasons = [
+        f"late: event time {_iso(ts_us)} is {(watermark_us - ts_us) / 1e6:.3f} s behind the watermark "
+        f"{_iso(watermark_us)} of partition {partition} (latest event time seen minus the allowed "
+        f"lateness of {lateness_us / 1e6:g} s)"
+        for partition, ts_us, watermark_us in late.select("partition", TS_US, WATERMARK_US).iter_rows()
+    ]
+    return _rejected(late, records, reasons)
+
+
+def _ahead_rejections(
+    ahead: pl.DataFrame, records: Sequence, now_us: int, max_future_us: int
+) -> list[Rejected]:
+    reasons = [
+        f"ts: event time {_iso(ts_us)} is {(ts_us - now_us) / 1e6:.0f} s ahead of the wall clock "
+        f"{_iso(now_us)}, more than the allowed {max_future_us / 1e6:g} s (FLEAD_TRAINER_MAX_FUTURE_S)"
+        for ts_us in ahead.get_column(TS_US)
+    ]
+    return _rejected(ahead, records, reasons)
+
+
+def _rejected(rows: pl.DataFrame, records: Sequence, reasons: list[str]) -> list[Rejected]:
     by_position = {(r.partition, r.offset): r for r in records}
     rejected = []
-    for partition, offset, ts_us, watermark_us in late.select(
-        "partition", "offset", TS_US, WATERMARK_US
-    ).iter_rows():
+    for (partition, offset), reason in zip(
+        rows.select("partition", "offset").iter_rows(), reasons, strict=True
+    ):
         record = by_position[(partition, offset)]
-        reason = (
-            f"late: event time {_iso(ts_us)} is {(watermark_us - ts_us) / 1e6:.3f} s behind the watermark "
-            f"{_iso(watermark_us)} of partition {partition} (latest event time seen minus the allowed "
-            f"lateness of {lateness_us / 1e6:g} s)"
-        )
         rejected.append(Rejected(record.topic, partition, offset, record.key, record.value, reason))
     return rejected
 

@@ -72,7 +72,7 @@ class StreamTrainer(RebalanceHandler):
         self._retry_wait = threading.Event()  # never set: an interruptible sleep between retries
         self.owned: dict[int, OwnedPartition] = {}
         self._parked: dict[int, OwnedPartition] = {}  # checkpointed at revocation, reused if re-assigned
-        self.watermarks = Watermarks(settings.trainer_allowed_lateness_s)
+        self.watermarks = Watermarks(settings.trainer_allowed_lateness_s, settings.trainer_max_future_s)
         self.exchange = exchange
         self.status = "starting"
         self.started_at = datetime.now(UTC)
