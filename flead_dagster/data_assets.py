@@ -21,7 +21,7 @@ from pydantic import Field
 
 from flead.config import Settings
 from flead.datasets import lake, pipeline
-from flead.datasets.inject import InjectionConfig
+from flead.datasets.inject import ANOMALY_TYPES, InjectionConfig
 from flead.schema import LAKE_SCHEMA
 
 SETTINGS = Settings()
@@ -177,7 +177,7 @@ def labelled_benchmark(context: AssetExecutionContext, config: LabelConfig) -> M
     scaled = InjectionConfig(
         **{
             f"{kind}_rate": base.rate(kind) * config.rate_scale
-            for kind in ("spike", "stuck_at", "drift", "noise_burst", "dropout")
+            for kind in ANOMALY_TYPES
         }
     )
     labelled = pipeline.label_lake(settings, days, scaled, config.seed)

@@ -27,7 +27,14 @@ from flead.datasets.synthetic import generate_fleet
 from flead.schema import LAKE_SCHEMA, MEASUREMENTS
 
 BUSY = InjectionConfig(
-    spike_rate=2.0, stuck_at_rate=1.0, drift_rate=1.0, noise_burst_rate=1.0, dropout_rate=1.0, max_features=2
+    spike_rate=2.0,
+    stuck_at_rate=1.0,
+    drift_rate=1.0,
+    noise_burst_rate=1.0,
+    dropout_rate=1.0,
+    bias_rate=1.0,
+    noise_increase_rate=1.0,
+    max_features=2,
 )
 
 
@@ -166,6 +173,14 @@ def check_change(kind: str, old: np.ndarray, new: np.ndarray, step: float) -> No
     elif kind == "noise_burst":
         assert delta.std() > 0.4 * step
         assert new.std() > old.std()
+    elif kind == "bias":
+        assert np.allclose(np.abs(delta), step)  # one offset for the whole stretch
+        assert np.unique(np.sign(delta)).size == 1
+        assert old.size >= 120
+    elif kind == "noise_increase":
+        half = delta.size // 2
+        assert np.abs(delta[half:]).mean() > np.abs(delta[:half]).mean()  # the noise grows
+        assert delta.std() > 0.2 * step
     else:
         raise AssertionError(kind)
 
@@ -226,7 +241,7 @@ def test_input_frame_is_not_changed(source: pl.DataFrame) -> None:
 
 
 def test_zero_rates_inject_nothing(source: pl.DataFrame) -> None:
-    none = InjectionConfig(spike_rate=0, stuck_at_rate=0, drift_rate=0, noise_burst_rate=0, dropout_rate=0)
+    none = InjectionConfig(**{f"{kind}_rate": 0 for kind in ANOMALY_TYPES})
     result = inject_anomalies(source, none)
     assert result.events.height == 0
     assert result.readings["label"].sum() == 0
@@ -235,7 +250,7 @@ def test_zero_rates_inject_nothing(source: pl.DataFrame) -> None:
 
 def test_a_crowded_device_still_gets_disjoint_events(source: pl.DataFrame) -> None:
     crowded = InjectionConfig(
-        stuck_at_rate=400.0, spike_rate=0, drift_rate=0, noise_burst_rate=0, dropout_rate=0
+        **{f"{kind}_rate": 0 for kind in ANOMALY_TYPES if kind != "stuck_at"}, stuck_at_rate=400.0
     )
     one = source.filter(pl.col("device_id") == "mote-02")
     result = inject_anomalies(one, crowded)

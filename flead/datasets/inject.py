@@ -1,11 +1,14 @@
 """Labelled anomalies injected into lake readings, so detection quality can be measured.
 
-Five kinds, each placed on one device's time-ordered readings as a stretch of consecutive readings:
+Seven kinds, each placed on one device's time-ordered readings as a stretch of consecutive readings:
 
 - ``spike``: one to a few readings jump by ``magnitude`` device stds (same sign for the stretch);
 - ``stuck_at``: the feature repeats the stretch's first value (the sensor stops updating);
 - ``drift``: an offset growing linearly to ``magnitude`` stds is added (monotone, every point moves);
 - ``noise_burst``: Gaussian noise with a std of ``magnitude`` device stds is added;
+- ``bias``: a constant offset of ``magnitude`` stds for hours (a sensor knocked out of calibration);
+- ``noise_increase``: Gaussian noise whose std rises linearly from 0 to ``magnitude`` stds over hours
+  (a degrading sensor);
 - ``dropout``: the readings of the stretch are removed. Removed readings cannot carry a label, so the
   event table keeps their time range (``start_ts``..``end_ts`` = first..last removed reading,
   ``n_points`` = readings removed) and the first reading after the gap is labelled with the event:
@@ -36,7 +39,9 @@ import polars as pl
 from flead.datasets.lake import conform_to_lake, partition_path, write_parquet_atomic
 from flead.schema import LAKE_SCHEMA, MEASUREMENTS
 
-ANOMALY_TYPES = ("spike", "stuck_at", "drift", "noise_burst", "dropout")
+ANOMALY_TYPES = ("spike", "stuck_at", "drift", "noise_burst", "dropout", "bias", "noise_increase")
+# The faults that last: a detector that learns them away, or caps its alarms, misses most of them.
+SUSTAINED_TYPES = ("stuck_at", "drift", "bias", "noise_increase")
 
 LABELLED_SCHEMA: dict[str, pl.DataType] = {
     **LAKE_SCHEMA,
@@ -71,16 +76,22 @@ class InjectionConfig:
     drift_rate: float = 0.1
     noise_burst_rate: float = 0.2
     dropout_rate: float = 0.1
+    bias_rate: float = 0.1
+    noise_increase_rate: float = 0.1
 
     spike_length: tuple[int, int] = (1, 3)
     stuck_at_length: tuple[int, int] = (20, 120)
     drift_length: tuple[int, int] = (60, 360)
     noise_burst_length: tuple[int, int] = (20, 120)
     dropout_length: tuple[int, int] = (20, 240)
+    bias_length: tuple[int, int] = (120, 720)
+    noise_increase_length: tuple[int, int] = (120, 720)
 
     spike_magnitude: tuple[float, float] = (5.0, 10.0)
     drift_magnitude: tuple[float, float] = (3.0, 6.0)
     noise_burst_magnitude: tuple[float, float] = (3.0, 6.0)
+    bias_magnitude: tuple[float, float] = (2.0, 4.0)
+    noise_increase_magnitude: tuple[float, float] = (2.0, 4.0)
 
     features: tuple[str, ...] = MEASUREMENTS
     max_features: int = 1  # each event hits 1..max_features of `features`
@@ -265,6 +276,10 @@ def _anomalous(rng: np.random.Generator, kind: str, original: np.ndarray, step: 
         return original + sign * step * np.arange(1, n + 1) / n
     if kind == "noise_burst":
         return original + rng.normal(0.0, step, n)
+    if kind == "bias":
+        return original + sign * step
+    if kind == "noise_increase":
+        return original + rng.normal(0.0, 1.0, n) * step * np.arange(1, n + 1) / n
     raise ValueError(f"unknown anomaly type {kind!r}")
 
 

@@ -10,8 +10,10 @@ which is what pooling the data at a centre would give, while each device keeps i
 threshold, as in the other modes.
 
 Two phases: `train` streams are processed prequentially with learning (their outputs are dropped),
-then `score` streams are scored with frozen weights. With ``score=None`` (online evaluation) the
-`train` streams' prequential outputs are the result.
+then each device's threshold is calibrated on its train stream (taken as normal) and the `score`
+streams are scored with frozen weights. With ``score=None`` (online evaluation) the `train` streams'
+prequential outputs are the result, each device calibrating on its first readings; in federated mode a
+device not yet calibrated borrows the fleet's threshold (the median of the calibrated devices').
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from flead.federated.device import DeviceClient
 from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
 from flead.model.config import ModelConfig, TrainConfig
-from flead.model.detector import OnlineDetector
-from flead.model.thresholds import QuantileThreshold
+from flead.model.detector import OnlineDetector, fleet_calibration
+from flead.model.thresholds import CalibratedThreshold, QuantileThreshold
 
 MODES = ("federated", "local", "centralized")
 
@@ -47,7 +49,10 @@ class SimulationConfig:
     aggregate_every: int | None = None  # pending updates that trigger an aggregation (default: devices / 2)
     max_delay_steps: int = 2  # an update arrives 0..max_delay_steps steps after it was sent
     epochs: int = 1  # passes over the train streams
-    threshold_quantile: float = 0.995  # each device's alarm threshold: this quantile of its scores
+    # None (the default): each device's threshold is calibrated on its train part, taken as normal,
+    # at the train config's false-alarm rate (online: on its first readings, or the fleet's until
+    # then). A number q: the old alarm budget, the q-quantile of the device's scores so far.
+    threshold_quantile: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +105,7 @@ def simulate(
         outputs = run.pass_over(train, learn=True, keep=online, on_batch=tick)
     run.finish_training()
     if not online:
+        run.calibrate(train)
         outputs = run.pass_over(score, learn=False, keep=True, on_batch=tick)
     frame = pl.concat(outputs) if outputs else pl.DataFrame(schema=_OUTPUT_SCHEMA)
     return SimulationResult(
@@ -132,7 +138,9 @@ class _Run:
                 OnlineDetector(
                     config.model,
                     train=config.train,
-                    threshold=QuantileThreshold(q=config.threshold_quantile),
+                    threshold=None
+                    if config.threshold_quantile is None
+                    else QuantileThreshold(q=config.threshold_quantile),
                     seed=config.seed,
                 ),
                 config.client,
@@ -193,6 +201,18 @@ class _Run:
             if client.base_version != self.buffer.version:
                 client.adopt(self.buffer.state)
 
+    def calibrate(self, streams: Mapping[str, pl.DataFrame]) -> None:
+        """Each device's threshold from its (normal) train stream, scored by its final model."""
+        for device, client in self.clients.items():
+            if isinstance(client.detector.threshold, CalibratedThreshold) and streams[device].height:
+                client.detector.calibrate(streams[device])
+
+    def _share_calibration(self) -> None:
+        """Devices not yet calibrated borrow the fleet's thresholds: the medians of the calibrated ones."""
+        fleet = fleet_calibration([c.detector.calibration for c in self.clients.values()])
+        for client in self.clients.values():
+            client.detector.borrow(*fleet)
+
     def _process(self, device: str, batch: pl.DataFrame, learn: bool) -> pl.DataFrame:
         client = self.clients[device]
         if self.mode == "centralized" and learn:
@@ -229,6 +249,7 @@ class _Run:
     def _record(self, result) -> None:
         if result.new_state is None:
             return
+        self._share_calibration()
         s = result.summary
         self.history.append(
             {

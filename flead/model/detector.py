@@ -28,12 +28,11 @@ from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig, TrainConfig
 from flead.model.optim import Adam, clip_by_global_norm
 from flead.model.serialization import pack, unpack
-from flead.model.thresholds import QuantileThreshold, SpotThreshold, threshold_from_state_dict
+from flead.model.thresholds import CalibratedThreshold, Threshold, threshold_from_state_dict
 from flead.model.training import loss_and_gradient
 from flead.model.windows import autoencoder_targets, build_inputs, hour_of_day, row_windows
 
 Batch = pl.DataFrame | np.ndarray
-Threshold = QuantileThreshold | SpotThreshold
 
 DETECTOR_FORMAT = "flead-detector"
 DETECTOR_FORMAT_VERSION = 1
@@ -47,6 +46,18 @@ class _Chunk:
     hours: np.ndarray | None  # (n,) hour of day, if the model uses it
     seq: np.ndarray  # (context + n, F) float32: context and chunk normalised, NaN where missing
     current: np.ndarray  # (n, F) float32: the chunk normalised and clipped, what is scored
+
+
+@dataclass
+class _Verdict:
+    """A chunk judged: raw and smoothed scores, severity (times over the threshold), flags."""
+
+    raw: np.ndarray
+    smoothed: np.ndarray
+    severity: np.ndarray
+    flags: np.ndarray
+    suspects: np.ndarray  # flagged by either pass (see `_judge`)
+    run: _Pass
 
 
 @dataclass
@@ -80,14 +91,22 @@ class OnlineDetector:
             raise ValueError("give either a config or a model, not both")
         self.model = model if model is not None else AnomalyModel(config, seed)
         self.train = train or TrainConfig()
-        self.threshold: Threshold = threshold if threshold is not None else QuantileThreshold()
-        self.time_column = time_column
         t = self.train
+        self.threshold: Threshold = (
+            threshold if threshold is not None else CalibratedThreshold(t.false_alarm_rate, t.calibration)
+        )
+        self.time_column = time_column
         self.optimizer = Adam(self.model.network.size, t.learning_rate, t.beta1, t.beta2, t.epsilon)
         cfg = self.model.config
         self.context = np.full((cfg.context_length, cfg.n_features), np.nan)  # raw values, NaN = none
         self.readings_seen = 0
+        self.readings_unjudged = 0  # scored while no threshold existed (no calibration, own or fleet)
         self.suspect_run = 0  # consecutive readings judged anomalous at the end of the context
+        self.smoothed = math.nan  # the last smoothed score (EWMA state)
+        # The lasting-deviation channel: smoothed scores against their own calibrated threshold.
+        self.sustained: CalibratedThreshold | None = None
+        if isinstance(self.threshold, CalibratedThreshold) and t.score_smoothing > 1:
+            self.sustained = CalibratedThreshold(t.false_alarm_rate, t.calibration)
 
     @property
     def config(self) -> ModelConfig:
@@ -148,11 +167,46 @@ class OnlineDetector:
         values, hours = self._arrays(batch, ts)
         if not len(values):
             return np.zeros(0)
-        judged = self.readings_seen >= self.train.warmup
-        scores, _, _, _ = self._judge(
-            self._chunk(values, hours), self.threshold.value if judged else math.inf
-        )
-        return scores
+        return self._judge(self._chunk(values, hours)).raw
+
+    def calibrate(self, normal: Batch, *, ts: np.ndarray | None = None) -> None:
+        """Fit the threshold on the scores the current model gives `normal` readings (taken as normal).
+
+        They are scored from an empty context with frozen weights, as a stream of their own; the
+        readings whose window or smoothing is still filling are left out. The device's own context
+        is not changed. Only a `CalibratedThreshold` can be calibrated this way.
+        """
+        if not isinstance(self.threshold, CalibratedThreshold):
+            raise ValueError(f"a {self.threshold.kind} threshold is not calibrated on normal data")
+        values, hours = self._arrays(normal, ts)
+        saved = self.context, self.smoothed
+        self.context, self.smoothed = np.full_like(self.context, np.nan), math.nan
+        try:
+            chunk = self._chunk(values, hours)
+            raw = self._judge(chunk, judge=False).raw
+            self.threshold.calibrate(self._settled(raw))
+            if self.sustained is not None:
+                self.sustained.calibrate(self._settled(self._smooth(raw)))
+        finally:
+            self.context, self.smoothed = saved
+
+    def _settled(self, scores: np.ndarray) -> np.ndarray:
+        """Scores whose window and smoothing had filled (all of them for a short calibration set)."""
+        settled = self.config.context_length + self.train.score_smoothing
+        return scores[settled:] if len(scores) > 2 * settled else scores
+
+    def borrow(self, threshold: float | None, sustained: float | None) -> None:
+        """Judge with the fleet's calibration until this device has its own."""
+        if isinstance(self.threshold, CalibratedThreshold):
+            self.threshold.borrowed = threshold
+        if self.sustained is not None:
+            self.sustained.borrowed = sustained
+
+    @property
+    def calibration(self) -> tuple[float | None, float | None]:
+        """This device's own fitted thresholds (raw, sustained), None where not calibrated."""
+        raw = self.threshold.fitted if isinstance(self.threshold, CalibratedThreshold) else None
+        return raw, None if self.sustained is None else self.sustained.fitted
 
     def process_many(
         self,
@@ -165,31 +219,44 @@ class OnlineDetector:
     ) -> pl.DataFrame:
         """Prequential: score each chunk with the state before it, judge it, then learn from it.
 
-        Returns one row per reading: ``score``, ``threshold`` (inf while warming up) and
-        ``is_anomaly`` (never during the warm-up). With ``learn=False`` the weights stay frozen while
-        the normaliser, threshold and context still follow the device.
+        Returns one row per reading: ``score`` (the raw score), ``threshold`` (its threshold; inf
+        while no calibration exists: the reading is unjudged), ``severity`` (how many times over its
+        threshold the reading is, on the raw or the sustained channel, whichever is more; 0 when
+        unjudged) and ``is_anomaly`` (severity > 1). With ``learn=False`` the weights stay frozen
+        while the normaliser, calibration and context still follow the device.
         """
         values, hours = self._arrays(batch, ts)
         n = len(values)
-        scores, thresholds, flags = np.zeros(n), np.full(n, math.inf), np.zeros(n, bool)
+        scores, thresholds, severity = np.zeros(n), np.full(n, math.inf), np.zeros(n)
+        flags = np.zeros(n, bool)
         anchor_flat = self._anchor(proximal_mu, anchor) if learn else None
         for lo, hi in self._spans(n):
             bootstrap = self._bootstrap(values[lo:hi])
             chunk = self._chunk(values[lo:hi], None if hours is None else hours[lo:hi])
-            judged = self.readings_seen >= self.train.warmup
-            limit = self.threshold.value if judged else math.inf
-            score, flag, suspect, run = self._judge(chunk, limit)
-            scores[lo:hi], thresholds[lo:hi], flags[lo:hi] = score, limit, flag
-            if judged:
-                self.threshold.update(score[np.isfinite(chunk.current).any(axis=1)])
+            limit = self.threshold.value
+            verdict = self._judge(chunk)
+            scores[lo:hi], thresholds[lo:hi], flags[lo:hi] = verdict.raw, limit, verdict.flags
+            severity[lo:hi] = verdict.severity
+            if math.isinf(limit):
+                self.readings_unjudged += hi - lo
+            self.smoothed = float(verdict.smoothed[-1])
+            if self.readings_seen >= self.train.warmup:
+                present = np.isfinite(chunk.current).any(axis=1)
+                self.threshold.update(verdict.raw[present])
+                if self.sustained is not None:
+                    self.sustained.update(verdict.smoothed[present])
             if learn:
-                self._learn(
-                    chunk, self._learning_weights(score, suspect, limit), run, proximal_mu, anchor_flat
-                )
+                weights = self._learning_weights(verdict)
+                self._learn(chunk, weights, verdict.run, proximal_mu, anchor_flat)
             self._adapt(chunk, bootstrap)
-            self._advance(chunk, suspect)
+            self._advance(chunk, verdict.suspects)
         return pl.DataFrame(
-            [pl.Series("score", scores), pl.Series("threshold", thresholds), pl.Series("is_anomaly", flags)]
+            [
+                pl.Series("score", scores),
+                pl.Series("threshold", thresholds),
+                pl.Series("severity", severity),
+                pl.Series("is_anomaly", flags),
+            ]
         )
 
     # -------------------------------------------------------------------------------------- internals
@@ -279,36 +346,53 @@ class OnlineDetector:
         total = np.where(valid, sq, 0.0).sum(axis=1, dtype=np.float64)
         return total / np.maximum(count, 1)
 
-    def _judge(self, chunk: _Chunk, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Pass]:
-        """(scores, is_anomaly, suspects, the pass to learn from) for a chunk against `limit`.
+    def _judge(self, chunk: _Chunk, *, judge: bool = True) -> _Verdict:
+        """The chunk's scores and flags against the thresholds in force (`judge=False`: none).
 
-        A reading above the limit is hidden from the inputs and the chunk scored again, so the
-        readings after an anomaly are judged without it; suspects are the readings flagged by
-        either pass.
+        Two channels: the raw score against the threshold (a spike), and the smoothed score against
+        the sustained threshold (a deviation too small for one reading that lasts). A flagged reading
+        is hidden from the inputs and the chunk scored again, so the readings after an anomaly are
+        judged without it; suspects are the readings flagged by either pass.
         """
+        limit = self.threshold.value if judge else math.inf
+        sustained = self.sustained.value if judge and self.sustained is not None else math.inf
         run = self._pass(chunk)
-        scores = self._scores(run.pred, chunk.current)
-        flags = scores > limit
-        suspects = flags
-        if flags.any():
-            run = self._pass(chunk, self._maskable(flags))
-            scores = self._scores(run.pred, chunk.current)
-            flags = scores > limit
-            suspects = suspects | flags
-        return scores, flags, suspects, run
+        verdict = self._verdict(run, chunk, limit, sustained)
+        if verdict.flags.any():
+            first = verdict.flags
+            verdict = self._verdict(self._pass(chunk, self._maskable(first)), chunk, limit, sustained)
+            verdict.suspects = first | verdict.flags
+        return verdict
 
-    def _learning_weights(self, scores: np.ndarray, suspects: np.ndarray, limit: float) -> np.ndarray:
+    def _verdict(self, run: _Pass, chunk: _Chunk, limit: float, sustained: float) -> _Verdict:
+        raw = self._scores(run.pred, chunk.current)
+        # A reading counts at most twice the raw threshold towards the smoothed score: one spike
+        # must not keep the readings after it flagged.
+        smoothed = self._smooth(np.minimum(raw, 2.0 * limit) if math.isfinite(limit) else raw)
+        with np.errstate(invalid="ignore"):
+            severity = np.maximum(
+                raw / limit if math.isfinite(limit) else 0.0,
+                smoothed / sustained if math.isfinite(sustained) else 0.0,
+            )
+        severity = np.nan_to_num(np.broadcast_to(severity, raw.shape).astype(np.float64))
+        flags = severity > 1.0
+        return _Verdict(raw, smoothed, severity, flags, flags, run)
+
+    def _smooth(self, raw: np.ndarray) -> np.ndarray:
+        """EWMA of the raw scores over ``score_smoothing`` readings, continuing from `self.smoothed`."""
+        return ewma(raw, self.train.score_smoothing, self.smoothed)
+
+    def _learning_weights(self, verdict: _Verdict) -> np.ndarray:
         """How much each reading counts in training (float32, 0..1)."""
-        how = self.train.anomaly_learning
+        how, suspects = self.train.anomaly_learning, verdict.suspects
         if how == "learn" or not suspects.any():
-            return np.ones(len(scores), np.float32)
+            return np.ones(len(suspects), np.float32)
         if how == "skip":
             return (~suspects).astype(np.float32)
-        # Weight (threshold / score)^2: a reading just above the threshold still counts almost fully,
-        # so a new normal level is learned, while a wild one barely counts at all.
-        return np.where(suspects, np.minimum(1.0, limit / np.maximum(scores, 1e-30)) ** 2, 1.0).astype(
-            np.float32
-        )
+        # Weight 1 / severity^2: a reading just over its threshold still counts almost fully, so a
+        # new normal level is learned, while a wild one barely counts at all.
+        weight = np.minimum(1.0, 1.0 / np.maximum(verdict.severity, 1e-30)) ** 2
+        return np.where(suspects, weight, 1.0).astype(np.float32)
 
     def _learn(
         self, chunk: _Chunk, weights: np.ndarray, run: _Pass, proximal_mu: float, anchor: np.ndarray | None
@@ -343,10 +427,26 @@ class OnlineDetector:
         self.model.n_samples_seen += int(learned.sum())
 
     def _adapt(self, chunk: _Chunk, bootstrap: bool) -> None:
-        """Move the normaliser with the chunk, winsorised so that a wild reading cannot drag it."""
-        if not bootstrap:
+        """Move the normaliser with the chunk, winsorised so that a wild reading cannot drag it. With
+        ``freeze_reference``, only until the device has calibrated: from then on the normaliser is the
+        frozen reference the device is judged against, so a fault that lasts cannot become the scale
+        it is measured in (`accept_new_normal` unfreezes it until the next calibration)."""
+        if not bootstrap and not self.reference_frozen:
             self.model.normalizer.update(chunk.values, clip=self.config.input_clip)
         self.readings_seen += len(chunk.values)
+
+    @property
+    def reference_frozen(self) -> bool:
+        t = self.threshold
+        calibrated = isinstance(t, CalibratedThreshold) and t.fitted is not None and not t.collecting
+        return self.train.freeze_reference and calibrated
+
+    def accept_new_normal(self) -> None:
+        """An operator's word that the device's present behaviour is normal: the normaliser follows it
+        again and both thresholds calibrate anew on the next readings (the old ones judge meanwhile)."""
+        for threshold in (self.threshold, self.sustained):
+            if isinstance(threshold, CalibratedThreshold):
+                threshold.recalibrate()
 
     def _run_positions(self, suspects: np.ndarray) -> np.ndarray:
         """Per reading, how many suspects directly precede it (its place in a run of suspects)."""
@@ -384,8 +484,11 @@ class OnlineDetector:
             "time_column": self.time_column,
             "context": [[None if math.isnan(x) else x for x in row] for row in self.context.tolist()],
             "readings_seen": self.readings_seen,
+            "readings_unjudged": self.readings_unjudged,
             "adam_t": self.optimizer.t,
             "suspect_run": self.suspect_run,
+            "smoothed": None if math.isnan(self.smoothed) else self.smoothed,
+            "sustained": None if self.sustained is None else self.sustained.state_dict(),
         }
         arrays = {**self.model.network.params, "adam.m": self.optimizer.m, "adam.v": self.optimizer.v}
         return pack(header, arrays)
@@ -408,6 +511,11 @@ class OnlineDetector:
             )
             readings_seen, adam_t = int(header["readings_seen"]), int(header["adam_t"])
             suspect_run = int(header["suspect_run"])
+            unjudged = int(header.get("readings_unjudged", 0))
+            smoothed = header.get("smoothed")
+            smoothed = math.nan if smoothed is None else float(smoothed)
+            sustained = header.get("sustained")
+            sustained = None if sustained is None else threshold_from_state_dict(sustained)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad detector checkpoint: {exc!r}") from exc
         if m.shape != (model.network.size,) or v.shape != m.shape:
@@ -415,6 +523,10 @@ class OnlineDetector:
         detector.optimizer.m[...], detector.optimizer.v[...], detector.optimizer.t = m, v, adam_t
         detector.context = context
         detector.readings_seen, detector.suspect_run = readings_seen, suspect_run
+        detector.readings_unjudged, detector.smoothed = unjudged, smoothed
+        if sustained is not None and not isinstance(sustained, CalibratedThreshold):
+            raise ValueError("bad detector checkpoint: the sustained threshold must be calibrated")
+        detector.sustained = sustained
         return detector
 
 
@@ -430,3 +542,39 @@ def _epoch_us(ts: object) -> np.ndarray:
         raise ValueError(f"timestamps must be datetime64, got {array.dtype}")
     array = array.astype("datetime64[us]")
     return np.where(np.isnat(array), 0, array.astype(np.int64))
+
+
+def ewma(values: np.ndarray, span: int, previous: float = math.nan) -> np.ndarray:
+    """Exponentially weighted moving average (alpha = 2 / (span + 1)) of a float array, continuing
+    from `previous` (NaN: start at the first value). Vectorised in blocks short enough that the
+    powers of (1 - alpha) stay within float64."""
+    values = np.asarray(values, dtype=np.float64)
+    if span <= 1 or not values.size:
+        return values.copy()
+    alpha = 2.0 / (span + 1.0)
+    decay = 1.0 - alpha
+    out = np.empty_like(values)
+    level = values[0] if math.isnan(previous) else previous
+    block = max(1, int(600 / -math.log(decay)) // 2)  # decay**-block stays below ~1e130
+    for lo in range(0, values.size, block):
+        x = values[lo : lo + block]
+        powers = decay ** np.arange(1, x.size + 1)
+        out[lo : lo + x.size] = powers * level + alpha * powers * np.cumsum(x / powers)
+        level = out[lo + x.size - 1]
+    return out
+
+
+def fleet_calibration(
+    calibrations: list[tuple[float | None, float | None]],
+) -> tuple[float | None, float | None]:
+    """The fleet's thresholds (raw, sustained) from devices' own: the median of those calibrated.
+
+    Scores are in normalised units, so devices' thresholds are comparable; the median is what a new
+    device borrows, robust to a few devices whose calibration saw a fault.
+    """
+
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return float(np.median(known)) if known else None
+
+    return median([raw for raw, _ in calibrations]), median([sustained for _, sustained in calibrations])

@@ -1,8 +1,14 @@
 """Per-device adaptive thresholds on a stream of anomaly scores (non-negative, larger = stranger).
 
-Both methods work a micro-batch at a time: every score of a batch is compared with the threshold
-the state had before the batch, then the state learns from the batch. Until a method has seen its
-warm-up count of scores the threshold is infinite: no alarms. `state_dict()` is plain JSON.
+Every method works a micro-batch at a time: every score of a batch is compared with the threshold
+the state had before the batch, then the state learns from the batch. Until a method has its
+threshold, it is infinite: readings are not judged. `state_dict()` is plain JSON.
+
+- `CalibratedThreshold` (the default): fitted once on scores of normal behaviour with a stated
+  false-alarm target (peaks over threshold, `calibrated_threshold`) and then held, so the alarm rate
+  can rise to whatever the data demands; before its own calibration a device can borrow the fleet's.
+  The two methods below are alarm *budgets*: they follow the scores, so at most about 1 - q of the
+  readings alarm whatever happens, and a lasting fault is soon below them.
 
 - `QuantileThreshold`: a high quantile of the scores, estimated from a histogram with log-spaced
   bins (fixed size, ~7 % relative resolution) whose counts decay with a half-life, so it follows a
@@ -227,6 +233,93 @@ class SpotThreshold:
         return threshold
 
 
+class CalibratedThreshold:
+    """A threshold fitted on scores of normal behaviour, then held, so the alarm rate is free to rise.
+
+    The first `n_calibration` scores fed to `update` are taken as normal (minus any the borrowed
+    threshold already alarms on, so a device broken from its start does not learn its fault as
+    normal); `calibrate(scores)` fits from given normal scores at once. The fit is
+    `calibrated_threshold` at `false_alarm_rate`. Until a fit exists, `value` is the `borrowed`
+    threshold (the fleet's, travelling with the global model) or infinite: readings unjudged.
+    A fitted threshold never follows later scores: a fault that lasts a week alarms for a week.
+    `recalibrate()` is the explicit way to accept a new normal: calibration starts again from the
+    next scores, and the current threshold keeps judging until the new one is fitted.
+    """
+
+    kind = "calibrated"
+
+    def __init__(
+        self, false_alarm_rate: float = 1e-3, n_calibration: int = 1000, borrowed: float | None = None
+    ) -> None:
+        if not 0.0 < false_alarm_rate < 1.0 or n_calibration < 1:
+            raise ValueError("false_alarm_rate must be within (0, 1) and n_calibration >= 1")
+        if borrowed is not None and not borrowed > 0:
+            raise ValueError(f"a borrowed threshold must be > 0, got {borrowed}")
+        self.false_alarm_rate, self.n_calibration = false_alarm_rate, n_calibration
+        self.borrowed = borrowed
+        self.fitted: float | None = None
+        self.collecting = True
+        self.calibration: list[float] = []
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.fitted is not None
+
+    @property
+    def source(self) -> str:
+        """Where the threshold in force comes from: "own", "fleet" or "none" (unjudged)."""
+        return "own" if self.fitted is not None else "fleet" if self.borrowed is not None else "none"
+
+    @property
+    def value(self) -> float:
+        if self.fitted is not None:
+            return self.fitted
+        return self.borrowed if self.borrowed is not None else math.inf
+
+    def update(self, scores: np.ndarray) -> None:
+        if not self.collecting:
+            return
+        scores = _finite(scores)
+        self.calibration.extend(scores[scores <= self.value].tolist())
+        if len(self.calibration) >= self.n_calibration:
+            self.calibrate(np.asarray(self.calibration))
+
+    def calibrate(self, normal_scores: np.ndarray) -> None:
+        self.fitted = max(calibrated_threshold(normal_scores, self.false_alarm_rate), 1e-12)
+        self.collecting, self.calibration = False, []
+
+    def recalibrate(self) -> None:
+        self.collecting, self.calibration = True, []
+
+    def process_many(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(threshold, is_anomaly) per score from the state before the batch; then learn the batch."""
+        result = _judge(self.value, scores)
+        self.update(scores)
+        return result
+
+    def state_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "false_alarm_rate": self.false_alarm_rate,
+            "n_calibration": self.n_calibration,
+            "borrowed": self.borrowed,
+            "fitted": self.fitted,
+            "collecting": self.collecting,
+            "calibration": [float(np.float32(x)) for x in self.calibration],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> CalibratedThreshold:
+        threshold = cls(state["false_alarm_rate"], state["n_calibration"], state["borrowed"])
+        fitted = state["fitted"]
+        if fitted is not None and not (math.isfinite(fitted) and fitted > 0):
+            raise ValueError(f"a fitted threshold must be finite and > 0, got {fitted!r}")
+        threshold.fitted = None if fitted is None else float(fitted)
+        threshold.collecting = bool(state["collecting"])
+        threshold.calibration = [float(x) for x in state["calibration"]]
+        return threshold
+
+
 def fit_gpd_moments(excess: np.ndarray) -> tuple[float, float]:
     """(shape gamma, scale sigma) of a generalized Pareto distribution by the method of moments.
 
@@ -251,9 +344,12 @@ def spot_threshold(t: float, gamma: float, sigma: float, risk: float, n: int, n_
     return max(z, t)
 
 
-def threshold_from_state_dict(state: dict) -> QuantileThreshold | SpotThreshold:
+Threshold = QuantileThreshold | SpotThreshold | CalibratedThreshold
+
+
+def threshold_from_state_dict(state: dict) -> Threshold:
     """Rebuild a threshold from its `state_dict()`; ValueError for an unknown or malformed state."""
-    kinds = {cls.kind: cls for cls in (QuantileThreshold, SpotThreshold)}
+    kinds = {cls.kind: cls for cls in (QuantileThreshold, SpotThreshold, CalibratedThreshold)}
     try:
         return kinds[state["kind"]].from_state_dict(state)
     except (KeyError, TypeError) as exc:
