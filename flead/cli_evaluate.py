@@ -1,4 +1,4 @@
-"""`flead evaluate`: detection quality of any labelled sensor data, in four modes."""
+"""`flead evaluate`: detection quality of any labelled sensor data, read against references."""
 
 from __future__ import annotations
 
@@ -11,151 +11,289 @@ from rich.table import Table
 
 from flead.cli_output import console, fail
 from flead.config import Settings
-from flead.evaluation.loader import load_labelled
-from flead.evaluation.runner import EVALUATION_MODES, EvaluationPlan, evaluate, load_lake_benchmark
+from flead.evaluation.loader import LabelledSeries, load_labelled, load_train_test
+from flead.evaluation.references import REFERENCES
+from flead.evaluation.runner import (
+    DETECTOR_MODES,
+    EvaluationPlan,
+    describe_split,
+    evaluate,
+    load_lake_benchmark,
+)
+
+LABELS = {
+    "zscore": "z-score",
+    "pca": "PCA T²+Q",
+    "flag_everything": "flag everything",
+    "flag_nothing": "flag nothing",
+}
 
 
 def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else f"{value:,}"
 
 
 def evaluate_command(
     paths: list[Path] = typer.Argument(
         None, help="CSV / Parquet files or folders (default: the lake's labelled benchmark)."
     ),
-    mode: list[str] = typer.Option(
-        ["federated"], "--mode", "-m", help=f"One or more of {', '.join(EVALUATION_MODES)}."
+    train: list[Path] = typer.Option(
+        None, "--train", help="Train part: files or folders (repeat the option for more); needs --test."
     ),
-    separator: str = typer.Option(",", "--sep", help="CSV field separator."),
+    test: list[Path] = typer.Option(
+        None, "--test", help="Test part, scored; devices matched to --train by --device or by file name."
+    ),
+    split_column: str = typer.Option(
+        None, "--split-col", help="Column saying train / test per reading (or 0 = train, 1 = test)."
+    ),
+    mode: list[str] = typer.Option(
+        ["federated"],
+        "--mode",
+        "-m",
+        help=f"Detector modes: {', '.join(DETECTOR_MODES)}. The references {', '.join(REFERENCES)} "
+        "are always evaluated too (naming only references evaluates just them).",
+    ),
+    separator: str = typer.Option(
+        None, "--sep", help="CSV field separator (default ','; '\\t' = tab); any file extension is then CSV."
+    ),
     time_column: str = typer.Option(None, "--time", help="Time column (default: row order is time order)."),
     time_format: str = typer.Option(None, help="strftime format of the time column (default: inferred)."),
     device_column: str = typer.Option(None, "--device", help="Device column (default: one device per file)."),
     label_column: str = typer.Option("label", "--label", help="Label column; non-zero = anomaly."),
     features: str = typer.Option(
-        None, help="Comma-separated feature columns (default: every numeric column)."
+        None,
+        help="Comma-separated feature columns, patterns allowed (cmd_*) (default: every numeric column).",
     ),
     train_fraction: float = typer.Option(
-        None, min=0.0, max=1.0, help="Fit on the first F of each device's rows."
+        None, min=0.0, max=1.0, help="Fit on the first F of each device's rows (default 0.3 without a split)."
     ),
     train_rows: int = typer.Option(None, min=0, help="Fit on the first N rows of each device."),
     online: bool = typer.Option(False, help="Prequential: score every reading, then learn from it."),
     quantile: float = typer.Option(
-        0.98, min=0.5, max=0.99999, help="Alarm above this quantile of a device's scores."
+        0.98, min=0.5, max=0.99999, help="Detector modes: alarm above this quantile of a device's scores."
+    ),
+    false_alarm_rate: float = typer.Option(
+        1e-3, min=1e-9, max=0.5, help="References: threshold calibrated on the train part for this FAR."
+    ),
+    pca_variance: float = typer.Option(
+        0.95, min=0.01, max=1.0, help="PCA reference: share of variance the kept components explain."
     ),
     out: Path = typer.Option(None, help="JSON results file (default HOME/evaluations/evaluation.json)."),
 ) -> None:
-    """Measure detection quality (point / event F1, PR-AUC, delay, false alarms) on labelled data."""
+    """Measure detection quality (point P/R/F1, FAR, MAR, event F1, PR-AUC) against the references."""
     settings = Settings()
-    unknown = [m for m in mode if m not in EVALUATION_MODES]
+    unknown = [m for m in mode if m not in (*DETECTOR_MODES, *REFERENCES)]
     if unknown:
-        raise fail(f"unknown mode(s) {unknown}; choose from {', '.join(EVALUATION_MODES)}")
-    if (train_fraction is not None) + (train_rows is not None) + online > 1:
+        raise fail(f"unknown mode(s) {unknown}; choose from {', '.join(DETECTOR_MODES)}")
+    detector_modes = [m for m in DETECTOR_MODES if m in mode]
+    if bool(train) != bool(test):
+        raise fail("give both --train and --test")
+    if train and paths:
+        raise fail("give either PATHS or --train / --test, not both")
+    if train and split_column:
+        raise fail("give either --train / --test or --split-col, not both")
+    given_split = bool(train) or split_column is not None
+    chosen = (train_fraction is not None) + (train_rows is not None) + online
+    if given_split and chosen:
+        raise fail(
+            "the data is split by --train / --test or --split-col: "
+            "drop --train-fraction / --train-rows / --online"
+        )
+    if chosen > 1:
         raise fail("choose one of --train-fraction, --train-rows and --online")
-    if train_fraction is None and train_rows is None and not online:
+    if not given_split and not chosen:
         train_fraction = 0.3
+    if split_column and not paths:
+        raise fail("--split-col needs PATHS")
+    options = {
+        "label": label_column,
+        "separator": separator,
+        "time": time_column,
+        "time_format": time_format,
+        "device": device_column,
+        "features": [f.strip() for f in features.split(",")] if features else None,
+    }
+    unmatched: list[str] = []
+    dropped = 0
     try:
-        if paths:
-            series = load_labelled(
-                paths,
-                label=label_column,
-                separator=separator,
-                time=time_column,
-                time_format=time_format,
-                device=device_column,
-                features=[f.strip() for f in features.split(",")] if features else None,
-            )
-            source, dropped = ", ".join(str(p) for p in paths), 0
+        if train:
+            series, unmatched = load_train_test(train, test, **options)
+            source = f"train {', '.join(map(str, train))}; test {', '.join(map(str, test))}"
+        elif paths:
+            series = load_labelled(paths, split=split_column, **options)
+            source = ", ".join(str(p) for p in paths)
         else:
             series, dropped = load_lake_benchmark(Path(settings.labelled_dir))
             source = f"labelled benchmark {settings.labelled_dir}"
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
-    frame = series.frame
-    console.print(
-        f"{frame.height:,} readings of {frame['device_id'].n_unique()} devices from {source}; "
-        f"features {', '.join(series.features)}; {frame['label'].mean():.2%} labelled"
-        + (f"; {dropped:,} out-of-range readings left out" if dropped else "")
-    )
-    results = {}
-    for m in mode:
-        plan = EvaluationPlan(
+
+    def plan(m: str) -> EvaluationPlan:
+        return EvaluationPlan(
             mode=m,
             train_fraction=train_fraction,
             train_rows=train_rows,
             online=online,
+            given_split=given_split,
             threshold_quantile=quantile,
+            false_alarm_rate=false_alarm_rate,
+            pca_variance=pca_variance,
         )
-        with Progress(
-            TextColumn(f"{m:12s}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+
+    try:
+        split = describe_split(series, plan(REFERENCES[0]))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    _print_source(series, source, dropped, split, unmatched)
+    results = {}
+    with Progress(
+        TextColumn("{task.description:16s}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        for m in (*detector_modes, *REFERENCES):
             task = bar.add_task(m, total=None)
             try:
                 outcome = evaluate(
-                    series, plan, lambda done, total, task=task: bar.update(task, completed=done, total=total)
+                    series,
+                    plan(m),
+                    lambda done, total, task=task: bar.update(task, completed=done, total=total),
                 )
             except ValueError as exc:
                 raise fail(str(exc)) from None
-        results[m] = outcome.to_dict()
+            bar.remove_task(task)
+            results[m] = outcome.to_dict()
     _print(results)
     path = out or Path(settings.home) / "evaluations" / "evaluation.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     setup = {
         "source": source,
         "features": list(series.features),
-        "readings": frame.height,
+        "readings": series.frame.height,
+        "split": "train/test files" if train else f"column {split_column}" if split_column else None,
         "train_fraction": train_fraction,
         "train_rows": train_rows,
         "online": online,
         "threshold_quantile": quantile,
+        "false_alarm_rate": false_alarm_rate,
+        "pca_variance": pca_variance,
+        "parts": split,
     }
     path.write_text(json.dumps({"setup": setup, "results": results}, indent=2, allow_nan=False))
     console.print(f"results: {path}")
 
 
+def _print_source(
+    series: LabelledSeries, source: str, dropped: int, split: dict, unmatched: list[str]
+) -> None:
+    frame = series.frame
+    console.print(
+        f"{frame.height:,} readings of {frame['device_id'].n_unique()} devices from {source}; "
+        f"features {', '.join(series.features)}; {frame['label'].mean():.2%} labelled"
+        + (f"; {dropped:,} out-of-range readings left out" if dropped else "")
+    )
+    if not split.get("online"):
+        console.print(
+            f"train part (taken as normal) {split['train_readings']:,} readings, "
+            f"scored {split['scored_readings']:,}"
+        )
+    if split.get("train_labelled"):
+        by_device = split["train_labelled_by_device"]
+        examples = ", ".join(f"{d} {n:,}" for d, n in list(by_device.items())[:5])
+        console.print(
+            f"[yellow]warning:[/] the train part holds {split['train_labelled']:,} labelled readings on "
+            f"{len(by_device)} devices ({examples}); they train and calibrate as normal",
+            highlight=False,
+        )
+    if without := split.get("scored_devices_without_train_part") or unmatched:
+        console.print(
+            f"note: {len(without)} scored devices have no train part ({', '.join(without[:5])}"
+            f"{', ...' if len(without) > 5 else ''}); they are judged without one, or left unjudged"
+        )
+
+
 def _print(results: dict) -> None:
-    table = Table(title="detection quality (pooled over all scored readings)")
-    for column in (
+    table = Table(
+        title="detection quality (pooled over all scored readings; the references on the same split)",
+        caption="FAR = false alarms / unlabelled readings, MAR = missed / labelled readings; event F1 counts "
+        "the data's events; seq-event F1 = the SMAP/MSL definition (labelled runs detected by any alarm "
+        "inside; an alarm run touching none is one false positive); unjudged readings raise no alarm",
+    )
+    columns = (
         "mode",
         "point P",
         "point R",
         "point F1",
+        "FAR",
+        "MAR",
         "event F1",
+        "seq-event F1",
         "PR-AUC",
-        "delay (readings)",
+        "alarms",
+        "judged",
+        "unjudged",
         "false alarms / device-day",
         "s per M readings",
-    ):
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "mode" else "right")
+    reasons = []
     for mode, r in results.items():
         pooled = r["pooled"]
+        if r["kind"] == "reference" and mode == REFERENCES[0] and table.row_count:
+            table.add_section()
         table.add_row(
-            mode,
+            LABELS.get(mode, mode),
             _fmt(pooled["point"]["precision"]),
             _fmt(pooled["point"]["recall"]),
             _fmt(pooled["point"]["f1"]),
+            _fmt(pooled["point"]["false_alarm_rate"]),
+            _fmt(pooled["point"]["missed_alarm_rate"]),
             _fmt(pooled["event"]["f1"]),
+            _fmt(pooled["event_sequence"]["f1"]),
             _fmt(pooled["pr_auc"]),
-            _fmt(pooled["delay"]["mean_readings"]),
+            _fmt(pooled["alarms"]),
+            _fmt(pooled["judged"]),
+            _fmt(sum(pooled["unjudged"].values())),
             _fmt(pooled["false_alarms_per_device_day"]),
             _fmt(r["seconds_per_million_readings"]),
         )
+        reasons += [f"{LABELS.get(mode, mode)}: {n:,} {why}" for why, n in pooled["unjudged"].items()]
     console.print(table)
-    last = next(reversed(results.values()))
-    per_device = Table(title=f"per device ({next(reversed(results))})")
-    for column in ("device", "readings", "labelled", "point F1", "event F1", "PR-AUC"):
+    if reasons:
+        console.print("unjudged readings, why: " + "; ".join(reasons), highlight=False)
+    detectors = [m for m, r in results.items() if r["kind"] == "detector"]
+    shown = detectors[-1] if detectors else "pca"
+    per_device = Table(title=f"per device ({LABELS.get(shown, shown)}; point F1 of the references beside)")
+    for column in (
+        "device",
+        "readings",
+        "labelled",
+        "point F1",
+        "FAR",
+        "event F1",
+        "seq-event F1",
+        "PR-AUC",
+        "unjudged",
+        "z-score F1",
+        "PCA F1",
+    ):
         per_device.add_column(column, justify="left" if column == "device" else "right")
-    for device, report in sorted(last["devices"].items()):
+    for device, report in sorted(results[shown]["devices"].items()):
         per_device.add_row(
             device,
-            str(report["readings"]),
-            str(report["labelled"]),
+            _fmt(report["readings"]),
+            _fmt(report["labelled"]),
             _fmt(report["point"]["f1"]),
+            _fmt(report["point"]["false_alarm_rate"]),
             _fmt(report["event"]["f1"]),
+            _fmt(report["event_sequence"]["f1"]),
             _fmt(report["pr_auc"]),
+            _fmt(sum(report["unjudged"].values())),
+            _fmt(results["zscore"]["devices"][device]["point"]["f1"]),
+            _fmt(results["pca"]["devices"][device]["point"]["f1"]),
         )
     console.print(per_device)

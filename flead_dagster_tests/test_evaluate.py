@@ -1,4 +1,5 @@
-"""`flead evaluate` on labelled CSV files (one device per file) and on the lake's labelled benchmark."""
+"""`flead evaluate` on labelled CSV files (one device per file), on train/test files, with a split
+column, and on the lake's labelled benchmark; the references always in the same table."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -17,11 +20,12 @@ from flead.datasets.inject import InjectionConfig, inject_anomalies
 from flead.datasets.intel_lab import parse_files
 from flead.datasets.synthetic import generate_fleet
 from flead.evaluation.loader import LabelledSeries
-from flead.evaluation.runner import EvaluationPlan, evaluate
+from flead.evaluation.references import REFERENCES
+from flead.evaluation.runner import DETECTOR_MODES, EvaluationPlan, evaluate
 from flead.schema import MEASUREMENTS
 
 FLEAD = str(Path(sys.executable).parent / "flead")
-MODES = ("federated", "local", "centralized", "zscore")
+MODES = (*DETECTOR_MODES, "zscore")
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +62,20 @@ def test_all_modes_on_csv_files_with_a_train_fraction(csv_folder, tmp_path):
     result = run(tmp_path / "home", *args, *(a for m in MODES for a in ("-m", m)), "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert set(report["results"]) == set(MODES)
+    assert set(report["results"]) == {*DETECTOR_MODES, *REFERENCES}
     assert report["setup"]["features"] == ["temperature", "humidity", "light"]
-    for mode in MODES:
+    for mode in report["results"]:
         r = report["results"][mode]
         assert set(r["devices"]) == {"site-a/0", "site-a/1", "site-b/0", "site-b/1"}
         assert r["readings_scored"] == sum(d["readings"] for d in r["devices"].values())
         assert r["readings_trained"] > 0 and 0 <= r["pooled"]["point"]["recall"] <= 1
         assert r["pooled"]["pr_auc"] is not None
-    for column in ("point F1", "event F1", "PR-AUC"):
+    for column in ("point F1", "FAR", "MAR", "event F1", "seq-event F1", "PR-AUC", "judged", "unjudged"):
         assert column in result.stdout
+    for reference in ("z-score", "PCA T²+Q", "flag everything", "flag nothing"):
+        assert reference in result.stdout
+    trained = {r["readings_trained"] for r in report["results"].values()}
+    assert len(trained) == 1  # the detector modes and the references on the same split
 
 
 def test_online_mode_scores_every_reading(csv_folder, tmp_path):
@@ -94,6 +102,7 @@ def test_online_mode_scores_every_reading(csv_folder, tmp_path):
 def test_bad_input_is_a_clear_error(csv_folder, tmp_path):
     wrong_sep = run(tmp_path / "home", str(csv_folder), "--label", "anomaly")
     assert wrong_sep.returncode == 1 and "error:" in wrong_sep.stdout and "Traceback" not in wrong_sep.stderr
+    assert "pass --sep ';'" in wrong_sep.stdout
     bad_mode = run(tmp_path / "home", str(csv_folder), "-m", "magic")
     assert bad_mode.returncode == 1 and "unknown mode" in bad_mode.stdout
     no_lake = run(tmp_path / "empty-home")
@@ -111,7 +120,7 @@ def test_default_is_the_lakes_labelled_benchmark(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "labelled benchmark" in result.stdout and "out-of-range readings left out" in result.stdout
     saved = json.loads((tmp_path / "home" / "evaluations" / "evaluation.json").read_text())
-    assert set(saved["results"]) == {"zscore", "federated"}
+    assert set(saved["results"]) == {"federated", *REFERENCES}
     assert saved["results"]["federated"]["global_versions"] > 0
 
 
@@ -129,3 +138,130 @@ def test_the_neural_detectors_beat_the_zscore_baseline_on_injected_anomalies(tmp
     for mode in ("federated", "local", "centralized"):
         assert pooled[mode].point.f1 > pooled["zscore"].point.f1 + 0.1, mode
         assert pooled[mode].pr_auc > pooled["zscore"].pr_auc, mode
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def channel(rng: np.random.Generator, n: int, shift_at: int | None, quote: str = "") -> str:
+    """A device's readings as CSV text: time, two correlated features, label; broken from shift_at."""
+    t0 = datetime(2004, 2, 29)
+    base = rng.normal(size=n)
+    lines = ["time,a,b,label"]
+    for i in range(n):
+        broken = shift_at is not None and i >= shift_at
+        b = 2 * base[i] + 0.1 * rng.normal() - (3.0 if broken else 0.0)
+        stamp = (t0 + timedelta(seconds=30 * i)).isoformat()
+        lines.append(f"{quote}{stamp}{quote},{base[i] + 0.1 * rng.normal():.4f},{b:.4f},{int(broken)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_train_and_test_files_with_the_references_on_the_same_split(tmp_path):
+    rng = np.random.default_rng(5)
+    for name in ("m1", "m2"):
+        write(tmp_path / "train" / f"{name}.csv", channel(rng, 600, None))
+        write(tmp_path / "test" / f"{name}.csv", channel(rng, 400, 300))
+    out = tmp_path / "tt.json"
+    args = ["--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--time", "time"]
+    result = run(tmp_path / "home", *args, "-m", "local", "--false-alarm-rate", "0.001", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["setup"]["split"] == "train/test files"
+    assert report["setup"]["parts"]["train_readings"] == 1200
+    assert set(report["results"]) == {"local", *REFERENCES}
+    for mode, r in report["results"].items():
+        assert r["readings_trained"] == 1200 and r["readings_scored"] == 800, mode
+        assert set(r["devices"]) == {"m1", "m2"}, mode
+        pooled = r["pooled"]
+        assert pooled["judged"] + sum(pooled["unjudged"].values()) == 800, mode
+        for device in r["devices"].values():  # pooled counts are sums over devices
+            assert device["event_sequence"]["events"] == 1
+        assert pooled["event_sequence"]["events"] == 2, mode
+    pca = report["results"]["pca"]["pooled"]
+    assert pca["point"]["f1"] > 0.9 and pca["point"]["false_alarm_rate"] < 0.02
+    assert report["results"]["flag_everything"]["pooled"]["point"]["false_alarm_rate"] == 1.0
+    # The detector's warm-up is reported as unjudged readings with the reason.
+    local = report["results"]["local"]["pooled"]
+    assert local["unjudged"] == {} or "warming up" in next(iter(local["unjudged"]))
+
+
+def test_a_split_column_and_its_unknown_values(tmp_path):
+    rng = np.random.default_rng(6)
+    text = channel(rng, 500, 400).splitlines()
+    rows = [text[0] + ",part"] + [
+        f"{line},{'train' if i < 300 else 'test'}" for i, line in enumerate(text[1:])
+    ]
+    rows[5] = rows[5].rsplit(",", 1)[0] + ",Train"  # any case
+    path = write(tmp_path / "d" / "m1.csv", "\n".join(rows) + "\n")
+    out = tmp_path / "split.json"
+    args = [str(path), "--time", "time", "--split-col", "part", "-m", "zscore", "--out", str(out)]
+    result = run(tmp_path / "home", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == set(REFERENCES)  # naming only references evaluates just them
+    assert report["setup"]["features"] == ["a", "b"]
+    assert all(r["readings_trained"] == 300 for r in report["results"].values())
+    write(tmp_path / "bad" / "m1.csv", "time,a,label,part\n2004-01-01,1,0,train\n2004-01-02,2,0,validation\n")
+    bad = run(tmp_path / "home", str(tmp_path / "bad"), "--time", "time", "--split-col", "part", "-m", "pca")
+    assert bad.returncode == 1 and "neither train / test" in bad.stdout and "validation" in bad.stdout
+    both = run(tmp_path / "home", str(path), "--split-col", "part", "--train-fraction", "0.5")
+    assert both.returncode == 1 and "drop --train-fraction" in both.stdout
+
+
+def test_a_labelled_train_part_is_reported_and_warned_about(tmp_path):
+    rng = np.random.default_rng(7)
+    write(tmp_path / "train" / "m1.csv", channel(rng, 300, 250))  # the "normal" part holds 50 labelled
+    write(tmp_path / "test" / "m1.csv", channel(rng, 300, 200))
+    out = tmp_path / "w.json"
+    args = [
+        "--train",
+        str(tmp_path / "train"),
+        "--test",
+        str(tmp_path / "test"),
+        "-m",
+        "pca",
+        "--out",
+        str(out),
+    ]
+    result = run(tmp_path / "home", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning:" in result.stdout and "50 labelled readings" in result.stdout
+    assert json.loads(out.read_text())["setup"]["parts"]["train_labelled_by_device"] == {"m1": 50}
+
+
+def test_a_quoted_export_with_another_extension_and_a_tab_separator(tmp_path):
+    rng = np.random.default_rng(8)
+    text = channel(rng, 400, 300, quote="'").replace(",", "\t")
+    path = write(tmp_path / "export.dat", text)
+    out = tmp_path / "q.json"
+    args = [
+        str(path),
+        "--sep",
+        "\\t",
+        "--time",
+        "time",
+        "--train-rows",
+        "200",
+        "-m",
+        "pca",
+        "--out",
+        str(out),
+    ]
+    result = run(tmp_path / "home", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["results"]["pca"]["devices"]["export"]["readings"] == 200
+    assert report["results"]["pca"]["pooled"]["device_days"] == 1  # the quoted times were parsed
+    no_sep = run(tmp_path / "home", str(path), "--time", "time")
+    assert no_sep.returncode == 1 and "once a separator is given" in no_sep.stdout
+
+
+def test_conflicting_inputs_are_clear_errors(tmp_path):
+    write(tmp_path / "a.csv", "x,label\n1,0\n")
+    only_train = run(tmp_path / "home", "--train", str(tmp_path / "a.csv"))
+    assert only_train.returncode == 1 and "give both --train and --test" in only_train.stdout
+    mixed = run(tmp_path / "home", str(tmp_path / "a.csv"), "--train", str(tmp_path / "a.csv"), "--test", "x")
+    assert mixed.returncode == 1 and "not both" in mixed.stdout

@@ -1,6 +1,6 @@
-"""Detection quality: metrics, a loader for any labelled sensor data, and the z-score baseline."""
+"""Detection quality: metrics, a loader for any labelled sensor data, and the references."""
 
-from flead.evaluation.loader import LabelledSeries, load_labelled, split_series
+from flead.evaluation.loader import LabelledSeries, load_labelled, load_train_test, split_series
 from flead.evaluation.metrics import (
     DetectionReport,
     Evaluation,
@@ -8,9 +8,11 @@ from flead.evaluation.metrics import (
     evaluate_device,
     evaluate_frame,
 )
+from flead.evaluation.references import REFERENCES, score_reference
 from flead.evaluation.zscore import rolling_zscore
 
 __all__ = [
+    "REFERENCES",
     "DetectionReport",
     "Evaluation",
     "LabelledSeries",
@@ -18,6 +20,8 @@ __all__ = [
     "evaluate_device",
     "evaluate_frame",
     "load_labelled",
+    "load_train_test",
     "rolling_zscore",
+    "score_reference",
     "split_series",
 ]

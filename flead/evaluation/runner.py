@@ -1,8 +1,12 @@
-"""Measure detection quality on labelled readings: federated, local-only, centralized or z-score.
+"""Measure detection quality on labelled readings: the detector (federated, local-only or
+centralized training) and the references (`flead.evaluation.references`), on the same split.
 
-Every mode judges readings the same way (a per-device adaptive quantile threshold on its scores,
-calibrated on the training part first), so the comparison is between scorers and training regimes,
-not between thresholding schemes.
+The split: each device's train part (its first fraction or first N rows, or the data's own split
+from separate files or a split column) trains and calibrates, the rest is scored; or online, every
+reading is scored, then learned. The train part is taken as normal: its labels only feed
+`describe_split`. The detector modes judge scores with their per-device quantile threshold
+(`threshold_quantile`); the references with a threshold calibrated on their scores of the train part
+at `false_alarm_rate`.
 """
 
 from __future__ import annotations
@@ -12,20 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from flead.datasets import lake
 from flead.datasets.inject import EVENTS_FILE
-from flead.evaluation.loader import DEVICE, EVENT, LABEL, TS, LabelledSeries, split_series
+from flead.evaluation.loader import DEVICE, EVENT, IS_TRAIN, LABEL, TS, LabelledSeries, split_series
 from flead.evaluation.metrics import Evaluation, evaluate_frame
-from flead.evaluation.zscore import rolling_zscore
+from flead.evaluation.references import REFERENCES, ReferenceConfig, score_reference
+from flead.federated.simulate import MODES as DETECTOR_MODES
 from flead.federated.simulate import SimulationConfig, simulate
 from flead.model.config import ModelConfig
-from flead.model.thresholds import QuantileThreshold
 from flead.schema import MEASUREMENTS
 
-EVALUATION_MODES = ("federated", "local", "centralized", "zscore")
+EVALUATION_MODES = (*DETECTOR_MODES, *REFERENCES)
+WARMING_UP = "detector: no threshold yet (warming up)"
 
 
 @dataclass(frozen=True)
@@ -34,18 +38,23 @@ class EvaluationPlan:
     train_fraction: float | None = None
     train_rows: int | None = None
     online: bool = False
+    given_split: bool = False  # the series' own train/test split (`LabelledSeries.has_split`)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
-    threshold_quantile: float = 0.98  # every mode alarms above this per-device quantile of its scores
+    threshold_quantile: float = 0.98  # the detector modes alarm above this per-device quantile
+    false_alarm_rate: float = 1e-3  # the references' calibrated threshold: per-reading false alarms
     zscore_window: int = 100
+    pca_variance: float = 0.95
 
     def __post_init__(self) -> None:
         if self.mode not in EVALUATION_MODES:
             raise ValueError(f"mode must be one of {EVALUATION_MODES}, got {self.mode!r}")
         chosen = (self.train_fraction is not None) + (self.train_rows is not None) + self.online
-        if chosen != 1:
-            raise ValueError("choose exactly one of train_fraction, train_rows and online")
+        if chosen + self.given_split != 1:
+            raise ValueError("choose exactly one of train_fraction, train_rows, online and given_split")
         if not 0.0 < self.threshold_quantile < 1.0:
             raise ValueError(f"threshold_quantile must be within (0, 1), got {self.threshold_quantile}")
+        if not 0.0 < self.false_alarm_rate < 1.0:
+            raise ValueError(f"false_alarm_rate must be within (0, 1), got {self.false_alarm_rate}")
 
 
 @dataclass
@@ -65,6 +74,7 @@ class EvaluationOutcome:
     def to_dict(self) -> dict:
         return {
             "mode": self.mode,
+            "kind": "reference" if self.mode in REFERENCES else "detector",
             "readings_trained": self.readings_trained,
             "readings_scored": self.readings_scored,
             "seconds": round(self.seconds, 3),
@@ -97,42 +107,77 @@ def load_lake_benchmark(labelled_dir: Path) -> tuple[LabelledSeries, int]:
     return LabelledSeries(frame=frame, features=MEASUREMENTS, files=files), dropped
 
 
+def split(series: LabelledSeries, plan: EvaluationPlan) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """(train, scored) rows of `series` (with a row index ``_i``); scored is None when online."""
+    frame = series.frame.with_row_index("_i")
+    if plan.given_split != series.has_split:
+        raise ValueError(
+            "the data carries its own train/test split: evaluate with given_split"
+            if series.has_split
+            else "the data has no train/test split of its own: choose a train fraction, train rows or online"
+        )
+    if plan.online:
+        return frame, None
+    if plan.given_split:
+        return frame.filter(pl.col(IS_TRAIN)), frame.filter(~pl.col(IS_TRAIN))
+    return split_series(frame, train_fraction=plan.train_fraction, train_rows=plan.train_rows)
+
+
+def describe_split(series: LabelledSeries, plan: EvaluationPlan) -> dict:
+    """Readings of each part; the labelled readings of the train part (taken as normal) per device."""
+    train, scored = split(series, plan)
+    if scored is None:
+        return {"online": True, "scored_readings": train.height}
+    labelled = train.filter(pl.col(LABEL) != 0).group_by(DEVICE).len().sort(DEVICE)
+    return {
+        "train_readings": train.height,
+        "train_labelled": int(labelled["len"].sum()),
+        "train_labelled_by_device": dict(labelled.iter_rows()),
+        "scored_readings": scored.height,
+        "scored_devices_without_train_part": sorted(set(scored[DEVICE]) - set(train[DEVICE])),
+    }
+
+
 def evaluate(
     series: LabelledSeries,
     plan: EvaluationPlan,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationOutcome:
-    frame = series.frame.with_row_index("_i")
+    train, scored = split(series, plan)
+    frame = pl.concat([train, scored]).sort("_i") if scored is not None else train
     order = series.order_column
-    if plan.online:
-        train, scored = frame, None
-    else:
-        train, scored = split_series(frame, train_fraction=plan.train_fraction, train_rows=plan.train_rows)
     judged = scored if scored is not None else train
     if judged.is_empty():
         raise ValueError("nothing left to score: lower --train-fraction / --train-rows")
 
     started = time.perf_counter()
     history: list[dict] = []
-    if plan.mode == "zscore":
-        outputs = _zscore(
-            frame, series.features, plan.zscore_window, plan.simulation.batch_size, plan.threshold_quantile
+    if plan.mode in REFERENCES:
+        config = ReferenceConfig(
+            plan.false_alarm_rate, plan.zscore_window, plan.pca_variance, plan.simulation.batch_size
         )
+        normal = frame["_i"].is_in(train["_i"].implode()).to_numpy() if scored is not None else None
+        outputs = score_reference(plan.mode, frame, series.features, normal, config)
         decisions = outputs[judged["_i"].to_numpy()]
     else:
         model = _model_config(plan.simulation.model, series.features, order == TS)
         config = SimulationConfig(
             **{**plan.simulation.__dict__, "model": model, "threshold_quantile": plan.threshold_quantile}
         )
+        devices = frame[DEVICE].unique().to_list()
         result = simulate(
-            _streams(train, series.features, order),
-            _streams(scored, series.features, order) if scored is not None else None,
+            _streams(train, series.features, order, devices),
+            _streams(scored, series.features, order, devices) if scored is not None else None,
             plan.mode,
             config,
             progress,
         )
         history = result.history
-        decisions = result.outputs.select("score", "is_anomaly")
+        decisions = result.outputs.select(
+            "score",
+            "is_anomaly",
+            pl.when(pl.col("threshold").is_infinite()).then(pl.lit(WARMING_UP)).alias("unjudged"),
+        )
     seconds = time.perf_counter() - started
 
     evaluated = judged.select(
@@ -144,6 +189,7 @@ def evaluate(
         score="score",
         ts=TS if order == TS else None,
         event_id=EVENT if EVENT in judged.columns else None,
+        unjudged="unjudged",
     )
     return EvaluationOutcome(
         mode=plan.mode,
@@ -161,20 +207,10 @@ def _model_config(base: ModelConfig, features: tuple[str, ...], has_time: bool) 
     return ModelConfig(**{**base.to_dict(), "features": features, "time_features": has_time, "min_std": ()})
 
 
-def _streams(frame: pl.DataFrame, features: tuple[str, ...], order: str) -> dict[str, pl.DataFrame]:
+def _streams(
+    frame: pl.DataFrame, features: tuple[str, ...], order: str, devices: list[str]
+) -> dict[str, pl.DataFrame]:
+    """Each device's rows (an empty stream for a device without any), in time order."""
     columns = [*features, *([TS] if order == TS else [])]
-    return {key[0]: part.select(columns) for key, part in frame.partition_by(DEVICE, as_dict=True).items()}
-
-
-def _zscore(frame: pl.DataFrame, features, window: int, batch_size: int, quantile: float) -> pl.DataFrame:
-    """Rolling z-scores over each device's whole series, judged by the same adaptive threshold as the
-    neural detectors (micro-batch by micro-batch, from the state before each batch)."""
-    scores = rolling_zscore(frame, features, window=window).fill_null(0.0).to_numpy()
-    flags = np.zeros(frame.height, bool)
-    rows = frame.select(DEVICE).with_row_index("_i").group_by(DEVICE, maintain_order=True).agg("_i")
-    for _device, index in rows.iter_rows():
-        threshold = QuantileThreshold(q=quantile)
-        for lo in range(0, len(index), batch_size):
-            chunk = np.asarray(index[lo : lo + batch_size])
-            _, flags[chunk] = threshold.process_many(scores[chunk])
-    return pl.DataFrame({"score": scores, "is_anomaly": flags})
+    parts = {key[0]: part.select(columns) for key, part in frame.partition_by(DEVICE, as_dict=True).items()}
+    return {d: parts.get(d, frame.select(columns).clear()) for d in devices}
