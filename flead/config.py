@@ -121,6 +121,17 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body the API accepts."
     )
+    api_body_timeout_s: float = Field(
+        30.0, gt=0, description="Time a request body has to arrive in full before the API answers 408."
+    )
+    api_health_timeout_s: float = Field(
+        1.0, gt=0, description="MongoDB ping timeout of /health; no answer for twice this reports it down."
+    )
+    api_anomaly_summary_max_age_s: float = Field(
+        60.0,
+        ge=0,
+        description="Age at which the per-device anomaly summary is recomputed (in the background).",
+    )
     aggregation_strategy: str = Field(
         "fedavg", description="fedavg, fedavgm, fedadam, median or trimmed_mean (the API's initial config)."
     )

@@ -24,6 +24,7 @@ from flead.federated import LocalUpdate
 from flead.federated.wire import encode_binary_update, encode_json_update
 from flead.model import AnomalyModel
 from flead_dagster_tests.conftest import free_port
+from flead_dagster_tests.test_trainer_stream import wait_until
 from services.global_api.live_server import LiveServer
 from services.global_api.service import GlobalModelService
 
@@ -146,7 +147,8 @@ def api_harness(**overrides: object) -> Iterator[ApiHarness]:
 
 @pytest.fixture(scope="module")
 def api(services_env) -> Iterator[ApiHarness]:
-    with api_harness() as harness:
+    # The anomaly summary behind /api/devices is recomputed on the first read after 0.2 s (not 60 s).
+    with api_harness(api_anomaly_summary_max_age_s=0.2) as harness:
         harness.configure(auto_aggregate_threshold=1000)  # aggregation only when a test asks
         yield harness
 
@@ -487,7 +489,11 @@ def test_anomalies_filters_and_pagination(api):
     assert [item["score"] for item in page["items"]] == [28.0, 25.0, 22.0, 19.0]  # newest first
     assert page["items"][0]["ts"] == (start + timedelta(minutes=28)).isoformat()
     last = api.http.get("/api/anomalies", params={"device": "mote-71", "limit": 4, "offset": 8}).json()
-    assert len(last["items"]) == 2 and last["next_offset"] is None
+    assert len(last["items"]) == 2 and last["next_offset"] is None and last["next"] is None
+    following = api.http.get(
+        "/api/anomalies", params={"device": "mote-71", "limit": 4, "after": page["next"]}
+    )
+    assert [item["score"] for item in following.json()["items"]] == [16.0, 13.0, 10.0, 7.0]
 
     window = {
         "since": (start + timedelta(minutes=10)).isoformat(),
@@ -500,9 +506,13 @@ def test_anomalies_filters_and_pagination(api):
         assert response.status_code == 422, bad
         assert response.json()["error"].startswith("invalid request")
 
-    devices = {d["device_id"]: d for d in api.http.get("/api/devices").json()["devices"]}
-    assert devices["mote-72"]["anomalies"]["count"] == 10
-    assert devices["mote-72"]["anomalies"]["max_score"] == 29.0
+    def counted() -> dict | None:
+        device = {d["device_id"]: d for d in api.http.get("/api/devices").json()["devices"]}.get("mote-72")
+        return device if device and device["anomalies"]["count"] else None
+
+    device = wait_until(counted, 30, "the anomaly summary to count mote-72's anomalies", poll_s=0.05)
+    assert device["anomalies"]["count"] == 10
+    assert device["anomalies"]["max_score"] == 29.0
 
 
 def test_status_health_metrics_and_errors_are_json(api):

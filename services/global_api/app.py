@@ -12,7 +12,8 @@ from pymongo.errors import PyMongoError
 
 from flead.config import Settings
 from services.global_api.errors import install_error_handlers
-from services.global_api.limits import BodySizeLimit
+from services.global_api.health import MongoHealth
+from services.global_api.limits import BodyReadTimeout, BodySizeLimit
 from services.global_api.metrics import ApiMetrics, MetricsMiddleware
 from services.global_api.routers import admin, dashboard, models, monitoring, operations, updates
 from services.global_api.service import GlobalModelService
@@ -27,24 +28,29 @@ serves the models, their history, devices, anomalies, metrics and a dashboard at
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service = GlobalModelService.open(settings)
+    health = MongoHealth(settings, service.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             await run_in_threadpool(service.start)
         except PyMongoError as exc:
+            health.close()
             service.close()
             raise RuntimeError(
                 f"MongoDB at {settings.mongo_address} is unreachable ({type(exc).__name__}): start it with "
                 "`flead local up` or point FLEAD_MONGO_URI at a running server"
             ) from exc
+        await run_in_threadpool(health.start)
         try:
             yield
         finally:
+            health.close()
             service.close()
 
     app = FastAPI(title="FLEAD global model API", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
+    app.state.health = health
     app.state.metrics = ApiMetrics(
         current_version=_or_nan(service.registry.latest_version),
         pending_updates=_or_nan(service.updates.pending_count),
@@ -53,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (updates, models, admin, monitoring, operations, dashboard):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(BodyReadTimeout, timeout_s=settings.api_body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

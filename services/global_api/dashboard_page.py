@@ -14,20 +14,21 @@ from services.global_api.monitoring import AnomalyFilter
 from services.global_api.service import GlobalModelService
 
 MAX_VERSIONS = 500
-MAX_ANOMALIES = 2000
+MAX_ANOMALIES = 1000  # the newest, for the timeline (one bounded page: see anomaly_pages)
 LATEST_ANOMALIES = 20
 REFRESH_SECONDS = 30
 
 
 def render_dashboard(service: GlobalModelService) -> str:
     versions = [v.summary() for v in reversed(service.registry.history(limit=MAX_VERSIONS))]
-    anomalies = service.monitoring.anomalies(AnomalyFilter(), limit=MAX_ANOMALIES)["items"]
-    devices = service.monitoring.devices()
+    anomalies = service.monitoring.anomalies(AnomalyFilter(), limit=MAX_ANOMALIES, count=False).items
+    devices, anomalies_as_of = service.monitoring.devices()
     pending = service.updates.pending_count()
     latest = versions[-1] if versions else None
     subtitle = (
         f"global model version {latest['version']} ({latest['strategy'] or 'initial'}), "
-        f"{pending} pending updates, {len(devices)} devices"
+        f"{pending} pending updates, {len(devices)} devices, "
+        f"anomaly counts as of {anomalies_as_of:%Y-%m-%d %H:%M:%S} UTC"
         if latest
         else "no global model version yet"
     )

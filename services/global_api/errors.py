@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from flead.federated import UpdateRefused
 from services.global_api.aggregation import AggregationBusy
+from services.global_api.anomaly_pages import PageError
 from services.global_api.codec import UpdateFormatError
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UpdateFormatError)
     async def malformed(request: Request, exc: UpdateFormatError) -> JSONResponse:
+        return error_response(422, str(exc))
+
+    @app.exception_handler(PageError)
+    async def bad_page(request: Request, exc: PageError) -> JSONResponse:
         return error_response(422, str(exc))
 
     @app.exception_handler(AggregationBusy)

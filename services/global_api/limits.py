@@ -1,8 +1,12 @@
-"""The request size limit: a body over ``settings.api_max_body_bytes`` gets 413, whether it
-announces its length (refused before it is read) or streams chunked (refused once it passes)."""
+"""Request body limits. Size: a body over ``settings.api_max_body_bytes`` gets 413, whether it
+announces its length (refused before it is read) or streams chunked (refused once it passes). Time: a
+body that has not arrived in full ``settings.api_body_timeout_s`` after the application started
+reading it (e.g. fewer bytes than its Content-Length) gets 408 and the connection is closed, so a slow
+or stalled client cannot hold a request open for ever."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.exceptions import HTTPException
@@ -41,6 +45,39 @@ class BodySizeLimit:
 
     def _too_large(self, size: int) -> str:
         return f"request body of {size} bytes or more is over the limit of {self.max_bytes} bytes"
+
+
+class BodyReadTimeout:
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline: float | None = None
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal deadline, complete
+            if complete:  # after the body, receive() waits for a disconnect: not limited
+                return await receive()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408,
+                    f"the request body did not arrive in full within {self.timeout_s:g} s",
+                    headers={"Connection": "close"},
+                ) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 async def _reply(send: Send, status: int, message: str) -> None:

@@ -15,6 +15,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
+from services.global_api.anomaly_pages import PageError, PageKey, count_events, read_events
+from services.global_api.anomaly_summary import AnomalySummaries
 from services.global_api.update_store import UpdateStore
 
 log = logging.getLogger(__name__)
@@ -65,62 +67,91 @@ class AnomalyFilter:
         return query
 
 
+ANOMALY_INDEXES = (  # serve every anomaly list query's filter and order (anomaly_pages.ORDER)
+    [("ts", DESCENDING), ("_id", DESCENDING)],
+    [("device_id", ASCENDING), ("ts", DESCENDING), ("_id", DESCENDING)],
+)
+MAX_OFFSET = 10_000  # deeper pages continue from a cursor
+COUNT_CAP = 1000  # matches counted for a page's total
+
+
+@dataclass(frozen=True)
+class AnomalyPage:
+    items: list[dict]
+    limit: int
+    offset: int
+    next: PageKey | None
+    total: int
+    total_exact: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "items": self.items,
+            "limit": self.limit,
+            "offset": self.offset,
+            "next": None if self.next is None else self.next.encode(),
+            "next_offset": None if self.next is None else self.offset + len(self.items),
+            "total": self.total,
+            "total_exact": self.total_exact,
+        }
+
+
 class Monitoring:
-    def __init__(self, devices: Collection, anomalies: Collection, updates: UpdateStore) -> None:
+    def __init__(
+        self, devices: Collection, anomalies: Collection, updates: UpdateStore, *, summary_max_age_s: float
+    ) -> None:
         self._devices = devices
         self._anomalies = anomalies
         self._updates = updates
+        self.summaries = AnomalySummaries(anomalies, max_age_s=summary_max_age_s)
 
     def ensure_indexes(self) -> None:
-        """Indexes for the anomaly queries (newest first, per device). The trainer owns the collection:
-        if it made an equivalent index under another name, that one serves."""
-        for keys in ([("ts", DESCENDING)], [("device_id", ASCENDING), ("ts", DESCENDING)]):
+        """The trainer owns the collection: if it made an equivalent index under another name, that
+        one serves."""
+        for keys in ANOMALY_INDEXES:
             try:
                 self._anomalies.create_index(keys)
             except OperationFailure as exc:
                 log.info("anomaly index %s not created: %s", keys, exc)
 
-    def anomalies(self, where: AnomalyFilter, *, limit: int, offset: int = 0) -> dict:
-        """A page of anomalies, newest first, and how many match in total."""
+    def anomalies(
+        self,
+        where: AnomalyFilter,
+        *,
+        limit: int,
+        offset: int = 0,
+        after: PageKey | None = None,
+        count: bool = True,
+    ) -> AnomalyPage:
+        """A page of anomalies, newest first (after ``after``, skipping ``offset`` <= MAX_OFFSET), and
+        (``count``) how many match, counted up to COUNT_CAP."""
+        if offset > MAX_OFFSET:
+            raise PageError(
+                f"offset {offset} is over {MAX_OFFSET}: page on with `after` (the previous page's `next`)"
+            )
         query = where.query()
-        cursor = self._anomalies.find(query).sort([("ts", -1), ("_id", -1)]).skip(offset).limit(limit)
-        items = [jsonable(doc) for doc in cursor]
-        total = self._anomalies.count_documents(query)
-        return {
-            "items": items,
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-            "next_offset": offset + len(items) if offset + len(items) < total else None,
-        }
+        scope = self.summaries.get().scope(where.device_id)
+        walk = read_events(self._anomalies, query, scope, after=after, want=offset + limit + 1)
+        page = walk.docs[offset : offset + limit]
+        following = PageKey.of(page[-1]) if len(walk.docs) > offset + limit else walk.resume
+        total, exact = count_events(self._anomalies, query, scope, cap=COUNT_CAP) if count else (0, False)
+        return AnomalyPage([jsonable(doc) for doc in page], limit, offset, following, total, exact)
 
-    def anomaly_counts(self) -> dict[str, dict]:
-        pipeline = [
-            {
-                "$group": {
-                    "_id": "$device_id",
-                    "count": {"$sum": 1},
-                    "last_ts": {"$max": "$ts"},
-                    "max_score": {"$max": "$score"},
-                }
-            }
-        ]
-        return {doc["_id"]: doc for doc in self._anomalies.aggregate(pipeline) if doc["_id"] is not None}
-
-    def devices(self, *, now: datetime | None = None) -> list[dict]:
-        """Every device known from the trainer's statistics, its updates or its anomalies."""
+    def devices(self, *, now: datetime | None = None) -> tuple[list[dict], datetime]:
+        """Every device known from the trainer's statistics, its updates or its anomalies; and the time
+        of the anomaly summary the anomaly columns come from."""
         now = now or datetime.now(UTC)
         stats = {}
         for doc in self._devices.find({}):
             device_id = doc.get("device_id", doc["_id"])
             stats[str(device_id)] = {k: v for k, v in doc.items() if k != "_id"}
         updates = self._updates.per_device()
-        anomalies = self.anomaly_counts()
+        summary = self.summaries.get()
         rows = []
-        for device_id in sorted(set(stats) | set(updates) | {str(d) for d in anomalies}):
+        for device_id in sorted(set(stats) | set(updates) | set(summary.devices)):
             trainer = stats.get(device_id, {})
             received = updates.get(device_id, {})
-            flagged = anomalies.get(device_id, {})
+            flagged = summary.devices.get(device_id)
             # Wall-clock contact: the trainer's last write of the device's statistics, its last update.
             contacts = [
                 utc(value)
@@ -141,15 +172,15 @@ class Monitoring:
                         "n_refused_updates": received.get("n_refused", 0),
                         "last_update_at": received.get("last_update_at"),
                         "anomalies": {
-                            "count": flagged.get("count", 0),
-                            "last_ts": flagged.get("last_ts"),
-                            "max_score": flagged.get("max_score"),
+                            "count": flagged.scope.count if flagged else 0,
+                            "last_ts": flagged.scope.last if flagged else None,
+                            "max_score": flagged.max_score if flagged else None,
                         },
                         "stats": trainer,
                     }
                 )
             )
-        return rows
+        return rows, summary.computed_at
 
 
 def device_status(last_contact: datetime | None, now: datetime) -> str:

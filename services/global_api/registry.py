@@ -119,6 +119,11 @@ class ModelRegistry:
         self._remember_latest(version, checked_at)
         return version
 
+    def known_latest_version(self) -> int | None:
+        """The newest version this process has seen, from memory only (no database call)."""
+        with self._lock:
+            return self._latest
+
     def _probe_latest(self, start: int) -> int | None:
         """The newest version at or after ``start``, found by id.
 

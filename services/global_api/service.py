@@ -55,7 +55,10 @@ class GlobalModelService:
             aggregator=aggregator,
             submissions=Submissions(registry, updates, config, aggregator),
             monitoring=Monitoring(
-                db[settings.collection_devices], db[settings.collection_anomalies], updates
+                db[settings.collection_devices],
+                db[settings.collection_anomalies],
+                updates,
+                summary_max_age_s=settings.api_anomaly_summary_max_age_s,
             ),
             payloads=ModelPayloads(registry),
         )
@@ -69,16 +72,14 @@ class GlobalModelService:
         )
 
     def start(self) -> None:
-        """What a starting API does: indexes, configuration, version 0 if none, finish any aggregation
-        an earlier process left half done."""
+        """What a starting API does: indexes, the anomaly summary (in the background), configuration,
+        version 0 if none, finish any aggregation an earlier process left half done."""
         self.updates.ensure_indexes()
         self.monitoring.ensure_indexes()
+        self.monitoring.summaries.prime()
         self.config.load()
         self.initialise()
         self.aggregator.repair()
-
-    def ping(self) -> None:
-        self.client.admin.command("ping")
 
     def close(self) -> None:
         self.client.close()

@@ -6,9 +6,10 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, Query
 
+from services.global_api.anomaly_pages import MAX_CURSOR_CHARS, PageKey
 from services.global_api.auth import get_service
 from services.global_api.codec import ID_PATTERN
-from services.global_api.monitoring import AnomalyFilter
+from services.global_api.monitoring import MAX_OFFSET, AnomalyFilter
 from services.global_api.service import GlobalModelService
 
 router = APIRouter(tags=["monitoring"])
@@ -30,10 +31,11 @@ def get_status(service: GlobalModelService = Depends(get_service)) -> dict:
 
 @router.get("/api/devices", summary="Devices: last seen, samples, updates, anomaly counts, trainer stats")
 def get_devices(service: GlobalModelService = Depends(get_service)) -> dict:
-    return {"devices": service.monitoring.devices()}
+    devices, anomalies_as_of = service.monitoring.devices()
+    return {"devices": devices, "anomalies_as_of": anomalies_as_of.isoformat()}
 
 
-@router.get("/api/anomalies", summary="Anomaly events, newest first, filtered and paginated")
+@router.get("/api/anomalies", summary="Anomaly events, newest first, filtered, paginated by cursor")
 def get_anomalies(
     device: str | None = Query(None, pattern=ID_PATTERN, description="Only this device."),
     since: datetime | None = Query(
@@ -42,8 +44,12 @@ def get_anomalies(
     until: datetime | None = Query(None, description="Events before this time."),
     min_score: float | None = Query(None, allow_inf_nan=False, description="Only scores at least this."),
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=10_000_000),
+    after: str | None = Query(
+        None, max_length=MAX_CURSOR_CHARS, description="Continue after this cursor (`next` of a page)."
+    ),
+    offset: int = Query(0, ge=0, description=f"Events to skip (at most {MAX_OFFSET}; then use `after`)."),
     service: GlobalModelService = Depends(get_service),
 ) -> dict:
     where = AnomalyFilter(device_id=device, since=since, until=until, min_score=min_score)
-    return service.monitoring.anomalies(where, limit=limit, offset=offset)
+    position = None if after is None else PageKey.decode(after)
+    return service.monitoring.anomalies(where, limit=limit, offset=offset, after=position).to_dict()
