@@ -70,10 +70,16 @@ def evaluate_command(
     train_rows: int = typer.Option(None, min=0, help="Fit on the first N rows of each device."),
     online: bool = typer.Option(False, help="Prequential: score every reading, then learn from it."),
     quantile: float = typer.Option(
-        0.98, min=0.5, max=0.99999, help="Detector modes: alarm above this quantile of a device's scores."
+        None,
+        min=0.5,
+        max=0.99999,
+        help="Detector modes: the old alarm budget (this quantile of a device's scores), not calibration.",
     ),
     false_alarm_rate: float = typer.Option(
-        1e-3, min=1e-9, max=0.5, help="References: threshold calibrated on the train part for this FAR."
+        1e-3,
+        min=1e-9,
+        max=0.5,
+        help="Per-reading false-alarm target of every threshold calibrated on normal data.",
     ),
     pca_variance: float = typer.Option(
         0.95, min=0.01, max=1.0, help="PCA reference: share of variance the kept components explain."

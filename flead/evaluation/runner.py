@@ -4,16 +4,17 @@ centralized training) and the references (`flead.evaluation.references`), on the
 The split: each device's train part (its first fraction or first N rows, or the data's own split
 from separate files or a split column) trains and calibrates, the rest is scored; or online, every
 reading is scored, then learned. The train part is taken as normal: its labels only feed
-`describe_split`. The detector modes judge scores with their per-device quantile threshold
-(`threshold_quantile`); the references with a threshold calibrated on their scores of the train part
-at `false_alarm_rate`.
+`describe_split`. Every mode's threshold is calibrated per device on normal scores at the same
+`false_alarm_rate`: the detector's own calibration (`flead.federated.simulate`), the references'
+`calibrated_threshold` of their scores of the train part; `threshold_quantile` gives the detector
+modes the old alarm budget instead (the q-quantile of a device's scores so far).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -29,7 +30,7 @@ from flead.model.config import ModelConfig
 from flead.schema import MEASUREMENTS
 
 EVALUATION_MODES = (*DETECTOR_MODES, *REFERENCES)
-WARMING_UP = "detector: no threshold yet (warming up)"
+NO_THRESHOLD = "detector: no threshold yet (no calibration of its own or the fleet's)"
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class EvaluationPlan:
     online: bool = False
     given_split: bool = False  # the series' own train/test split (`LabelledSeries.has_split`)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
-    threshold_quantile: float = 0.98  # the detector modes alarm above this per-device quantile
-    false_alarm_rate: float = 1e-3  # the references' calibrated threshold: per-reading false alarms
+    threshold_quantile: float | None = None  # a number: the detector modes' old alarm budget instead
+    false_alarm_rate: float = 1e-3  # every calibrated threshold's per-reading false-alarm target
     zscore_window: int = 100
     pca_variance: float = 0.95
 
@@ -51,7 +52,7 @@ class EvaluationPlan:
         chosen = (self.train_fraction is not None) + (self.train_rows is not None) + self.online
         if chosen + self.given_split != 1:
             raise ValueError("choose exactly one of train_fraction, train_rows, online and given_split")
-        if not 0.0 < self.threshold_quantile < 1.0:
+        if self.threshold_quantile is not None and not 0.0 < self.threshold_quantile < 1.0:
             raise ValueError(f"threshold_quantile must be within (0, 1), got {self.threshold_quantile}")
         if not 0.0 < self.false_alarm_rate < 1.0:
             raise ValueError(f"false_alarm_rate must be within (0, 1), got {self.false_alarm_rate}")
@@ -161,8 +162,11 @@ def evaluate(
         decisions = outputs[judged["_i"].to_numpy()]
     else:
         model = _model_config(plan.simulation.model, series.features, order == TS)
-        config = SimulationConfig(
-            **{**plan.simulation.__dict__, "model": model, "threshold_quantile": plan.threshold_quantile}
+        config = replace(
+            plan.simulation,
+            model=model,
+            train=replace(plan.simulation.train, false_alarm_rate=plan.false_alarm_rate),
+            threshold_quantile=plan.threshold_quantile,
         )
         devices = frame[DEVICE].unique().to_list()
         result = simulate(
@@ -176,7 +180,7 @@ def evaluate(
         decisions = result.outputs.select(
             "score",
             "is_anomaly",
-            pl.when(pl.col("threshold").is_infinite()).then(pl.lit(WARMING_UP)).alias("unjudged"),
+            pl.when(pl.col("threshold").is_infinite()).then(pl.lit(NO_THRESHOLD)).alias("unjudged"),
         )
     seconds = time.perf_counter() - started
 
