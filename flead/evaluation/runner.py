@@ -155,7 +155,10 @@ def evaluate(
     history: list[dict] = []
     if plan.mode in REFERENCES:
         config = ReferenceConfig(
-            plan.false_alarm_rate, plan.zscore_window, plan.pca_variance, plan.simulation.batch_size
+            false_alarm_rate=plan.false_alarm_rate,
+            zscore_window=plan.zscore_window,
+            pca_variance=plan.pca_variance,
+            batch_size=plan.simulation.batch_size,
         )
         normal = frame["_i"].is_in(train["_i"].implode()).to_numpy() if scored is not None else None
         outputs = score_reference(plan.mode, frame, series.features, normal, config)
