@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     api_anomaly_summary_max_age_s: float = Field(
         60.0,
         ge=0,
-        description="Age at which the per-device anomaly summary is recomputed (in the background).",
+        description="Most age of the per-device anomaly summary before a recount (in the background).",
     )
     aggregation_strategy: str = Field(
         "fedavg", description="fedavg, fedavgm, fedadam, median or trimmed_mean (the API's initial config)."

@@ -147,8 +147,7 @@ def api_harness(**overrides: object) -> Iterator[ApiHarness]:
 
 @pytest.fixture(scope="module")
 def api(services_env) -> Iterator[ApiHarness]:
-    # The anomaly summary behind /api/devices is recomputed on the first read after 0.2 s (not 60 s).
-    with api_harness(api_anomaly_summary_max_age_s=0.2) as harness:
+    with api_harness() as harness:
         harness.configure(auto_aggregate_threshold=1000)  # aggregation only when a test asks
         yield harness
 

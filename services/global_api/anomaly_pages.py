@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
+from bson.errors import InvalidId
 from pymongo.collection import Collection
 
 from services.global_api.anomaly_summary import Scope
@@ -86,7 +87,7 @@ class PageKey:
                 return cls(ts, ObjectId(value))
             if (kind == "s" and isinstance(value, str)) or kind == "i":
                 return cls(ts, value if kind == "s" else _integer(value))
-        except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
+        except (ValueError, TypeError, OverflowError, binascii.Error, InvalidId):
             pass
         raise InvalidCursor(f"cursor {text[:40]!r} {problem}")
 

@@ -1,9 +1,10 @@
 """The per-device anomaly summary (count, first and last event time, highest score): one aggregation
-over the anomaly collection, run by one thread at a time and reused until it is
-``settings.api_anomaly_summary_max_age_s`` old. Then the next reader starts a recomputation in the
-background and is answered with the one it has (its age is part of every answer built from it), so
-the cost of the aggregation does not grow with the number of readers. Only the first reader of a
-process waits for it (a starting API begins computing it at once).
+over the anomaly collection, run by one thread at a time and reused until it is ten times as old as it
+took to compute (at least a second, at most ``settings.api_anomaly_summary_max_age_s``): so a small
+collection is summarised almost at once, and a large one costs MongoDB at most a tenth of one query's
+time. Then the next reader starts a recomputation in the background and is answered with the one it
+has (its time is part of every answer built from it), so the cost does not grow with the number of
+readers. Only the first readers of a process wait for it (a starting API begins computing it at once).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
 log = logging.getLogger(__name__)
+
+MIN_AGE_S = 1.0
+AGE_PER_COST = 10  # a summary is kept this many times as long as it took to compute
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class AnomalySummaries:
     def __init__(self, anomalies: Collection, *, max_age_s: float) -> None:
         self._anomalies = anomalies
         self._max_age_s = max_age_s
-        self._current: tuple[AnomalySummary, float] | None = None
+        self._current: tuple[AnomalySummary, float, float] | None = None  # and when, and how long
         self._computing = threading.Lock()  # one aggregation at a time
         self._lock = threading.Lock()
 
@@ -106,14 +110,16 @@ class AnomalySummaries:
                 if current is None:
                     current = self._compute()
             return current[0]
-        summary, computed = current
-        if time.monotonic() - computed > self._max_age_s and self._computing.acquire(blocking=False):
+        summary, computed, took = current
+        max_age = min(self._max_age_s, max(MIN_AGE_S, AGE_PER_COST * took))
+        if time.monotonic() - computed > max_age and self._computing.acquire(blocking=False):
             threading.Thread(target=self._refresh, name="flead-anomaly-summary", daemon=True).start()
         return summary
 
-    def _compute(self) -> tuple[AnomalySummary, float]:
+    def _compute(self) -> tuple[AnomalySummary, float, float]:
         started = time.monotonic()
-        result = (compute_summary(self._anomalies), started)
+        summary = compute_summary(self._anomalies)
+        result = (summary, started, time.monotonic() - started)
         with self._lock:
             self._current = result
         return result
