@@ -49,7 +49,7 @@ class MainJobResult:
     source: str
     note: str
     days: list[date]
-    readings: int = 0
+    readings: int = 0  # replayed, and trained on: the job fails otherwise
     version: int = -1
     f1: float | None = None
     alarms: int = 0
@@ -135,8 +135,13 @@ def run_main_job(
             run_config={"ops": {"labelled_benchmark": {"config": window}}},
         )
 
-    with step():
-        result.readings = _metadata(run([stream_replay], chosen), "stream_replay")["readings"]
+    with step():  # fails when the trainer does not train every replayed reading
+        replayed = _metadata(run([stream_replay], chosen), "stream_replay")
+        if replayed["trained"] != replayed["readings"]:
+            raise RuntimeError(
+                f"{replayed['readings']:,} readings replayed but {replayed['trained']:,} trained"
+            )
+        result.readings = replayed["trained"]
 
     with step():
         result.version = _metadata(run([global_model]), "global_model")["version"]

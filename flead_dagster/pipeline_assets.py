@@ -13,6 +13,7 @@ from dagster import (
     AutomationCondition,
     BackfillPolicy,
     Config,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -46,6 +47,11 @@ class ReplayConfig(Config):
         True, description="wait until the stream trainer's group has committed every replayed reading"
     )
     wait_timeout_s: float = Field(900.0, gt=0, description="longest wait for the trainer")
+    stall_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="fail once the trainer has committed nothing for this long while readings remain",
+    )
 
 
 class EvaluationConfig(Config):
@@ -80,20 +86,23 @@ def stream_replay(
             context.log.info(f"sent {sent}/{total}")
 
     summary = replay(settings, frame, speed=config.speed, progress=progress)
-    targets = lag.end_offsets(settings, settings.topic_readings)
+    targets = lag.end_offsets(settings, settings.topic_readings)  # (may fall short: see next_offsets)
+    targets |= {p: max(o, targets.get(p, 0)) for p, o in summary.next_offsets.items()}
     remaining = None
     if config.wait_for_trainer and summary.messages:
         context.log.info(f"waiting for consumer group {settings.consumer_group} to checkpoint")
-        remaining = lag.wait_for_group(
+        waited = lag.wait_for_group(
             settings,
             settings.consumer_group,
             settings.topic_readings,
             targets,
             timeout_s=config.wait_timeout_s,
+            stall_s=config.stall_timeout_s,
             on_progress=lambda left: context.log.debug(f"trainer lag {left}"),
         )
-        if remaining:
-            context.log.warning(f"the trainer is still {remaining} readings behind after the wait")
+        if not waited.caught_up:
+            raise Failure(_not_trained(settings, config, waited, summary.messages))
+        remaining = waited.remaining
     return MaterializeResult(
         metadata={
             "days": MetadataValue.json([d.isoformat() for d in days]),
@@ -103,7 +112,25 @@ def stream_replay(
             "topic": settings.topic_readings,
             "end_offsets": MetadataValue.json({str(p): o for p, o in sorted(targets.items())}),
             "trainer_lag_after_wait": remaining if remaining is not None else "not waited",
+            # what the trainer checkpointed of this replay (-1: not waited for, so not known)
+            "trained": summary.messages if remaining is not None else (-1 if summary.messages else 0),
         }
+    )
+
+
+def _not_trained(settings: Settings, config: ReplayConfig, waited: lag.GroupWait, replayed: int) -> str:
+    group, topic = settings.consumer_group, settings.topic_readings
+    behind = f"{waited.remaining:,} readings of topic {topic} (of {replayed:,} replayed) are not trained"
+    if waited.outcome == lag.STALLED:
+        return (
+            f"the stream trainer made no progress: consumer group {group} committed no offset for "
+            f"{waited.still_s:.0f} s (stall_timeout_s {config.stall_timeout_s:g}) and {behind}. Is the "
+            f"trainer running with this topic and group? Its /health and log tell (partitions, lag, "
+            f"partition_resets)."
+        )
+    return (
+        f"the stream trainer is too slow: after {waited.waited_s:.0f} s (wait_timeout_s "
+        f"{config.wait_timeout_s:g}) {behind}; raise wait_timeout_s for a replay this large."
     )
 
 

@@ -10,24 +10,34 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
+from dagster import materialize
 from kafka.structs import TopicPartition
 
 from flead.bus import lag
-from flead.bus.clients import make_producer
+from flead.bus.clients import make_admin, make_producer
 from flead.bus.replay import encode_readings
+from flead.bus.topics import ensure_topics, topic_id
+from flead.config import Settings
+from flead.datasets import pipeline
 from flead.model.config import TrainConfig
 from flead.schema import MEASUREMENTS
+from flead_dagster.pipeline_assets import stream_replay
+from flead_dagster.resources import default_resources
 from flead_dagster_tests.test_trainer_http_exchange import OPTIONS, api, feed  # noqa: F401 (fixture)
 from flead_dagster_tests.test_trainer_state import SMALL, readings, records
 from flead_dagster_tests.test_trainer_stream import (
+    PARTITIONS,
     Trainer,
     create_topics,
+    device_table,
     isolated_env,
     mongo_db,
     offsets_total,
     read_all,
     settings_for,
+    wait_until,
 )
+from services.stream_trainer.checkpoints import PartitionRecord, stale_reason
 from services.stream_trainer.exchange import InProcessExchange
 from services.stream_trainer.exchange_http import HttpExchange
 from services.stream_trainer.federation import Federation
@@ -175,3 +185,107 @@ def test_anomalies_171_microseconds_apart_are_two_documents(settings):
         outputs.close()
         producer.close()
         client.close()
+
+
+def recreate_topic(settings, topic: str, partitions: int) -> None:
+    """Delete `topic` and create it again, empty (as a memory-only broker's restart does)."""
+    before = topic_id(settings, topic)
+    admin = make_admin(settings)
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+    wait_until(lambda: topic_id(settings, topic) is None, 30, f"{topic} deleted")
+    ensure_topics(settings, {topic: partitions})
+    after = wait_until(lambda: topic_id(settings, topic), 30, f"{topic} created again")
+    assert after != before and lag.end_offsets(settings, topic) == dict.fromkeys(range(partitions), 0)
+
+
+def produce(settings, stream: dict[int, list[tuple[bytes, bytes]]]) -> None:
+    producer = make_producer(settings)
+    for partition, messages in stream.items():
+        for key, value in messages:
+            producer.send(settings.topic_readings, key=key, value=value, partition=partition)
+    producer.flush(30)
+    producer.close()
+
+
+def test_checkpoints_of_a_recreated_topic_are_reset_and_every_new_reading_is_trained(services_env, tmp_path):
+    env = isolated_env(services_env)
+    settings = settings_for(env)
+    create_topics(settings)
+    produce(settings, {0: good_readings("dev-a", 256), 1: good_readings("dev-b", 256)})
+    first = Trainer(env, tmp_path, name="first")
+    first.wait_for(lambda h: offsets_total(h, "checkpointed_offsets") == 512, 90, "the first topic trained")
+    assert first.stop() == 0, first.tail()
+
+    # the broker loses its topics; MongoDB keeps the checkpoints (offsets 256 and 256)
+    recreate_topic(settings, settings.topic_readings, PARTITIONS)
+    # partition 0 gets more readings than before (only the topic id tells), partition 1 fewer
+    produce(
+        settings, {0: good_readings("dev-a", 384, start=1000), 1: good_readings("dev-b", 128, start=1000)}
+    )
+    second = Trainer(env, tmp_path, name="second")
+    health = second.wait_for(
+        lambda h: h["checkpointed_offsets"].get("0") == 384 and h["checkpointed_offsets"].get("1") == 128,
+        90,
+        "every reading of the new topic trained and checkpointed",
+    )
+    assert health["counters"]["scored"] == 384 + 128 and health["counters"]["partition_resets"] == 2
+    resets = {r["partition"]: r for r in health["partition_resets"]}
+    assert sorted(resets) == [0, 1] and all(r["offset_before"] == 256 for r in resets.values())
+    assert "the topic was recreated" in resets[0]["reason"]
+    assert "discarded" in second.log.read_text()
+    wait_until(
+        lambda: {d: t[0] for d, t in device_table(settings).items()} == {"dev-a": 384, "dev-b": 128},
+        30,
+        "device statistics of the new states only",
+    )
+    client, db = mongo_db(settings)
+    try:
+        found = db[settings.collection_checkpoints].find({"kind": "partition", "partition": {"$in": [0, 1]}})
+        assert all(d["topic_id"] == topic_id(settings, settings.topic_readings) for d in found)
+    finally:
+        client.close()
+    assert second.stop() == 0, second.tail()
+
+
+def test_stream_replay_fails_fast_when_the_trainer_makes_no_progress(services_env, tmp_path, monkeypatch):
+    env = isolated_env(services_env, FLEAD_HOME=str(tmp_path / "home"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    raw = pipeline.acquire(settings, pipeline.SourceKind.SYNTHETIC, synthetic=pipeline.SyntheticSpec(2, 1, 3))
+    pipeline.stage(raw, settings)
+    [day] = pipeline.dataset_days(settings)[:1]
+    pipeline.write_lake_days(settings, [day])
+    create_topics(settings)
+    # no trainer reads the topic: nothing is ever committed
+    result = materialize(
+        [stream_replay],
+        partition_key=day.isoformat(),
+        resources=default_resources(settings),
+        run_config={"ops": {"stream_replay": {"config": {"stall_timeout_s": 2, "wait_timeout_s": 600}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description or str(failure.step_failure_data.error)
+    assert "made no progress" in message and settings.consumer_group in message, message
+    assert "are not trained" in message
+
+
+def test_a_checkpoint_is_stale_only_when_the_topic_tells_so():
+    def record(offset, topic_id="id-1"):
+        return PartitionRecord(0, 1, 1, offset, None, (), topic_id)
+
+    assert stale_reason(record(None), "id-2", (0, 0)) is None  # nothing checkpointed yet
+    assert stale_reason(record(500), "id-1", (0, 600)) is None
+    assert "recreated" in stale_reason(record(500), "id-2", (0, 900))  # even with more records now
+    # no topic ids (a legacy checkpoint, or a broker without them): only an empty partition tells
+    assert "empty partition" in stale_reason(record(500, None), "id-2", (0, 0))
+    assert "empty partition" in stale_reason(record(500, "id-1"), None, (0, 0))
+    # a broker may report an end short of the records it holds (Tansu: its last batch's base + 1)
+    assert stale_reason(record(500, None), None, (0, 430)) is None
+    assert stale_reason(record(500, None), None, (500, 500)) is None  # all expired, offsets kept
+    assert stale_reason(record(500), None, None) is None  # Kafka could not be asked

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
@@ -35,6 +35,9 @@ class ReplaySummary:
     first_ts: datetime | None
     last_ts: datetime | None
     seconds: float
+    # partition -> the offset after its last reading sent, as the broker acknowledged it (exact, unlike
+    # the end offsets some brokers report)
+    next_offsets: dict[int, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -93,6 +96,12 @@ def replay(
     keys, values = encode_readings(frame)
     due = send_schedule(frame, speed) if speed is not None else None
     failures: list[BaseException] = []
+    next_offsets: dict[int, int] = {}
+
+    def acknowledged(metadata) -> None:
+        if metadata.offset >= next_offsets.get(metadata.partition, 0):
+            next_offsets[metadata.partition] = metadata.offset + 1
+
     own_producer = producer is None
     producer = producer or make_producer(settings)
     started = time.perf_counter()
@@ -102,7 +111,8 @@ def replay(
                 wait = due[i] - (time.perf_counter() - started)
                 if wait > 0:
                     time.sleep(wait)  # pacing to event time, not a readiness check
-            producer.send(topic, key=key, value=value).add_errback(failures.append)
+            future = producer.send(topic, key=key, value=value)
+            future.add_callback(acknowledged).add_errback(failures.append)
             if progress and i % PROGRESS_EVERY == 0:
                 progress(i, len(keys))
         producer.flush()
@@ -123,4 +133,5 @@ def replay(
         first_ts=frame["ts"][0] if frame.height else None,
         last_ts=frame["ts"][-1] if frame.height else None,
         seconds=seconds,
+        next_offsets=next_offsets,
     )

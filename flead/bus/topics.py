@@ -1,4 +1,4 @@
-"""Creating FLEAD's topics idempotently."""
+"""Creating FLEAD's topics idempotently, and telling one incarnation of a topic from another."""
 
 from __future__ import annotations
 
@@ -60,3 +60,19 @@ def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> l
         detail = ", ".join(f"{s.name} has {s.partitions} (needs {wanted[s.name]})" for s in short)
         raise RuntimeError(f"topics with too few partitions: {detail}")
     return states
+
+
+NO_TOPIC_ID = {None, "", "00000000-0000-0000-0000-000000000000", "AAAAAAAAAAAAAAAAAAAAAA"}
+
+
+def topic_id(settings: Settings, topic: str) -> str | None:
+    """Kafka's id of `topic` (a new one each time the topic is created), None if it does not exist
+    or the broker gives topics no ids."""
+    admin = make_admin(settings)
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    found = next((t for t in described if t["name"] == topic and not t.get("error_code")), None)
+    identity = None if found is None else found.get("topic_id")
+    return None if identity in NO_TOPIC_ID else str(identity)

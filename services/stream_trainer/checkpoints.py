@@ -15,6 +15,12 @@ refused: it drops its state and commits nothing.
 
 Claim (on assignment): ``$inc`` the epoch (fencing off any previous owner), read offset, watermark
 and the referenced states.
+
+A checkpoint also records the topic's identity (Kafka's topic id). A topic deleted and created again
+(e.g. a memory-only broker restarted under a MongoDB that kept its data) starts its offsets anew: a
+checkpoint of the earlier topic, recognised by another topic id or by an offset beyond the end of an
+empty partition, is reset (`stale_reason`, `reset`): the partition is read from its first offset,
+with new device states, and the reset is logged and counted.
 """
 
 from __future__ import annotations
@@ -59,6 +65,25 @@ class PartitionRecord:
     offset: int | None
     max_event_us: int | None
     state_ids: tuple[str, ...]
+    topic_id: str | None = None  # of the topic the offsets belong to (None: not known)
+
+
+def stale_reason(record: PartitionRecord, topic_id: str | None, bounds: tuple[int, int] | None) -> str | None:
+    """Why `record`'s offsets cannot belong to the topic as it is now (`topic_id`, the partition's
+    (first, next) offsets `bounds`), or None when they can (or nothing is known to tell)."""
+    if record.offset is None:
+        return None
+    if record.topic_id is not None and topic_id is not None and record.topic_id != topic_id:
+        return f"the topic was recreated (topic id {topic_id}, the checkpoint's {record.topic_id})"
+    # Without topic ids: an empty partition cannot hold the records a checkpoint read. (Only empty:
+    # Tansu reports the base offset of a partition's last batch + 1 as its end, so a partition that
+    # holds records may report an end below a valid checkpoint's offset.)
+    if bounds is not None and bounds[0] == bounds[1] < record.offset:
+        return (
+            f"the checkpoint's offset {record.offset} is beyond the end {bounds[1]} of the empty "
+            "partition (the topic was recreated)"
+        )
+    return None
 
 
 @dataclass(eq=False)
@@ -92,6 +117,7 @@ class CheckpointStore:
         self.push_every = settings.trainer_push_every
         self.owner = dict(owner)
         self.shared = shared
+        self.topic_id: str | None = None  # the readings topic's id as last looked up, saved with offsets
         self._stored_digests: set[str] = set()
 
     def partition_id(self, partition: int) -> str:
@@ -130,7 +156,36 @@ class CheckpointStore:
             offset=document["offset"],
             max_event_us=document["max_event_us"],
             state_ids=tuple(document["states"]),
+            topic_id=document.get("topic_id"),
         )
+
+    def reset(self, record: PartitionRecord, offset: int | None, reason: str) -> PartitionRecord:
+        """Forget a stale checkpoint (see `stale_reason`): the partition resumes at `offset` (its first)
+        with no device states; the states are deleted by `remove_orphans`. One atomic update of the
+        partition document, only while the epoch is ours; the reset is kept in it (``last_reset``)."""
+        gen = record.gen + 1  # a copy parked in memory at the old gen is never taken for this one
+        self._durable_checkpoints.update_one(
+            {"_id": self.partition_id(record.partition), "epoch": record.epoch},
+            {
+                "$set": {
+                    "gen": gen,
+                    "offset": offset,
+                    "max_event_us": None,
+                    "states": [],
+                    "devices": 0,
+                    "topic_id": self.topic_id,
+                    "last_reset": {
+                        "at": datetime.now(UTC),
+                        "by": self.owner,
+                        "reason": reason,
+                        "offset_before": record.offset,
+                        "devices_before": len(record.state_ids),
+                        "topic_id_before": record.topic_id,
+                    },
+                }
+            },
+        )
+        return PartitionRecord(record.partition, record.epoch, gen, offset, None, (), self.topic_id)
 
     def load_slots(self, record: PartitionRecord) -> tuple[dict[str, DeviceSlot], list[LocalUpdate]]:
         """The partition's devices as of its checkpoint, and their undelivered updates."""
@@ -214,6 +269,7 @@ class CheckpointStore:
                         "max_event_us": max_event_us.get(part.number),
                         "states": ids,
                         "devices": len(ids),
+                        **({"topic_id": self.topic_id} if self.topic_id is not None else {}),
                         "saved_by": self.owner,
                         "saved_at": now,
                     }

@@ -30,12 +30,13 @@ from pymongo.errors import PyMongoError
 
 from flead.bus.clients import make_consumer, make_producer
 from flead.bus.codec import Rejected
-from flead.bus.topics import ensure_topics, output_topics
+from flead.bus.lag import log_bounds
+from flead.bus.topics import ensure_topics, output_topics, topic_id
 from flead.config import Settings
 from flead.storage.mongo import get_database, make_mongo_client
 from services.stream_trainer.anomaly_store import AnomalyStoreError
 from services.stream_trainer.backoff import Backoff
-from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition
+from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition, PartitionRecord, stale_reason
 from services.stream_trainer.exchange import InProcessExchange, ModelExchange
 from services.stream_trainer.exchange_http import HttpExchange
 from services.stream_trainer.federation import Federation
@@ -96,6 +97,7 @@ class StreamTrainer(RebalanceHandler):
         }
         self._persisted_global: int | None = None
         self._process = psutil.Process()
+        self.resets: list[dict] = []  # checkpoints found stale (a recreated topic), newest last
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -427,12 +429,16 @@ class StreamTrainer(RebalanceHandler):
         )
 
     def partitions_assigned(self, partitions: set) -> None:
+        current_id, bounds = self._topic_log()
         for tp in sorted(partitions):
             if self.stop_requested.is_set():
                 return
             record = self._retry(
                 f"claim partition {tp.partition}", lambda tp=tp: self.store.claim(tp.partition)
             )
+            reason = stale_reason(record, current_id, bounds.get(tp.partition))
+            if reason is not None:
+                record = self._reset(record, bounds.get(tp.partition), reason)
             parked = self._parked.pop(tp.partition, None)
             kept = (
                 parked is not None and parked.gen == record.gen and parked.committed_offset == record.offset
@@ -460,6 +466,8 @@ class StreamTrainer(RebalanceHandler):
             self.watermarks.restore(tp.partition, record.max_event_us)
             if record.offset is not None:
                 self.consumer.seek(tp, record.offset)
+            elif reason is not None:  # reset, the first offset unknown
+                self.consumer.seek_to_beginning(tp)
             self.owned[tp.partition] = part
             log.info(
                 "partition %d assigned: epoch %d, offset %s, %d devices %s",
@@ -470,6 +478,38 @@ class StreamTrainer(RebalanceHandler):
                 "kept from before the rebalance" if kept else "restored from the checkpoint",
             )
         self._parked.clear()
+
+    def _topic_log(self) -> tuple[str | None, dict[int, tuple[int, int]]]:
+        """The readings topic's id and its partitions' (first, next) offsets: what tells whether a
+        checkpoint belongs to the topic as it is now. Unknown (None, {}) if Kafka cannot say."""
+        topic = self.settings.topic_readings
+        try:
+            self.store.topic_id = topic_id(self.settings, topic)
+            return self.store.topic_id, log_bounds(self.settings, topic)
+        except KafkaError as exc:
+            log.warning("could not look up topic %s (%s): checkpoints are taken as they are", topic, exc)
+            return None, {}
+
+    def _reset(self, record: PartitionRecord, bounds: tuple[int, int] | None, reason: str) -> PartitionRecord:
+        """Discard a checkpoint of an earlier incarnation of the topic: the partition starts over from
+        its first offset with new device states."""
+        start = None if bounds is None else bounds[0]
+        log.warning(
+            "partition %d: %s: its checkpoint (offset %s, %d devices) is discarded; reading it from "
+            "offset %s with new device states",
+            record.partition,
+            reason,
+            record.offset,
+            len(record.state_ids),
+            "the beginning" if start is None else start,
+        )
+        reset = self._retry(
+            f"reset partition {record.partition}", lambda: self.store.reset(record, start, reason)
+        )
+        self.counters.add("partition_resets")
+        entry = {"partition": record.partition, "reason": reason, "offset_before": record.offset}
+        self.resets = [*self.resets[-9:], {**entry, "offset": start, "at": datetime.now(UTC)}]
+        return reset
 
     def _retry(self, what: str, action: Callable[[], T]) -> T:
         """Run a MongoDB action until it succeeds; gives up (raises) only once a stop is requested."""
@@ -510,6 +550,7 @@ class StreamTrainer(RebalanceHandler):
             "records_per_s": round(self.counters.records_per_s(), 1),
             "counters": self.counters.snapshot(),
             "exchange": exchange,
+            "partition_resets": self.resets,
             "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
             **view,
         }
