@@ -12,11 +12,13 @@ modes the old alarm budget instead (the q-quantile of a device's scores so far).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from flead.datasets import lake
@@ -27,6 +29,7 @@ from flead.evaluation.references import REFERENCES, ReferenceConfig, score_refer
 from flead.federated.simulate import MODES as DETECTOR_MODES
 from flead.federated.simulate import SimulationConfig, simulate
 from flead.model.config import ModelConfig
+from flead.model.events import EventConfig, group_events
 from flead.schema import MEASUREMENTS
 
 EVALUATION_MODES = (*DETECTOR_MODES, *REFERENCES)
@@ -45,6 +48,9 @@ class EvaluationPlan:
     false_alarm_rate: float = 1e-3  # every calibrated threshold's per-reading false-alarm target
     zscore_window: int = 100
     pca_variance: float = 0.95
+    # The detector modes' alarms grouped into events (merged, weak ones pruned) before they are
+    # scored, as the stream trainer reports them; None: every flagged reading counts as it is.
+    events: EventConfig | None = field(default_factory=EventConfig)
 
     def __post_init__(self) -> None:
         if self.mode not in EVALUATION_MODES:
@@ -180,7 +186,12 @@ def evaluate(
             progress,
         )
         history = result.history
-        decisions = result.outputs.select(
+        outputs = result.outputs
+        if plan.events is not None:
+            outputs = outputs.with_columns(
+                is_anomaly=pl.Series(_event_flags(outputs, plan.events), dtype=pl.Boolean)
+            )
+        decisions = outputs.select(
             "score",
             "is_anomaly",
             pl.when(pl.col("threshold").is_infinite()).then(pl.lit(NO_THRESHOLD)).alias("unjudged"),
@@ -206,6 +217,17 @@ def evaluate(
         seconds=seconds,
         history=history,
     )
+
+
+def _event_flags(outputs: pl.DataFrame, config: EventConfig) -> np.ndarray:
+    """Per device (outputs sorted by device and position), the readings inside a kept event."""
+    flags = outputs["is_anomaly"].to_numpy().copy()
+    severity = outputs["severity"].to_numpy()
+    devices = outputs["device_id"].to_numpy()
+    bounds = np.flatnonzero(devices[1:] != devices[:-1]) + 1
+    for lo, hi in itertools.pairwise([0, *bounds.tolist(), len(flags)]):
+        flags[lo:hi] = group_events(flags[lo:hi], severity[lo:hi], config)[0]
+    return flags
 
 
 def _model_config(base: ModelConfig, features: tuple[str, ...], has_time: bool) -> ModelConfig:

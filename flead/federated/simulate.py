@@ -66,7 +66,7 @@ class SimulationResult:
     detectors: dict[str, OnlineDetector]
     outputs: (
         pl.DataFrame
-    )  # device_id, position (row within the device's scored stream), score, threshold, is_anomaly
+    )  # device_id, position (row within the device's scored stream), score, threshold, severity, is_anomaly
     history: list[dict] = field(default_factory=list)  # one summary per global version made
     readings_trained: int = 0
     readings_scored: int = 0
@@ -124,6 +124,7 @@ _OUTPUT_SCHEMA = {
     "position": pl.Int64,
     "score": pl.Float64,
     "threshold": pl.Float64,
+    "severity": pl.Float64,
     "is_anomaly": pl.Boolean,
 }
 
