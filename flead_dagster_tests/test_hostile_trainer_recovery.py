@@ -15,6 +15,7 @@ from kafka.structs import TopicPartition
 
 from flead.bus import lag
 from flead.bus.clients import make_admin, make_producer
+from flead.bus.codec import Rejected
 from flead.bus.replay import encode_readings
 from flead.bus.topics import ensure_topics, topic_id
 from flead.config import Settings
@@ -32,6 +33,7 @@ from flead_dagster_tests.test_trainer_stream import (
     device_table,
     isolated_env,
     mongo_db,
+    no_leftover_trainers,  # noqa: F401 (autouse: kills the trainers of a failed test)
     offsets_total,
     read_all,
     settings_for,
@@ -289,3 +291,30 @@ def test_a_checkpoint_is_stale_only_when_the_topic_tells_so():
     assert stale_reason(record(500, None), None, (0, 430)) is None
     assert stale_reason(record(500, None), None, (500, 500)) is None  # all expired, offsets kept
     assert stale_reason(record(500), None, None) is None  # Kafka could not be asked
+
+
+def test_a_dead_letter_kafka_refuses_is_resent_truncated_then_dropped_never_retried_for_ever(settings):
+    topic = f"test.dlq.{uuid.uuid4().hex[:8]}"
+    ensure_topics(settings, {topic: 1})
+    dlq_settings = settings.model_copy(update={"topic_dlq": topic})
+    producer = make_producer(settings, max_request_size=4000)  # whole values up to 2000 bytes
+    client, db = mongo_db(settings)
+    counters = Counters()
+    outputs = Outputs(dlq_settings, producer, db, counters, "test")
+    try:
+        # each fits the value limit, but with its long reason is more than the producer sends
+        fits_truncated = Rejected("src", 0, 7, b"dev-a", b"a" * 1900, "r" * 2500)
+        never_fits = Rejected("src", 0, 8, b"dev-a", b"b" * 1900, "r" * 4096)
+        outputs.dead_letters([fits_truncated, never_fits])
+        outputs.settle_kafka(timeout_s=10)  # returns: nothing left to retry
+        assert counters.get("dlq_truncated") == 2 and counters.get("dlq_undeliverable") == 1
+        assert lag.end_offsets(settings, topic) == {0: 1}
+        [letter] = read_all(settings, topic, 1)
+        headers = dict(letter.headers)
+        assert letter.value == b"a" * 1024 and headers["flead.source.offset"] == b"7"
+        assert headers["flead.original.value_size"] == b"1900"
+        assert headers["flead.truncated.reason"].startswith(b"refused by Kafka: MessageSizeTooLargeError")
+    finally:
+        outputs.close()
+        producer.close()
+        client.close()

@@ -22,7 +22,7 @@ COUNTERS = (
     "records_in",  # records polled
     "valid",
     "dlq",  # invalid records sent to the dead-letter topic
-    "dlq_truncated",  # dead letters stored truncated (too large to send whole, or refused by Kafka)
+    "dlq_truncated",  # dead letters sent truncated (too large to send whole, or refused by Kafka)
     "dlq_undeliverable",  # dead letters Kafka refused even truncated: dropped, logged with their offset
     "late",  # late records (side output: the dead-letter topic with a "late: ..." reason)
     "scored",
