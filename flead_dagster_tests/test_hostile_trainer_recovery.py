@@ -318,3 +318,24 @@ def test_a_dead_letter_kafka_refuses_is_resent_truncated_then_dropped_never_retr
         outputs.close()
         producer.close()
         client.close()
+
+
+def test_a_topic_recreated_under_a_running_trainer_is_read_again_from_its_start(services_env, tmp_path):
+    env = isolated_env(services_env)
+    settings = settings_for(env)
+    create_topics(settings)
+    produce(settings, {0: good_readings("dev-a", 256)})
+    trainer = Trainer(env, tmp_path, name="live")
+    trainer.wait_for(lambda h: offsets_total(h, "checkpointed_offsets") == 256, 90, "the first topic trained")
+    recreate_topic(settings, settings.topic_readings, PARTITIONS)  # no restart, perhaps no rebalance
+    # fewer readings than before: read from the old position, the new topic would give nothing
+    produce(settings, {0: good_readings("dev-a", 128, start=1000)})
+    health = trainer.wait_for(
+        lambda h: h["counters"]["scored"] == 256 + 128 and h["checkpointed_offsets"].get("0") == 128,
+        90,
+        "the new topic read from its start",
+    )
+    assert health["counters"]["partition_resets"] >= 1
+    assert "recreated while it was read" in health["partition_resets"][-1]["reason"]
+    wait_until(lambda: device_table(settings).get("dev-a", (0,))[0] == 128, 30, "the new state's statistics")
+    assert trainer.stop() == 0, trainer.tail()

@@ -59,6 +59,7 @@ IDLE_CHECK_S = 0.5
 SNAPSHOT_S = 1.0
 UNSENT_FLUSH_S = 2.0
 CAUGHT_UP_CHECKPOINT_S = 1.0  # at most this often when caught up
+TOPIC_CHECK_S = 10.0  # how often a running trainer checks that its topic was not recreated
 
 
 class StreamTrainer(RebalanceHandler):
@@ -85,6 +86,7 @@ class StreamTrainer(RebalanceHandler):
         self._last_checkpoint = time.monotonic()
         self._last_idle_check = 0.0
         self._last_snapshot = 0.0
+        self._last_topic_check = time.monotonic()
         self._lag: dict[int, int | None] = {}
         self._view: dict = {
             "partitions": [],
@@ -263,6 +265,40 @@ class StreamTrainer(RebalanceHandler):
         if now - self._last_snapshot >= SNAPSHOT_S:
             self._last_snapshot = now
             self._refresh_view()
+        if now - self._last_topic_check >= TOPIC_CHECK_S:
+            self._last_topic_check = now
+            self._check_topic()
+
+    def _check_topic(self) -> None:
+        """A topic deleted and created again while we read it (no rebalance need follow): reset every
+        owned partition as an assignment would (`partitions_assigned`)."""
+        known = self.store.topic_id
+        try:
+            current = topic_id(self.settings, self.settings.topic_readings)
+        except KafkaError as exc:
+            log.warning("could not look up topic %s: %s", self.settings.topic_readings, exc)
+            return
+        if known is None or current is None or current == known:
+            return
+        _, bounds = self._topic_log()
+        reason = f"the topic was recreated while it was read (topic id {current}, before {known})"
+        for number, part in list(self.owned.items()):
+            state_ids = tuple(s.state_id for s in part.slots.values() if s.state_id is not None)
+            record = PartitionRecord(number, part.epoch, part.gen, part.committed_offset, None, state_ids)
+            record = self._reset(record, bounds.get(number), reason)
+            try:
+                self.store.remove_orphans(record)
+            except PyMongoError as exc:
+                log.warning("could not remove unreferenced device states: %s", exc)
+            self.watermarks.drop(number)
+            self.owned[number] = OwnedPartition(
+                number, record.epoch, record.gen, record.offset, record.offset
+            )
+            tp = TopicPartition(self.settings.topic_readings, number)
+            if record.offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, record.offset)
 
     def _refresh_lag(self) -> None:
         lag = {}
@@ -484,8 +520,10 @@ class StreamTrainer(RebalanceHandler):
         checkpoint belongs to the topic as it is now. Unknown (None, {}) if Kafka cannot say."""
         topic = self.settings.topic_readings
         try:
-            self.store.topic_id = topic_id(self.settings, topic)
-            return self.store.topic_id, log_bounds(self.settings, topic)
+            current = topic_id(self.settings, topic)
+            if current is not None:  # (None: deleted, perhaps being created again)
+                self.store.topic_id = current
+            return current, log_bounds(self.settings, topic)
         except KafkaError as exc:
             log.warning("could not look up topic %s (%s): checkpoints are taken as they are", topic, exc)
             return None, {}
