@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def evaluate_command(
         None,
         help="Comma-separated feature columns, patterns allowed (cmd_*) (default: every numeric column).",
     ),
+    inputs: str = typer.Option(
+        None,
+        help="Comma-separated columns (patterns allowed) the detectors take as inputs without scoring them.",
+    ),
     train_fraction: float = typer.Option(
         None, min=0.0, max=1.0, help="Fit on the first F of each device's rows (default 0.3 without a split)."
     ),
@@ -117,7 +122,7 @@ def evaluate_command(
         "time": time_column,
         "time_format": time_format,
         "device": device_column,
-        "features": [f.strip() for f in features.split(",")] if features else None,
+        "features": [*_names(features), *_names(inputs)] if features else None,
     }
     unmatched: list[str] = []
     dropped = 0
@@ -134,6 +139,12 @@ def evaluate_command(
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
 
+    chosen_inputs = tuple(
+        column for column in series.features if any(fnmatch.fnmatch(column, p) for p in _names(inputs))
+    )
+    if inputs and not chosen_inputs:
+        raise fail(f"--inputs {inputs!r} matches no column of the data ({', '.join(series.features)})")
+
     def plan(m: str) -> EvaluationPlan:
         return EvaluationPlan(
             mode=m,
@@ -144,6 +155,7 @@ def evaluate_command(
             threshold_quantile=quantile,
             false_alarm_rate=false_alarm_rate,
             pca_variance=pca_variance,
+            inputs=chosen_inputs,
         )
 
     try:
@@ -177,7 +189,8 @@ def evaluate_command(
     path.parent.mkdir(parents=True, exist_ok=True)
     setup = {
         "source": source,
-        "features": list(series.features),
+        "features": [f for f in series.features if f not in chosen_inputs],
+        "inputs": list(chosen_inputs),
         "readings": series.frame.height,
         "split": "train/test files" if train else f"column {split_column}" if split_column else None,
         "train_fraction": train_fraction,
@@ -219,6 +232,10 @@ def _print_source(
             f"note: {len(without)} scored devices have no train part ({', '.join(without[:5])}"
             f"{', ...' if len(without) > 5 else ''}); they are judged without one, or left unjudged"
         )
+
+
+def _names(option: str | None) -> list[str]:
+    return [name.strip() for name in option.split(",") if name.strip()] if option else []
 
 
 def _print(results: dict) -> None:

@@ -265,3 +265,19 @@ def test_conflicting_inputs_are_clear_errors(tmp_path):
     assert only_train.returncode == 1 and "give both --train and --test" in only_train.stdout
     mixed = run(tmp_path / "home", str(tmp_path / "a.csv"), "--train", str(tmp_path / "a.csv"), "--test", "x")
     assert mixed.returncode == 1 and "not both" in mixed.stdout
+
+
+def test_inputs_are_fed_to_the_detectors_and_scored_by_nobody(tmp_path):
+    rng = np.random.default_rng(8)
+    for name in ("m1", "m2"):
+        write(tmp_path / "train" / f"{name}.csv", channel(rng, 600, None))
+        write(tmp_path / "test" / f"{name}.csv", channel(rng, 400, 300))
+    out = tmp_path / "inputs.json"
+    args = ["--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--time", "time"]
+    result = run(tmp_path / "home", *args, "--inputs", "a", "-m", "local", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["setup"]["features"] == ["b"] and report["setup"]["inputs"] == ["a"]
+    assert report["results"]["local"]["readings_scored"] == 800
+    bad = run(tmp_path / "home", *args, "--inputs", "nope*", "-m", "local")
+    assert bad.returncode != 0 and "matches no column" in bad.stdout + bad.stderr

@@ -33,6 +33,7 @@ from flead.model.events import EventConfig, group_events
 from flead.schema import MEASUREMENTS
 
 EVALUATION_MODES = (*DETECTOR_MODES, *REFERENCES)
+ANOMALY_TYPE = "anomaly_type"
 NO_THRESHOLD = "detector: no threshold yet (no calibration of its own or the fleet's)"
 
 
@@ -48,6 +49,9 @@ class EvaluationPlan:
     false_alarm_rate: float = 1e-3  # every calibrated threshold's per-reading false-alarm target
     zscore_window: int = 100
     pca_variance: float = 0.95
+    # Columns of the series that the detector modes take as inputs (they explain the features but are
+    # not scored: `ModelConfig.inputs`); every mode and reference scores only the other features.
+    inputs: tuple[str, ...] = ()
     # The detector modes' alarms grouped into events (merged, weak ones pruned) before they are
     # scored, as the stream trainer reports them; None: every flagged reading counts as it is.
     events: EventConfig | None = field(default_factory=EventConfig)
@@ -72,6 +76,8 @@ class EvaluationOutcome:
     readings_scored: int
     seconds: float
     history: list[dict]
+    # Injected benchmarks: per anomaly type, the share of its labelled readings that alarmed.
+    recall_by_type: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds_per_million(self) -> float:
@@ -88,6 +94,7 @@ class EvaluationOutcome:
             "seconds_per_million_readings": round(self.seconds_per_million, 3),
             "global_versions": len(self.history),
             **self.evaluation.to_dict(),
+            "recall_by_type": self.recall_by_type,
         }
 
 
@@ -107,7 +114,7 @@ def load_lake_benchmark(labelled_dir: Path) -> tuple[LabelledSeries, int]:
     dropped = int(frame["out_of_range"].sum())
     frame = (
         frame.filter(~pl.col("out_of_range"))
-        .select(DEVICE, TS, *MEASUREMENTS, pl.col("label").cast(pl.Int8).alias(LABEL), EVENT)
+        .select(DEVICE, TS, *MEASUREMENTS, pl.col("label").cast(pl.Int8).alias(LABEL), EVENT, ANOMALY_TYPE)
         .sort(DEVICE, TS, maintain_order=True)
     )
     files = (*(lake.partition_path(labelled_dir, d) for d in days), labelled_dir / EVENTS_FILE)
@@ -157,6 +164,12 @@ def evaluate(
     if judged.is_empty():
         raise ValueError("nothing left to score: lower --train-fraction / --train-rows")
 
+    unknown = set(plan.inputs) - set(series.features)
+    if unknown:
+        raise ValueError(f"inputs {sorted(unknown)} are not columns of the data ({list(series.features)})")
+    scored_features = tuple(f for f in series.features if f not in plan.inputs)
+    if not scored_features:
+        raise ValueError("every column is an input: nothing left to score")
     started = time.perf_counter()
     history: list[dict] = []
     if plan.mode in REFERENCES:
@@ -167,10 +180,10 @@ def evaluate(
             batch_size=plan.simulation.batch_size,
         )
         normal = frame["_i"].is_in(train["_i"].implode()).to_numpy() if scored is not None else None
-        outputs = score_reference(plan.mode, frame, series.features, normal, config)
+        outputs = score_reference(plan.mode, frame, scored_features, normal, config)
         decisions = outputs[judged["_i"].to_numpy()]
     else:
-        model = _model_config(plan.simulation.model, series.features, order == TS)
+        model = _model_config(plan.simulation.model, scored_features, plan.inputs, order == TS)
         config = replace(
             plan.simulation,
             model=model,
@@ -179,8 +192,8 @@ def evaluate(
         )
         devices = frame[DEVICE].unique().to_list()
         result = simulate(
-            _streams(train, series.features, order, devices),
-            _streams(scored, series.features, order, devices) if scored is not None else None,
+            _streams(train, model.columns, order, devices),
+            _streams(scored, model.columns, order, devices) if scored is not None else None,
             plan.mode,
             config,
             progress,
@@ -199,7 +212,7 @@ def evaluate(
     seconds = time.perf_counter() - started
 
     evaluated = judged.select(
-        DEVICE, order, LABEL, *([EVENT] if EVENT in judged.columns else [])
+        DEVICE, order, LABEL, *(c for c in (EVENT, ANOMALY_TYPE) if c in judged.columns)
     ).with_columns(decisions)
     evaluation = evaluate_frame(
         evaluated,
@@ -210,6 +223,7 @@ def evaluate(
         unjudged="unjudged",
     )
     return EvaluationOutcome(
+        recall_by_type=_recall_by_type(evaluated),
         mode=plan.mode,
         evaluation=evaluation,
         readings_trained=train.height if scored is not None else 0,
@@ -217,6 +231,18 @@ def evaluate(
         seconds=seconds,
         history=history,
     )
+
+
+def _recall_by_type(evaluated: pl.DataFrame) -> dict[str, float]:
+    if ANOMALY_TYPE not in evaluated.columns:
+        return {}
+    rows = (
+        evaluated.filter(pl.col(LABEL) == 1)
+        .group_by(ANOMALY_TYPE)
+        .agg(pl.col("is_anomaly").mean())
+        .sort(ANOMALY_TYPE)
+    )
+    return {kind: round(float(recall), 4) for kind, recall in rows.iter_rows()}
 
 
 def _event_flags(outputs: pl.DataFrame, config: EventConfig) -> np.ndarray:
@@ -230,10 +256,20 @@ def _event_flags(outputs: pl.DataFrame, config: EventConfig) -> np.ndarray:
     return flags
 
 
-def _model_config(base: ModelConfig, features: tuple[str, ...], has_time: bool) -> ModelConfig:
-    if tuple(base.features) == tuple(features) and base.time_features == has_time:
+def _model_config(
+    base: ModelConfig, features: tuple[str, ...], inputs: tuple[str, ...], has_time: bool
+) -> ModelConfig:
+    if (base.features, base.inputs, base.time_features) == (tuple(features), tuple(inputs), has_time):
         return base
-    return ModelConfig(**{**base.to_dict(), "features": features, "time_features": has_time, "min_std": ()})
+    return ModelConfig(
+        **{
+            **base.to_dict(),
+            "features": features,
+            "inputs": inputs,
+            "time_features": has_time,
+            "min_std": (),
+        }
+    )
 
 
 def _streams(

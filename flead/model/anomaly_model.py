@@ -28,7 +28,7 @@ class AnomalyModel:
         self.config = config or ModelConfig()
         self.network = Network(self.config.layers(), self.config.activation)
         self.network.initialise(seed)
-        self.normalizer = RunningNormalizer(self.config.n_features, self.config.min_std)
+        self.normalizer = RunningNormalizer(self.config.n_columns, self.config.min_std)
         self.n_samples_seen = 0
         self.metadata: dict = {}
 
@@ -118,9 +118,7 @@ class AnomalyModel:
         if order is not None and order != expected:
             raise ValueError(f"arrays {order} do not match the architecture's {expected}")
         model.set_weights(arrays)
-        model.normalizer = RunningNormalizer.from_state_dict(
-            header.get("normalizer") or {}, config.n_features
-        )
+        model.normalizer = RunningNormalizer.from_state_dict(header.get("normalizer") or {}, config.n_columns)
         samples = header.get("n_samples_seen", 0)
         if not isinstance(samples, int) or samples < 0:
             raise ValueError(f"n_samples_seen must be an integer >= 0, got {samples!r}")

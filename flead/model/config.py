@@ -28,6 +28,9 @@ class ModelConfig:
 
     kind: str = "autoencoder"
     features: tuple[str, ...] = MEASUREMENTS
+    # Inputs that explain the features without being scored themselves (commands sent to a
+    # spacecraft's module, a setpoint): in the network's window, never in its output or the score.
+    inputs: tuple[str, ...] = ()
     window: int = 16
     hidden: tuple[int, ...] = (64, 8)
     activation: str = "tanh"
@@ -39,9 +42,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if not self.min_std:
-            object.__setattr__(self, "min_std", tuple(MIN_SCALE.get(f, 0.0) for f in self.features))
+            object.__setattr__(self, "min_std", tuple(MIN_SCALE.get(f, 0.0) for f in self.columns))
         object.__setattr__(self, "min_std", tuple(float(s) for s in self.min_std))
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
@@ -49,22 +53,34 @@ class ModelConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if not self.features or len(set(self.features)) != len(self.features):
             raise ValueError(f"features must be a non-empty list of distinct names, got {self.features}")
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError(f"inputs must be distinct names that are not features, got {self.inputs}")
         if not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be an integer >= 1, got {self.window!r}")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden must list at least one layer size >= 1, got {self.hidden}")
         if not self.input_clip > 0:
             raise ValueError(f"input_clip must be > 0, got {self.input_clip}")
-        if len(self.min_std) != len(self.features) or min(self.min_std) < 0:
-            raise ValueError("min_std must give one value >= 0 per feature")
+        if len(self.min_std) != len(self.columns) or min(self.min_std) < 0:
+            raise ValueError("min_std must give one value >= 0 per feature and input")
 
     @property
     def n_features(self) -> int:
+        """The scored features."""
         return len(self.features)
 
     @property
+    def columns(self) -> tuple[str, ...]:
+        """Everything read from a reading, in the network's order: the features, then the inputs."""
+        return (*self.features, *self.inputs)
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.columns)
+
+    @property
     def input_size(self) -> int:
-        return self.window * self.n_features + (TIME_FEATURES if self.time_features else 0)
+        return self.window * self.n_columns + (TIME_FEATURES if self.time_features else 0)
 
     @property
     def output_size(self) -> int:

@@ -98,7 +98,7 @@ class OnlineDetector:
         self.time_column = time_column
         self.optimizer = Adam(self.model.network.size, t.learning_rate, t.beta1, t.beta2, t.epsilon)
         cfg = self.model.config
-        self.context = np.full((cfg.context_length, cfg.n_features), np.nan)  # raw values, NaN = none
+        self.context = np.full((cfg.context_length, cfg.n_columns), np.nan)  # raw values, NaN = none
         self.readings_seen = 0
         self.readings_unjudged = 0  # scored while no threshold existed (no calibration, own or fleet)
         self.suspect_run = 0  # consecutive readings judged anomalous at the end of the context
@@ -115,6 +115,11 @@ class OnlineDetector:
     @property
     def features(self) -> tuple[str, ...]:
         return self.model.config.features
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """What a batch must hold: the features, then the inputs (`ModelConfig.inputs`)."""
+        return self.model.config.columns
 
     # ------------------------------------------------------------------ federated learning interface
 
@@ -263,7 +268,7 @@ class OnlineDetector:
 
     def _arrays(self, batch: Batch, ts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """(values (n, F) float64 with NaN for missing or non-finite, hours of day or None)."""
-        features = self.features
+        features = self.config.columns
         if isinstance(batch, pl.DataFrame):
             missing = [f for f in features if f not in batch.columns]
             if missing:
@@ -284,7 +289,7 @@ class OnlineDetector:
         else:
             values = np.asarray(batch, dtype=np.float64)
             if values.ndim != 2 or values.shape[1] != len(features):
-                raise ValueError(f"an array batch must be (n, {len(features)}) for features {features}")
+                raise ValueError(f"an array batch must be (n, {len(features)}) for columns {features}")
         values = np.where(np.isfinite(values), values, np.nan)
         hours = None
         if self.config.time_features:
@@ -320,7 +325,7 @@ class OnlineDetector:
         # The scored readings are clipped like the inputs: a level beyond the clip that persists
         # stops scoring once it is in the window, while a jump to it scores up to (2 * clip)^2.
         clip = self.config.input_clip
-        current = np.clip(seq[self.config.context_length :], -clip, clip)
+        current = np.clip(seq[self.config.context_length :, : self.config.n_features], -clip, clip)
         return _Chunk(values, hours, seq, current)
 
     def _pass(self, chunk: _Chunk, masked: np.ndarray | None = None) -> _Pass:
@@ -423,7 +428,7 @@ class OnlineDetector:
             forward = None  # the weights moved: later steps need a fresh forward pass
             clip_by_global_norm(grad, self.train.clip_norm)
             self.optimizer.step(net.flat, grad)
-        learned = np.isfinite(chunk.values).any(axis=1) & (weights > 0)
+        learned = np.isfinite(chunk.values[:, : cfg.n_features]).any(axis=1) & (weights > 0)
         self.model.n_samples_seen += int(learned.sum())
 
     def _adapt(self, chunk: _Chunk, bootstrap: bool) -> None:
@@ -506,9 +511,7 @@ class OnlineDetector:
                 time_column=header["time_column"],
             )
             cfg = model.config
-            context = np.array(header["context"], dtype=np.float64).reshape(
-                cfg.context_length, cfg.n_features
-            )
+            context = np.array(header["context"], dtype=np.float64).reshape(cfg.context_length, cfg.n_columns)
             readings_seen, adam_t = int(header["readings_seen"]), int(header["adam_t"])
             suspect_run = int(header["suspect_run"])
             unjudged = int(header.get("readings_unjudged", 0))

@@ -357,7 +357,10 @@ def threshold_from_state_dict(state: dict) -> Threshold:
 
 
 def calibrated_threshold(
-    normal_scores: np.ndarray, false_alarm_rate: float = 1e-3, tail_quantile: float = 0.98
+    normal_scores: np.ndarray,
+    false_alarm_rate: float = 1e-3,
+    tail_quantile: float = 0.98,
+    fence: float | None = 20.0,
 ) -> float:
     """A threshold fitted on scores of data taken as normal, exceeded by about `false_alarm_rate` of them.
 
@@ -366,12 +369,21 @@ def calibrated_threshold(
     than the calibration set can show. With fewer than 20 peaks the tail is not fitted: the threshold is
     the empirical (1 - false_alarm_rate)-quantile, never below the largest score times the shortfall.
     Unlike an alarm budget, nothing caps how many later readings may exceed it.
+
+    Data "taken as normal" rarely is: a device's first readings or a train part can hold faults, whose
+    scores would own the fitted tail. Scores beyond the `fence` (the median plus `fence` times the
+    distance from the median to the upper quartile; for exponential scores that is ~14.5 means,
+    exceeded with probability 5e-7) are left out of the fit first. None: fit on everything.
     """
     if not 0.0 < false_alarm_rate < 1.0 or not 0.0 < tail_quantile < 1.0:
         raise ValueError("false_alarm_rate and tail_quantile must be within (0, 1)")
     scores = _finite(normal_scores)
     if not scores.size:
         raise ValueError("calibration needs at least one finite score of normal data")
+    if fence is not None:
+        median, upper = np.quantile(scores, [0.5, 0.75])
+        spread = max(float(upper - median), 1e-12 * max(abs(float(median)), 1.0))
+        scores = scores[scores <= median + fence * spread]
     if 1.0 - false_alarm_rate <= tail_quantile:
         return float(np.quantile(scores, 1.0 - false_alarm_rate))
     t = float(np.quantile(scores, tail_quantile))

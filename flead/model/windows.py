@@ -56,10 +56,11 @@ class Inputs:
 def build_inputs(config: ModelConfig, seq: np.ndarray, hours: np.ndarray | None) -> Inputs:
     """Inputs for the last n rows of `seq`, whose first ``config.context_length`` rows are context.
 
-    `seq` is (context_length + n, F) float32 in normalised units with NaN for missing (or masked)
-    values, which are forward-filled; inputs are clipped to +-input_clip.
+    `seq` is (context_length + n, C) float32 in normalised units (the config's columns: features,
+    then inputs) with NaN for missing (or masked) values, which are forward-filled; inputs are
+    clipped to +-input_clip.
     """
-    w, f = config.window, config.n_features
+    w, c, f = config.window, config.n_columns, config.n_features
     filled = np.clip(forward_fill(seq), -config.input_clip, config.input_clip)
     source = filled[:-1] if config.kind == "forecaster" else filled
     windows = row_windows(source, w)
@@ -69,10 +70,11 @@ def build_inputs(config: ModelConfig, seq: np.ndarray, hours: np.ndarray | None)
         x = np.concatenate([windows, time_encoding(hours)], axis=1)
     else:
         x = np.ascontiguousarray(windows)
-    base = x[:, (w - 1) * f : w * f] if config.kind == "forecaster" else None
+    base = x[:, (w - 1) * c : (w - 1) * c + f] if config.kind == "forecaster" else None
     return Inputs(x=x, base=base)
 
 
 def autoencoder_targets(config: ModelConfig, seq: np.ndarray) -> np.ndarray:
-    """(n, window * F) windows of `seq` (NaN kept, unclipped): what an autoencoder must reconstruct."""
-    return row_windows(seq, config.window)
+    """(n, window * F) windows of `seq`'s features (NaN kept, unclipped): what an autoencoder must
+    reconstruct (the inputs are not)."""
+    return row_windows(np.ascontiguousarray(seq[:, : config.n_features]), config.window)
