@@ -270,3 +270,22 @@ def test_inputs_feed_the_network_but_are_never_scored(kind: str) -> None:
         restored.process_many(pl.DataFrame({"value": [1.0]}))
     with pytest.raises(ValueError, match="inputs"):
         ModelConfig(features=("value",), inputs=("value",))
+
+
+def test_a_stuck_sensor_is_flagged_and_a_feature_that_often_repeats_itself_needs_longer_runs() -> None:
+    import doctest
+
+    import flead.model.stuck as stuck_module
+
+    assert doctest.testmod(stuck_module).failed == 0
+    values = stream(3_000, seed=6)
+    values[:, 2] = np.round(values[:, 2])  # c repeats itself for stretches of 10-20 readings
+    detector = OnlineDetector(SMALL, train=TrainConfig(warmup=500, calibration=1_000))
+    detector.process_many(values[:2_000])
+    assert detector.stuck.windows[0] == 10 and detector.stuck.windows[2] >= 40
+    broken = values[2_000:].copy()
+    broken[100:400, 0] = broken[100, 0]  # a stops updating for 300 readings
+    flags = detector.process_many(broken)["is_anomaly"].to_numpy()
+    assert flags[111:400].all()  # flagged from its 11th repeat to the end
+    restored = OnlineDetector.from_bytes(detector.to_bytes())
+    assert restored.to_bytes() == detector.to_bytes()

@@ -140,6 +140,9 @@ class TrainConfig:
     # move). Off by default: measured, a 3-std bias stayed flagged for 65 % of its readings instead of
     # 28 %, but on a fleet with daily cycles longer than the calibration window normal scores rose 8x.
     freeze_reference: bool = False
+    # Flag a feature that repeats its value exactly for longer than calibration ever saw
+    # (`flead.model.stuck`): a sensor that stopped updating scores as normal to any model.
+    stuck_check: bool = True
     # How readings judged anomalous are learned from: "downweight" (weight (threshold / score)^2,
     # the wilder the less), "skip" (not at all) or "learn" (like any other reading).
     anomaly_learning: str = "downweight"

@@ -28,6 +28,7 @@ from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig, TrainConfig
 from flead.model.optim import Adam, clip_by_global_norm
 from flead.model.serialization import pack, unpack
+from flead.model.stuck import StuckCheck
 from flead.model.thresholds import CalibratedThreshold, Threshold, threshold_from_state_dict
 from flead.model.training import loss_and_gradient
 from flead.model.windows import autoencoder_targets, build_inputs, hour_of_day, row_windows
@@ -54,6 +55,7 @@ class _Verdict:
 
     raw: np.ndarray
     smoothed: np.ndarray
+    runs: np.ndarray | None  # (n, F) stuck-value run lengths, when checked
     severity: np.ndarray
     flags: np.ndarray
     suspects: np.ndarray  # flagged by either pass (see `_judge`)
@@ -107,6 +109,9 @@ class OnlineDetector:
         self.sustained: CalibratedThreshold | None = None
         if isinstance(self.threshold, CalibratedThreshold) and t.score_smoothing > 1:
             self.sustained = CalibratedThreshold(t.false_alarm_rate, t.calibration)
+        # Stuck values, calibrated with the threshold (see `flead.model.stuck`).
+        calibrated = isinstance(self.threshold, CalibratedThreshold)
+        self.stuck = StuckCheck(cfg.n_features) if calibrated and t.stuck_check else None
 
     @property
     def config(self) -> ModelConfig:
@@ -192,6 +197,10 @@ class OnlineDetector:
             self.threshold.calibrate(self._settled(raw))
             if self.sustained is not None:
                 self.sustained.calibrate(self._settled(self._smooth(raw)))
+            if self.stuck is not None:
+                self.stuck.reset_calibration()
+                self.stuck.observe(StuckCheck(self.config.n_features).runs(self._scored(values)))
+                self.stuck.fit(self.train.false_alarm_rate)
         finally:
             self.context, self.smoothed = saved
 
@@ -247,9 +256,9 @@ class OnlineDetector:
             self.smoothed = float(verdict.smoothed[-1])
             if self.readings_seen >= self.train.warmup:
                 present = np.isfinite(chunk.current).any(axis=1)
-                self.threshold.update(verdict.raw[present])
-                if self.sustained is not None:
-                    self.sustained.update(verdict.smoothed[present])
+                self._calibrate_online(verdict, present)
+            if self.stuck is not None:
+                self.stuck.advance(self._scored(chunk.values), verdict.runs)
             if learn:
                 weights = self._learning_weights(verdict)
                 self._learn(chunk, weights, verdict.run, proximal_mu, anchor_flat)
@@ -351,6 +360,19 @@ class OnlineDetector:
         total = np.where(valid, sq, 0.0).sum(axis=1, dtype=np.float64)
         return total / np.maximum(count, 1)
 
+    def _calibrate_online(self, verdict: _Verdict, present: np.ndarray) -> None:
+        collecting = isinstance(self.threshold, CalibratedThreshold) and self.threshold.collecting
+        self.threshold.update(verdict.raw[present])
+        if self.sustained is not None:
+            self.sustained.update(verdict.smoothed[present])
+        if self.stuck is not None and collecting:
+            self.stuck.observe(verdict.runs[present])
+            if not self.threshold.collecting:  # calibrated in this chunk
+                self.stuck.fit(self.train.false_alarm_rate)
+
+    def _scored(self, values: np.ndarray) -> np.ndarray:
+        return values[:, : self.config.n_features]
+
     def _judge(self, chunk: _Chunk, *, judge: bool = True) -> _Verdict:
         """The chunk's scores and flags against the thresholds in force (`judge=False`: none).
 
@@ -361,15 +383,26 @@ class OnlineDetector:
         """
         limit = self.threshold.value if judge else math.inf
         sustained = self.sustained.value if judge and self.sustained is not None else math.inf
+        runs = None if self.stuck is None else self.stuck.runs(self._scored(chunk.values))
+        stuck = self.stuck.severity(runs) if runs is not None and judge else 0.0
         run = self._pass(chunk)
-        verdict = self._verdict(run, chunk, limit, sustained)
+        verdict = self._verdict(run, chunk, limit, sustained, runs, stuck)
         if verdict.flags.any():
             first = verdict.flags
-            verdict = self._verdict(self._pass(chunk, self._maskable(first)), chunk, limit, sustained)
+            rerun = self._pass(chunk, self._maskable(first))
+            verdict = self._verdict(rerun, chunk, limit, sustained, runs, stuck)
             verdict.suspects = first | verdict.flags
         return verdict
 
-    def _verdict(self, run: _Pass, chunk: _Chunk, limit: float, sustained: float) -> _Verdict:
+    def _verdict(
+        self,
+        run: _Pass,
+        chunk: _Chunk,
+        limit: float,
+        sustained: float,
+        runs: np.ndarray | None,
+        stuck: np.ndarray | float,
+    ) -> _Verdict:
         raw = self._scores(run.pred, chunk.current)
         # A reading counts at most twice the raw threshold towards the smoothed score: one spike
         # must not keep the readings after it flagged.
@@ -379,9 +412,9 @@ class OnlineDetector:
                 raw / limit if math.isfinite(limit) else 0.0,
                 smoothed / sustained if math.isfinite(sustained) else 0.0,
             )
-        severity = np.nan_to_num(np.broadcast_to(severity, raw.shape).astype(np.float64))
+        severity = np.maximum(np.nan_to_num(np.broadcast_to(severity, raw.shape).astype(np.float64)), stuck)
         flags = severity > 1.0
-        return _Verdict(raw, smoothed, severity, flags, flags, run)
+        return _Verdict(raw, smoothed, runs, severity, flags, flags, run)
 
     def _smooth(self, raw: np.ndarray) -> np.ndarray:
         """EWMA of the raw scores over ``score_smoothing`` readings, continuing from `self.smoothed`."""
@@ -452,6 +485,8 @@ class OnlineDetector:
         for threshold in (self.threshold, self.sustained):
             if isinstance(threshold, CalibratedThreshold):
                 threshold.recalibrate()
+        if self.stuck is not None:
+            self.stuck.reset_calibration()
 
     def _run_positions(self, suspects: np.ndarray) -> np.ndarray:
         """Per reading, how many suspects directly precede it (its place in a run of suspects)."""
@@ -494,6 +529,7 @@ class OnlineDetector:
             "suspect_run": self.suspect_run,
             "smoothed": None if math.isnan(self.smoothed) else self.smoothed,
             "sustained": None if self.sustained is None else self.sustained.state_dict(),
+            "stuck": None if self.stuck is None else self.stuck.state_dict(),
         }
         arrays = {**self.model.network.params, "adam.m": self.optimizer.m, "adam.v": self.optimizer.v}
         return pack(header, arrays)
@@ -519,6 +555,8 @@ class OnlineDetector:
             smoothed = math.nan if smoothed is None else float(smoothed)
             sustained = header.get("sustained")
             sustained = None if sustained is None else threshold_from_state_dict(sustained)
+            stuck = header.get("stuck")
+            stuck = None if stuck is None else StuckCheck.from_state_dict(stuck, model.config.n_features)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad detector checkpoint: {exc!r}") from exc
         if m.shape != (model.network.size,) or v.shape != m.shape:
@@ -530,6 +568,7 @@ class OnlineDetector:
         if sustained is not None and not isinstance(sustained, CalibratedThreshold):
             raise ValueError("bad detector checkpoint: the sustained threshold must be calibrated")
         detector.sustained = sustained
+        detector.stuck = stuck
         return detector
 
 
