@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import jsonschema_rs
@@ -516,7 +517,7 @@ def test_dockerfile_builds_in_two_stages_and_runs_flead_as_a_user():
         base = body[0][1]
         assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
     builder = " ".join(rest for _, rest in stages["builder"])
-    assert "pip install -c constraints.txt ." in builder
+    assert 'pip install -c constraints.txt ".[production]"' in builder
     runtime = stages["runtime"]
     runtime_runs = " ".join(rest for kind, rest in runtime if kind == "RUN")
     assert "openjdk-17-jre-headless" in runtime_runs
@@ -542,13 +543,28 @@ def test_dockerfile_copies_only_files_that_exist_and_are_not_docker_ignored():
             assert source.rstrip("/") not in ignored, f"{source} is in .dockerignore"
 
 
+def production_extra() -> list[str]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "production"
+    ]
+
+
 def test_dagster_postgres_pin_matches_the_dagster_pin():
-    """dagster libraries are versioned 0.(minor+16).patch against dagster 1.minor.patch."""
-    text = (DOCKER / "Dockerfile").read_text()
-    lib = re.search(r"dagster-postgres==0\.(\d+)\.(\d+)", text)
-    core = re.search(r"^dagster==1\.(\d+)\.(\d+)$", (REPO / "constraints.txt").read_text(), re.M)
-    assert lib and core
-    assert (int(lib.group(1)), lib.group(2)) == (int(core.group(1)) + 16, core.group(2))
+    """dagster libraries are versioned 0.(minor+16).patch against dagster 1.minor.patch, in the
+    production extra the image installs and in the lock."""
+    lock = (REPO / "constraints.txt").read_text()
+    core = re.search(r"^dagster==1\.(\d+)\.(\d+)$", lock, re.M)
+    assert core
+    wanted = f"dagster-postgres==0.{int(core.group(1)) + 16}.{core.group(2)}"
+    assert wanted in production_extra()
+    assert re.search(rf"^{re.escape(wanted)}$", lock, re.M)
+
+
+def test_the_postgres_driver_dagster_yaml_names_is_installed_by_the_production_extra():
+    scheme = yaml.safe_load((DOCKER / "dagster.yaml").read_text())["storage"]["postgres"]["postgres_db"]
+    assert scheme["scheme"] == "postgresql+psycopg2"  # SQLAlchemy 2.1's bare `postgresql` is psycopg 3
+    assert any(re.match(r"psycopg2(-binary)?\b", requirement) for requirement in production_extra())
+    assert re.search(r"^psycopg2-binary==", (REPO / "constraints.txt").read_text(), re.M)
 
 
 # ----------------------------------------------------------------------------------- Dagster
