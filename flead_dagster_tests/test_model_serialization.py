@@ -165,3 +165,18 @@ def test_detector_checkpoint_resumes_exactly() -> None:
         np.testing.assert_array_equal(value, restored.get_weights()[name])
     with pytest.raises(ValueError, match="expected format 'flead-detector'"):
         OnlineDetector.from_bytes(original.model.to_bytes())
+
+
+def test_a_detector_checkpointed_mid_calibration_resumes_exactly() -> None:
+    """The default decision layer: calibration buffers, smoothing and stuck-value runs all carry over."""
+    config = ModelConfig(features=FEATURES, window=6, hidden=(10, 4), time_features=False)
+    data = stream(2_400, seed=2)
+    data[2_000:2_100, 0] += 50.0
+    data[2_200:2_300, 1] = data[2_200, 1]  # stuck
+    original = OnlineDetector(config, train=TrainConfig(warmup=200, calibration=1_000))
+    original.process_many(data[:830])  # warm, calibrating: the buffer holds float64 scores
+    restored = OnlineDetector.from_bytes(original.to_bytes())
+    assert restored.to_bytes() == original.to_bytes()
+    a, b = original.process_many(data[830:]), restored.process_many(data[830:])
+    assert a.equals(b)
+    assert a["is_anomaly"][2_000 - 830 :].any() and original.threshold.source == "own"

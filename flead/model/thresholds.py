@@ -305,7 +305,7 @@ class CalibratedThreshold:
             "borrowed": self.borrowed,
             "fitted": self.fitted,
             "collecting": self.collecting,
-            "calibration": [float(np.float32(x)) for x in self.calibration],
+            "calibration": list(self.calibration),
         }
 
     @classmethod
