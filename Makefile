@@ -21,6 +21,8 @@ demo: install
 test: install lint
 	@# The dashboard test drives Debian's headless Chromium through selenium.
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+	@# The production rehearsal runs Dagster on a throwaway cluster of Debian's PostgreSQL.
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql)
 	$(BIN)/pytest
 
 lint: install
