@@ -57,11 +57,13 @@ def score_reference(
     features: Sequence[str],
     normal: np.ndarray | None,
     config: ReferenceConfig | None = None,
+    known_anomalies: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """``score``, ``is_anomaly`` and ``unjudged`` (reason, null when judged) for every row of `frame`.
 
     `frame`: rows grouped by device, in time order within each. `normal`: per row, True for the
-    train part (never flagged, only calibrates), or None for online evaluation.
+    train part (never flagged, only calibrates), or None for online evaluation. `known_anomalies`:
+    train rows labelled anomalous, left out of fitting and calibration as the detectors leave them.
     """
     if name not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {name!r}")
@@ -79,14 +81,17 @@ def score_reference(
     for _device, index in rows.iter_rows():
         index = np.asarray(index)
         fit = None if normal is None else np.asarray(normal, bool)[index]
+        clean = fit if fit is None or known_anomalies is None else fit & ~known_anomalies[index]
         if name == "zscore":
             device_scores, why = all_scores[index], NO_ZSCORE
         elif fit is None:
             device_scores, why = _pca_prequential(values[index], config), NO_PCA
         else:
-            device_scores, why = _pca_fitted(values[index], fit, config), NO_PCA
-        judge = _calibrate_split if fit is not None else _calibrate_online
-        flags[index], reasons[index] = judge(device_scores, fit, why, config)
+            device_scores, why = _pca_fitted(values[index], clean, config), NO_PCA
+        if fit is None:
+            flags[index], reasons[index] = _calibrate_online(device_scores, None, why, config)
+        else:
+            flags[index], reasons[index] = _calibrate_split(device_scores, fit, clean, why, config)
         scores[index] = device_scores
     return _outputs(np.nan_to_num(scores, nan=0.0), flags, reasons)
 
@@ -118,9 +123,9 @@ def _pca_prequential(x: np.ndarray, config: ReferenceConfig) -> np.ndarray:
 
 
 def _calibrate_split(
-    scores: np.ndarray, fit: np.ndarray, why_unscored: str, config: ReferenceConfig
+    scores: np.ndarray, fit: np.ndarray, clean: np.ndarray, why_unscored: str, config: ReferenceConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    normal = scores[fit & np.isfinite(scores)]
+    normal = scores[clean & np.isfinite(scores)]
     return _judge(scores, ~fit, normal, why_unscored, config.false_alarm_rate)
 
 

@@ -78,6 +78,9 @@ class EvaluationOutcome:
     history: list[dict]
     # Injected benchmarks: per anomaly type, the share of its labelled readings that alarmed.
     recall_by_type: dict[str, float] = field(default_factory=dict)
+    # One row per judged reading: device, time or row, label(, event_id, anomaly_type), score,
+    # is_anomaly (after the event grouping, if any) and unjudged (why not, or null).
+    readings: pl.DataFrame | None = field(default=None, repr=False)
 
     @property
     def seconds_per_million(self) -> float:
@@ -180,7 +183,8 @@ def evaluate(
             batch_size=plan.simulation.batch_size,
         )
         normal = frame["_i"].is_in(train["_i"].implode()).to_numpy() if scored is not None else None
-        outputs = score_reference(plan.mode, frame, scored_features, normal, config)
+        known = (frame[LABEL] != 0).to_numpy() if scored is not None else None
+        outputs = score_reference(plan.mode, frame, scored_features, normal, config, known)
         decisions = outputs[judged["_i"].to_numpy()]
     else:
         model = _model_config(plan.simulation.model, scored_features, plan.inputs, order == TS)
@@ -197,6 +201,7 @@ def evaluate(
             plan.mode,
             config,
             progress,
+            calibration_exclude=_labelled(train) if scored is not None else None,
         )
         history = result.history
         outputs = result.outputs
@@ -230,7 +235,17 @@ def evaluate(
         readings_scored=judged.height,
         seconds=seconds,
         history=history,
+        readings=evaluated,
     )
+
+
+def _labelled(train: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Per device, in stream order, the train readings labelled anomalous: known faults in the part
+    taken as normal, left out of its calibration (the evaluation reports how many there were)."""
+    return {
+        key[0]: (part[LABEL] != 0).to_numpy()
+        for key, part in train.partition_by(DEVICE, as_dict=True).items()
+    }
 
 
 def _recall_by_type(evaluated: pl.DataFrame) -> dict[str, float]:

@@ -79,8 +79,12 @@ def simulate(
     mode: str = "federated",
     config: SimulationConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    calibration_exclude: Mapping[str, np.ndarray] | None = None,
 ) -> SimulationResult:
-    """Train a detector per device in `mode` over the `train` streams, then score the `score` streams."""
+    """Train a detector per device in `mode` over the `train` streams, then score the `score` streams.
+
+    `calibration_exclude`: per device, train readings left out of its calibration (known anomalies).
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     config = config or SimulationConfig()
@@ -105,7 +109,7 @@ def simulate(
         outputs = run.pass_over(train, learn=True, keep=online, on_batch=tick)
     run.finish_training()
     if not online:
-        run.calibrate(train)
+        run.calibrate(train, calibration_exclude)
         outputs = run.pass_over(score, learn=False, keep=True, on_batch=tick)
     frame = pl.concat(outputs) if outputs else pl.DataFrame(schema=_OUTPUT_SCHEMA)
     return SimulationResult(
@@ -202,11 +206,14 @@ class _Run:
             if client.base_version != self.buffer.version:
                 client.adopt(self.buffer.state)
 
-    def calibrate(self, streams: Mapping[str, pl.DataFrame]) -> None:
+    def calibrate(
+        self, streams: Mapping[str, pl.DataFrame], exclude: Mapping[str, np.ndarray] | None
+    ) -> None:
         """Each device's threshold from its (normal) train stream, scored by its final model."""
         for device, client in self.clients.items():
             if isinstance(client.detector.threshold, CalibratedThreshold) and streams[device].height:
-                client.detector.calibrate(streams[device])
+                left_out = None if exclude is None else exclude.get(device)
+                client.detector.calibrate(streams[device], exclude=left_out)
 
     def _share_calibration(self) -> None:
         """Devices not yet calibrated borrow the fleet's thresholds: the medians of the calibrated ones."""

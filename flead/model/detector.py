@@ -179,11 +179,14 @@ class OnlineDetector:
             return np.zeros(0)
         return self._judge(self._chunk(values, hours)).raw
 
-    def calibrate(self, normal: Batch, *, ts: np.ndarray | None = None) -> None:
+    def calibrate(
+        self, normal: Batch, *, ts: np.ndarray | None = None, exclude: np.ndarray | None = None
+    ) -> None:
         """Fit the threshold on the scores the current model gives `normal` readings (taken as normal).
 
         They are scored from an empty context with frozen weights, as a stream of their own; the
-        readings whose window or smoothing is still filling are left out. The device's own context
+        readings whose window or smoothing is still filling, and those flagged in `exclude` (e.g.
+        known anomalies of a labelled train part), are left out of the fit. The device's own context
         is not changed. Only a `CalibratedThreshold` can be calibrated this way.
         """
         if not isinstance(self.threshold, CalibratedThreshold):
@@ -194,20 +197,27 @@ class OnlineDetector:
         try:
             chunk = self._chunk(values, hours)
             raw = self._judge(chunk, judge=False).raw
-            self.threshold.calibrate(self._settled(raw))
+            keep = np.ones(len(raw), bool) if exclude is None else ~np.asarray(exclude, bool).reshape(-1)
+            if keep.shape != raw.shape:
+                raise ValueError(f"exclude needs one flag per reading ({len(raw)})")
+            self.threshold.calibrate(self._settled(raw, keep))
             if self.sustained is not None:
-                self.sustained.calibrate(self._settled(self._smooth(raw)))
+                self.sustained.calibrate(self._settled(self._smooth(raw), keep))
             if self.stuck is not None:
                 self.stuck.reset_calibration()
-                self.stuck.observe(StuckCheck(self.config.n_features).runs(self._scored(values)))
+                runs = StuckCheck(self.config.n_features).runs(self._scored(values))
+                self.stuck.observe(runs[keep])
                 self.stuck.fit(self.train.false_alarm_rate)
         finally:
             self.context, self.smoothed = saved
 
-    def _settled(self, scores: np.ndarray) -> np.ndarray:
-        """Scores whose window and smoothing had filled (all of them for a short calibration set)."""
+    def _settled(self, scores: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """The kept scores whose window and smoothing had filled (all kept ones for a short set)."""
         settled = self.config.context_length + self.train.score_smoothing
-        return scores[settled:] if len(scores) > 2 * settled else scores
+        if len(scores) > 2 * settled:
+            scores, keep = scores[settled:], keep[settled:]
+        kept = scores[keep]
+        return kept if kept.size else scores
 
     def borrow(self, threshold: float | None, sustained: float | None) -> None:
         """Judge with the fleet's calibration until this device has its own."""
