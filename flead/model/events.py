@@ -70,3 +70,117 @@ def group_events(
         kept[start : end + 1] = True
         events.append(Event(start, end, int(group.size), peak, float(severity[peak])))
     return kept, events
+
+
+@dataclass(frozen=True)
+class EventChange:
+    """A group of flagged readings that `EventBuilder.push` extended or closed."""
+
+    event: Event
+    closed: bool  # no later reading can join it (merge_gap readings passed without an alarm)
+    kept: bool  # it meets min_duration and min_severity (an open group: so far; both only grow)
+
+
+class EventBuilder:
+    """`group_events` online: one device's readings pushed a batch at a time, in time order.
+
+    Indices count the readings pushed since the builder was made. A group is closed once
+    `merge_gap` readings have passed after its last flagged reading without another; pushing a stream
+    in batches of any sizes and then calling `finish` gives the events `group_events` gives on the
+    whole stream (tested). The state (`state_dict`) is a few numbers: checkpoint it with the device.
+
+    >>> builder = EventBuilder(EventConfig(merge_gap=3, min_severity=2.0))
+    >>> flags = np.array([0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1], bool)
+    >>> severity = np.array([0, 3, 4, 0, 0, 2.5, 0, 0, 0, 0, 0, 1.2])
+    >>> [(c.event.start, c.event.end, c.closed, c.kept) for c in builder.push(flags[:6], severity[:6])]
+    [(1, 5, False, True)]
+    >>> [(c.event.start, c.event.end, c.closed, c.kept) for c in builder.push(flags[6:], severity[6:])]
+    [(1, 5, True, True), (11, 11, False, False)]
+    """
+
+    def __init__(self, config: EventConfig | None = None) -> None:
+        self.config = config or EventConfig()
+        self.position = 0  # index of the next reading
+        self.open: Event | None = None  # the group in progress
+        # the highest severity among the readings after the open group's last flagged one (and where):
+        # it becomes the peak if a later flagged reading joins them to the group
+        self._gap_peak: tuple[float, int] | None = None
+
+    def kept(self, event: Event) -> bool:
+        c = self.config
+        return event.end - event.start + 1 >= c.min_duration and event.peak_severity >= c.min_severity
+
+    def push(self, flags: np.ndarray, severity: np.ndarray) -> list[EventChange]:
+        """Take the next readings; the groups they extended or closed, in time order."""
+        flags = np.asarray(flags, bool).reshape(-1)
+        severity = np.asarray(severity, np.float64).reshape(-1)
+        if severity.shape != flags.shape:
+            raise ValueError("severity needs one value per flag")
+        gap = self.config.merge_gap
+        base, changes = self.position, []
+        touched = False
+        last = -1  # within the batch: the last reading accounted for in the gap peak
+        for k in np.flatnonzero(flags).tolist():
+            i = base + k
+            if self.open is not None and i - self.open.end > gap:
+                changes.append(self._close())
+                touched = False
+            if self.open is None:
+                self.open = Event(i, i, 1, i, float(severity[k]))
+            else:
+                peak, at = self._gap_candidate(severity, last + 1, k)
+                e = self.open
+                if peak > e.peak_severity:
+                    e = Event(e.start, e.end, e.flagged, at, peak)
+                if severity[k] > e.peak_severity:
+                    e = Event(e.start, e.end, e.flagged, i, float(severity[k]))
+                self.open = Event(e.start, i, e.flagged + 1, e.peak, e.peak_severity)
+            self._gap_peak, last, touched = None, k, True
+        if self.open is not None:
+            self._gap_peak = self._gap_candidate(severity, last + 1, flags.size)
+        self.position = base + flags.size
+        if self.open is not None and self.position - 1 - self.open.end >= gap:
+            changes.append(self._close())
+        elif self.open is not None and touched:
+            changes.append(EventChange(self.open, False, self.kept(self.open)))
+        return changes
+
+    def finish(self) -> list[EventChange]:
+        """The end of the stream: the open group, closed."""
+        return [self._close()] if self.open is not None else []
+
+    def _gap_candidate(self, severity: np.ndarray, lo: int, hi: int) -> tuple[float, int]:
+        """The gap peak so far, extended by the batch's readings [lo, hi) (the first of equals wins)."""
+        best = self._gap_peak or (-np.inf, -1)
+        if hi > lo:
+            k = lo + int(np.argmax(severity[lo:hi]))
+            if severity[k] > best[0]:
+                best = (float(severity[k]), self.position + k)
+        return best
+
+    def _close(self) -> EventChange:
+        event, self.open, self._gap_peak = self.open, None, None
+        return EventChange(event, True, self.kept(event))
+
+    def state_dict(self) -> dict:
+        e = self.open
+        return {
+            "position": self.position,
+            "open": None if e is None else [e.start, e.end, e.flagged, e.peak, e.peak_severity],
+            "gap_peak": None if self._gap_peak is None else list(self._gap_peak),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, config: EventConfig | None = None) -> EventBuilder:
+        builder = cls(config)
+        try:
+            builder.position = int(state["position"])
+            if state["open"] is not None:
+                start, end, flagged, peak, peak_severity = state["open"]
+                builder.open = Event(int(start), int(end), int(flagged), int(peak), float(peak_severity))
+            if state["gap_peak"] is not None:
+                value, at = state["gap_peak"]
+                builder._gap_peak = (float(value), int(at))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad event builder state: {exc!r}") from exc
+        return builder
