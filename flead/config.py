@@ -166,9 +166,28 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="Where the supervisor probes a trainer it started (its /health listens on all).",
     )
+    trainer_fleet_warmup: int = Field(
+        128,
+        ge=0,
+        description="Readings a device learns before its scores feed its partition's fleet calibration.",
+    )
     trainer_exchange: Literal["local", "http"] = Field(
         "local",
         description="Where the trainer sends local updates: in-process (local) or the global API (http).",
+    )
+
+    # Alarms grouped into events (flead.model.events.EventConfig), by the stream trainer
+    collection_events: str = Field(
+        "anomaly_events", description="Anomaly events: runs of alarms, one per (device_id, start)."
+    )
+    events_merge_gap: int = Field(
+        50, ge=1, description="Alarms closer than this many readings are one event."
+    )
+    events_min_duration: int = Field(
+        1, ge=1, description="Readings from an event's first to its last alarm, at least (else pruned)."
+    )
+    events_min_severity: float = Field(
+        2.0, ge=1.0, description="Times over its threshold an event's peak must reach (else pruned)."
     )
 
     # Orchestration (Dagster sensors, schedules and checks)
