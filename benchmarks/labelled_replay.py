@@ -1,0 +1,259 @@
+"""The running system against the offline evaluation: a labelled benchmark replayed through Kafka and
+the real stream trainer, its anomaly documents in MongoDB scored against the labels, beside
+`flead evaluate --online` (mode local) on the same readings.
+
+    python benchmarks/labelled_replay.py [--source synthetic|intel] [--devices 6 --days 5]
+                                         [--model default|small] [--warmup 1000] [--partitions 4]
+                                         [--seed 0]
+
+Starts its own embedded broker and MongoDB on free ports under a temporary home (`stream.py`'s
+`local_services`). The data: the lake's labelled benchmark built as `flead data ingest` + `flead data
+inject` build it (`detection.py`'s `build`, seeded), of a synthetic fleet (--devices x --days) or of
+the 9 shared real motes (../shared/data/intel_lab, their first --days days); readings the lake flags
+out_of_range are left out, as `flead evaluate` leaves them out. Offline: `flead.evaluation.runner.
+evaluate` with `EvaluationPlan(mode="local", online=True)`, per-reading alarms (events off) and, for
+reference, grouped into events as `flead evaluate` reports them. Online: the same readings replayed
+(`flead.bus.replay`, event-time order) into a fresh topic, then `python -m services.stream_trainer`
+(= `flead trainer run`) with the same model and train config and federation off (no device ever
+pushes an update, so none adopts a global version: local training, as in mode local), waited for until
+its group has committed every offset and it has scored every reading, then stopped (its final
+checkpoint stores every anomaly). Its model alarms (`reason: model`) are scored per reading with the
+same metrics. Prints one JSON object: both F1s (point and event), their differences, the readings
+the two disagree on, alarms, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import polars as pl
+
+from flead.bus import lag
+from flead.bus.replay import replay
+from flead.bus.topics import ensure_topics
+from flead.config import Settings
+from flead.datasets import lake, pipeline
+from flead.evaluation.replayed import disagreements, replay_frame, trainer_decisions, within_limits
+from flead.evaluation.runner import EvaluationPlan, evaluate
+from flead.federated.simulate import SimulationConfig
+from flead.model.config import ModelConfig, TrainConfig
+from flead.storage.mongo import get_database, make_mongo_client
+
+sys.path.insert(0, str(Path(__file__).parent))
+from detection import SHARED, build  # the detection benchmark's lake build
+from stream import free_port, local_services  # the stream benchmark's services
+
+MODELS = {"default": ModelConfig(), "small": ModelConfig(window=8, hidden=(16, 4))}
+NO_FEDERATION = {"FLEAD_TRAINER_PUSH_EVERY": str(10**12)}  # no update is ever pushed, none adopted
+TOLERANCE = 0.02
+
+
+def trainer_args(model: ModelConfig, train: TrainConfig) -> list[str]:
+    """`flead trainer run` options that give the trainer exactly `model` and `train` (its command line
+    sets the window, hidden sizes, warm-up and chunk; everything else is the default)."""
+    cli_model = ModelConfig(window=model.window, hidden=model.hidden)
+    cli_train = TrainConfig(warmup=train.warmup, batch_size=train.batch_size)
+    if (cli_model, cli_train) != (model, train):
+        raise ValueError("the trainer's command line sets window, hidden, warmup and chunk only")
+    return [
+        *("--window", str(model.window), "--hidden", ",".join(map(str, model.hidden))),
+        *("--warmup", str(train.warmup), "--chunk", str(train.batch_size)),
+    ]
+
+
+def labelled_series(home: Path, source: str, devices: int, days: int, seed: int):
+    """The labelled benchmark and how many out-of-range readings of it were left out."""
+    if source == "synthetic":
+        spec = pipeline.SyntheticSpec(devices, days, seed)
+        return build(home / "synthetic", pipeline.SourceKind.SYNTHETIC, spec, seed)
+    if not SHARED.is_dir():
+        raise SystemExit(f"--source intel needs the shared motes in {SHARED}")
+    series, _ = build(home / "intel", pipeline.SourceKind.PATH, pipeline.SyntheticSpec(), seed)
+    end = series.frame["ts"].min() + timedelta(days=days)
+    labelled = Path(Settings(home=home / "intel").labelled_dir)
+    files = [lake.partition_path(labelled, day) for day in lake.list_partitions(labelled)]
+    rows = pl.scan_parquet(files).filter(pl.col("out_of_range") & (pl.col("ts") < end))
+    dropped = rows.select(pl.len()).collect().item()
+    return replace(series, frame=series.frame.filter(pl.col("ts") < end)), dropped
+
+
+def offline(series, simulation: SimulationConfig, events: bool) -> tuple[dict, pl.DataFrame]:
+    plan = EvaluationPlan(mode="local", online=True, simulation=simulation)
+    outcome = evaluate(series, plan if events else replace(plan, events=None))
+    return summary(outcome.evaluation.pooled) | {"seconds": round(outcome.seconds, 3)}, outcome.readings
+
+
+def summary(pooled) -> dict:
+    return {
+        "point_f1": pooled.point.f1,
+        "event_f1": pooled.event.f1,
+        "point_precision": pooled.point.precision,
+        "point_recall": pooled.point.recall,
+        "alarms": pooled.alarms,
+        "unjudged": sum(pooled.unjudged.values()),
+    }
+
+
+def run_trainer(
+    env: dict, settings: Settings, args: list[str], targets: dict[int, int], expected: int, log: Path
+) -> dict:
+    """The trainer on `settings`' topic, group and database until every reading is scored and
+    checkpointed; then SIGTERM (a final checkpoint) and its /health counters."""
+    port = free_port()
+    trainer_env = {
+        **os.environ,
+        **env,
+        **NO_FEDERATION,
+        "FLEAD_TOPIC_READINGS": settings.topic_readings,
+        "FLEAD_CONSUMER_GROUP": settings.consumer_group,
+        "FLEAD_MONGO_DB": settings.mongo_db,
+        "FLEAD_TRAINER_HEALTH_PORT": str(port),
+    }
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.stream_trainer", *args, "--flush-idle", "0.5"],
+            env=trainer_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        waited = lag.wait_for_group(
+            settings, settings.consumer_group, settings.topic_readings, targets, timeout_s=3600, stall_s=120
+        )
+        if not waited.caught_up:
+            raise RuntimeError(f"trainer {waited.outcome}, {waited.remaining} readings left: {_tail(log)}")
+        health = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the last partial chunks: scored once caught up (0.5 s)
+            if process.poll() is not None:
+                raise RuntimeError(f"trainer exited {process.returncode}: {_tail(log)}")
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+            except (httpx.HTTPError, ValueError):
+                health = None
+            if health and health["counters"].get("scored", 0) >= expected and health["buffered"] == 0:
+                break
+            time.sleep(0.25)  # polling interval
+        else:
+            raise TimeoutError(f"the trainer did not score every reading: {health}")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(300)
+    if code != 0:
+        raise RuntimeError(f"the trainer exited {code} (no final checkpoint?): {_tail(log)}")
+    counters = health["counters"]
+    return {
+        "seconds": round(time.perf_counter() - started, 3),
+        "records_in": counters.get("records_in", 0),
+        "scored": counters.get("scored", 0),
+        "dead_letters": counters.get("dlq", 0),
+        "late": counters.get("late", 0),
+        "anomaly_documents": counters.get("anomalies", 0),
+        "updates_pushed": counters.get("updates_pushed", 0),
+        "global_versions": health["exchange"].get("global_version"),
+    }
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:]
+
+
+def anomaly_documents(settings: Settings) -> list[dict]:
+    client = make_mongo_client(settings)
+    try:
+        collection = get_database(client, settings)[settings.collection_anomalies]
+        return list(collection.find({}, {"device_id": 1, "ts_us": 1, "score": 1, "reason": 1}))
+    finally:
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", choices=("synthetic", "intel"), default="synthetic")
+    parser.add_argument("--devices", type=int, default=6, help="synthetic fleet")
+    parser.add_argument("--days", type=int, default=5)
+    parser.add_argument("--model", choices=sorted(MODELS), default="default")
+    parser.add_argument("--warmup", type=int, default=TrainConfig().warmup)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    model, train = MODELS[args.model], TrainConfig(warmup=args.warmup)
+    simulation = SimulationConfig(model=model, train=train)
+    if simulation.batch_size % train.batch_size:  # else the two would cut a device's chunks apart
+        raise SystemExit("the simulation's turn must be whole chunks of the trainer's")
+    command = trainer_args(model, train)
+
+    with local_services() as (home, env, settings):
+        benchmark, dropped = labelled_series(home, args.source, args.devices, args.days, args.seed)
+        whole, _ = offline(benchmark, simulation, events=True)  # `flead evaluate --online -m local`
+        series, beyond_limits = within_limits(benchmark)
+        frame = series.frame
+        per_reading, offline_readings = offline(series, simulation, events=False)
+        grouped, _ = offline(series, simulation, events=True)
+
+        tag = uuid.uuid4().hex[:8]
+        run = settings.model_copy(
+            update={
+                "topic_readings": f"bench.labelled.{tag}",
+                "consumer_group": f"bench-{tag}",
+                "mongo_db": f"bench_{tag}",
+            }
+        )
+        ensure_topics(run, {run.topic_readings: args.partitions})
+        replayed = replay(run, replay_frame(series))
+        targets = lag.end_offsets(run, run.topic_readings)  # (may fall short: see next_offsets)
+        targets |= {p: max(o, targets.get(p, 0)) for p, o in replayed.next_offsets.items()}
+        log = home / f"trainer-{tag}.log"
+        trainer = run_trainer(env, run, command, targets, frame.height, log)
+        decisions = trainer_decisions(series, anomaly_documents(run))
+        online = summary(decisions.evaluate().pooled) | {
+            "unjudged": None,
+            "rule_alarms": decisions.rule_alarms,
+        }
+
+    difference = {
+        key: None
+        if online[key] is None or per_reading[key] is None
+        else round(online[key] - per_reading[key], 6)
+        for key in ("point_f1", "event_f1")
+    }
+    report = {
+        "command": "python benchmarks/labelled_replay.py "
+        + f"--source {args.source} --devices {args.devices} --days {args.days} --model {args.model} "
+        + f"--warmup {args.warmup} --partitions {args.partitions} --seed {args.seed}",
+        "data": {
+            "source": args.source,
+            "devices": frame["device_id"].n_unique(),
+            "readings": frame.height,
+            "labelled": int(frame["label"].sum()),
+            "out_of_range_left_out": dropped,  # flagged by the lake (as `flead evaluate` leaves them out)
+            "beyond_limits_left_out": beyond_limits,  # left after injection (`replayed.within_limits`)
+        },
+        "config": {"model": model.to_dict(), "train": train.to_dict(), "trainer_args": command},
+        "offline_whole_benchmark": {k: whole[k] for k in ("point_f1", "event_f1", "alarms")},
+        "offline_local_online": per_reading,
+        "offline_local_online_events": grouped,
+        "trainer": online | {"replay_seconds": round(replayed.seconds, 3), **trainer},
+        "trainer_minus_offline": difference,
+        "within_tolerance": all(v is not None and abs(v) <= TOLERANCE for v in difference.values()),
+        "per_reading": disagreements(offline_readings, decisions),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
