@@ -289,3 +289,21 @@ def test_a_stuck_sensor_is_flagged_and_a_feature_that_often_repeats_itself_needs
     assert flags[111:400].all()  # flagged from its 11th repeat to the end
     restored = OnlineDetector.from_bytes(detector.to_bytes())
     assert restored.to_bytes() == detector.to_bytes()
+
+
+def test_the_first_reading_after_a_silence_is_flagged_when_the_device_never_went_that_quiet() -> None:
+    import doctest
+
+    import flead.model.gaps as gaps_module
+
+    assert doctest.testmod(gaps_module).failed == 0
+    n = 3_000
+    ts = np.datetime64("2004-03-01T00:00:00", "us") + np.arange(n) * np.timedelta64(31, "s")
+    ts[2_500:] += np.timedelta64(40, "m")  # a 40-minute dropout before reading 2,500
+    values = stream(n, seed=7)
+    detector = OnlineDetector(SMALL, train=TrainConfig(warmup=500, calibration=1_000))
+    out = detector.process_many(values, ts=ts)
+    assert detector.gaps.window_s == 62.0  # twice the usual gap: normal gaps never reach it
+    assert out["is_anomaly"][2_500] and out["severity"][2_500] > 30
+    restored = OnlineDetector.from_bytes(detector.to_bytes())
+    assert restored.to_bytes() == detector.to_bytes()

@@ -143,6 +143,9 @@ class TrainConfig:
     # Flag a feature that repeats its value exactly for longer than calibration ever saw
     # (`flead.model.stuck`): a sensor that stopped updating scores as normal to any model.
     stuck_check: bool = True
+    # Flag the first reading after a silence longer than calibration ever saw (`flead.model.gaps`;
+    # needs timestamps): a dropout sends nothing a model could score.
+    gap_check: bool = True
     # How readings judged anomalous are learned from: "downweight" (weight (threshold / score)^2,
     # the wilder the less), "skip" (not at all) or "learn" (like any other reading).
     anomaly_learning: str = "downweight"

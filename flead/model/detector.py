@@ -26,6 +26,7 @@ import polars as pl
 
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig, TrainConfig
+from flead.model.gaps import GapCheck
 from flead.model.optim import Adam, clip_by_global_norm
 from flead.model.serialization import pack, unpack
 from flead.model.stuck import StuckCheck
@@ -45,6 +46,7 @@ class _Chunk:
 
     values: np.ndarray  # (n, F) raw, NaN where missing
     hours: np.ndarray | None  # (n,) hour of day, if the model uses it
+    ts_us: np.ndarray | None  # (n,) epoch microseconds, when the batch has timestamps
     seq: np.ndarray  # (context + n, F) float32: context and chunk normalised, NaN where missing
     current: np.ndarray  # (n, F) float32: the chunk normalised and clipped, what is scored
 
@@ -56,6 +58,7 @@ class _Verdict:
     raw: np.ndarray
     smoothed: np.ndarray
     runs: np.ndarray | None  # (n, F) stuck-value run lengths, when checked
+    gaps: np.ndarray | None  # (n,) seconds since the reading before, when timestamped
     severity: np.ndarray
     flags: np.ndarray
     suspects: np.ndarray  # flagged by either pass (see `_judge`)
@@ -112,6 +115,7 @@ class OnlineDetector:
         # Stuck values, calibrated with the threshold (see `flead.model.stuck`).
         calibrated = isinstance(self.threshold, CalibratedThreshold)
         self.stuck = StuckCheck(cfg.n_features) if calibrated and t.stuck_check else None
+        self.gaps = GapCheck() if calibrated and t.gap_check else None  # used when timestamped
 
     @property
     def config(self) -> ModelConfig:
@@ -159,14 +163,14 @@ class OnlineDetector:
 
         `proximal_mu` > 0 adds proximal_mu / 2 * ||w - anchor||^2 to the loss (FedProx).
         """
-        values, hours = self._arrays(batch, ts)
+        values, ts_us = self._arrays(batch, ts)
         skip = np.zeros(len(values), bool) if exclude is None else np.asarray(exclude, bool).reshape(-1)
         if skip.shape != (len(values),):
             raise ValueError(f"exclude needs one flag per reading ({len(values)})")
         anchor_flat = self._anchor(proximal_mu, anchor)
         for lo, hi in self._spans(len(values)):
             bootstrap = self._bootstrap(values[lo:hi])
-            chunk = self._chunk(values[lo:hi], None if hours is None else hours[lo:hi])
+            chunk = self._chunk(values[lo:hi], None if ts_us is None else ts_us[lo:hi])
             run = self._pass(chunk, self._maskable(skip[lo:hi]))
             self._learn(chunk, (~skip[lo:hi]).astype(np.float32), run, proximal_mu, anchor_flat)
             self._adapt(chunk, bootstrap)
@@ -174,10 +178,10 @@ class OnlineDetector:
 
     def score_many(self, batch: Batch, *, ts: np.ndarray | None = None) -> np.ndarray:
         """A score per reading (float64, >= 0, finite) from the current state, which is not changed."""
-        values, hours = self._arrays(batch, ts)
+        values, ts_us = self._arrays(batch, ts)
         if not len(values):
             return np.zeros(0)
-        return self._judge(self._chunk(values, hours)).raw
+        return self._judge(self._chunk(values, ts_us)).raw
 
     def calibrate(
         self, normal: Batch, *, ts: np.ndarray | None = None, exclude: np.ndarray | None = None
@@ -191,11 +195,11 @@ class OnlineDetector:
         """
         if not isinstance(self.threshold, CalibratedThreshold):
             raise ValueError(f"a {self.threshold.kind} threshold is not calibrated on normal data")
-        values, hours = self._arrays(normal, ts)
+        values, ts_us = self._arrays(normal, ts)
         saved = self.context, self.smoothed
         self.context, self.smoothed = np.full_like(self.context, np.nan), math.nan
         try:
-            chunk = self._chunk(values, hours)
+            chunk = self._chunk(values, ts_us)
             raw = self._judge(chunk, judge=False).raw
             keep = np.ones(len(raw), bool) if exclude is None else ~np.asarray(exclude, bool).reshape(-1)
             if keep.shape != raw.shape:
@@ -208,6 +212,10 @@ class OnlineDetector:
                 runs = StuckCheck(self.config.n_features).runs(self._scored(values))
                 self.stuck.observe(runs[keep])
                 self.stuck.fit(self.train.false_alarm_rate)
+            if self.gaps is not None and ts_us is not None:
+                self.gaps.reset_calibration()
+                self.gaps.observe(GapCheck().gaps(ts_us)[keep])
+                self.gaps.fit(self.train.false_alarm_rate)
         finally:
             self.context, self.smoothed = saved
 
@@ -240,6 +248,7 @@ class OnlineDetector:
         learn: bool = True,
         proximal_mu: float = 0.0,
         anchor: dict[str, np.ndarray] | None = None,
+        explain: bool = False,
     ) -> pl.DataFrame:
         """Prequential: score each chunk with the state before it, judge it, then learn from it.
 
@@ -247,20 +256,25 @@ class OnlineDetector:
         while no calibration exists: the reading is unjudged), ``severity`` (how many times over its
         threshold the reading is, on the raw or the sustained channel, whichever is more; 0 when
         unjudged) and ``is_anomaly`` (severity > 1). With ``learn=False`` the weights stay frozen
-        while the normaliser, calibration and context still follow the device.
+        while the normaliser, calibration and context still follow the device. ``explain=True`` adds
+        ``feature_errors``: per reading, the squared error of each scored feature (NaN where missing),
+        whose mean is the score: which features made a reading anomalous.
         """
-        values, hours = self._arrays(batch, ts)
+        values, ts_us = self._arrays(batch, ts)
         n = len(values)
+        errors = np.full((n, self.config.n_features), np.nan) if explain else None
         scores, thresholds, severity = np.zeros(n), np.full(n, math.inf), np.zeros(n)
         flags = np.zeros(n, bool)
         anchor_flat = self._anchor(proximal_mu, anchor) if learn else None
         for lo, hi in self._spans(n):
             bootstrap = self._bootstrap(values[lo:hi])
-            chunk = self._chunk(values[lo:hi], None if hours is None else hours[lo:hi])
+            chunk = self._chunk(values[lo:hi], None if ts_us is None else ts_us[lo:hi])
             limit = self.threshold.value
             verdict = self._judge(chunk)
             scores[lo:hi], thresholds[lo:hi], flags[lo:hi] = verdict.raw, limit, verdict.flags
             severity[lo:hi] = verdict.severity
+            if errors is not None:
+                errors[lo:hi] = self._feature_errors(verdict.run.pred, chunk.current)
             if math.isinf(limit):
                 self.readings_unjudged += hi - lo
             self.smoothed = float(verdict.smoothed[-1])
@@ -269,6 +283,8 @@ class OnlineDetector:
                 self._calibrate_online(verdict, present)
             if self.stuck is not None:
                 self.stuck.advance(self._scored(chunk.values), verdict.runs)
+            if verdict.gaps is not None:
+                self.gaps.advance(chunk.ts_us)
             if learn:
                 weights = self._learning_weights(verdict)
                 self._learn(chunk, weights, verdict.run, proximal_mu, anchor_flat)
@@ -280,13 +296,17 @@ class OnlineDetector:
                 pl.Series("threshold", thresholds),
                 pl.Series("severity", severity),
                 pl.Series("is_anomaly", flags),
+                *([] if errors is None else [pl.Series("feature_errors", errors)]),
             ]
         )
 
     # -------------------------------------------------------------------------------------- internals
 
     def _arrays(self, batch: Batch, ts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(values (n, F) float64 with NaN for missing or non-finite, hours of day or None)."""
+        """(values (n, F) float64 with NaN for missing or non-finite, epoch microseconds or None).
+
+        A DataFrame's time column is read whenever it is there; a model using the time of day needs it.
+        """
         features = self.config.columns
         if isinstance(batch, pl.DataFrame):
             missing = [f for f in features if f not in batch.columns]
@@ -299,25 +319,25 @@ class OnlineDetector:
                 if not column.dtype.is_numeric():
                     raise ValueError(f"feature column {feature!r} must be numeric, got {column.dtype}")
                 values[:, i] = column.to_numpy()  # nulls arrive as NaN
-            if ts is None and self.config.time_features:
-                if self.time_column not in batch.columns:
-                    raise ValueError(
-                        f"this model uses the time of day: the batch needs a {self.time_column!r} column"
-                    )
+            if ts is None and self.time_column in batch.columns:
                 ts = batch[self.time_column]
+            if ts is None and self.config.time_features:
+                raise ValueError(
+                    f"this model uses the time of day: the batch needs a {self.time_column!r} column"
+                )
         else:
             values = np.asarray(batch, dtype=np.float64)
             if values.ndim != 2 or values.shape[1] != len(features):
                 raise ValueError(f"an array batch must be (n, {len(features)}) for columns {features}")
         values = np.where(np.isfinite(values), values, np.nan)
-        hours = None
-        if self.config.time_features:
-            if ts is None:
+        if ts is None:
+            if self.config.time_features:
                 raise ValueError("this model uses the time of day: pass ts (timestamps) with an array batch")
-            hours = hour_of_day(_epoch_us(ts))
-            if hours.shape != (len(values),):
-                raise ValueError(f"ts needs one timestamp per reading ({len(values)})")
-        return values, hours
+            return values, None
+        ts_us = _epoch_us(ts)
+        if ts_us.shape != (len(values),):
+            raise ValueError(f"ts needs one timestamp per reading ({len(values)})")
+        return values, ts_us
 
     def _spans(self, n: int) -> list[tuple[int, int]]:
         size = self.train.batch_size
@@ -339,13 +359,14 @@ class OnlineDetector:
         self.model.normalizer.update(values)
         return True
 
-    def _chunk(self, values: np.ndarray, hours: np.ndarray | None) -> _Chunk:
+    def _chunk(self, values: np.ndarray, ts_us: np.ndarray | None) -> _Chunk:
+        hours = hour_of_day(ts_us) if self.config.time_features and ts_us is not None else None
         seq = self.model.normalizer.transform(np.concatenate([self.context, values])).astype(np.float32)
         # The scored readings are clipped like the inputs: a level beyond the clip that persists
         # stops scoring once it is in the window, while a jump to it scores up to (2 * clip)^2.
         clip = self.config.input_clip
         current = np.clip(seq[self.config.context_length :, : self.config.n_features], -clip, clip)
-        return _Chunk(values, hours, seq, current)
+        return _Chunk(values, hours, ts_us, seq, current)
 
     def _pass(self, chunk: _Chunk, masked: np.ndarray | None = None) -> _Pass:
         """The network on the chunk, with the readings where `masked` is True hidden from the inputs."""
@@ -361,10 +382,14 @@ class OnlineDetector:
     def _predicted_current(self, pred: np.ndarray) -> np.ndarray:
         return pred if self.config.kind == "forecaster" else pred[:, -self.config.n_features :]
 
+    def _feature_errors(self, pred: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """Squared error per reading and scored feature (normalised units), NaN where missing."""
+        err = self._predicted_current(pred) - current
+        return err * err
+
     def _scores(self, pred: np.ndarray, current: np.ndarray) -> np.ndarray:
         """Mean squared error over the reading's present features (normalised units); 0 if none."""
-        err = self._predicted_current(pred) - current
-        sq = err * err
+        sq = self._feature_errors(pred, current)
         valid = np.isfinite(sq)
         count = valid.sum(axis=1)
         total = np.where(valid, sq, 0.0).sum(axis=1, dtype=np.float64)
@@ -375,10 +400,17 @@ class OnlineDetector:
         self.threshold.update(verdict.raw[present])
         if self.sustained is not None:
             self.sustained.update(verdict.smoothed[present])
-        if self.stuck is not None and collecting:
+        if not collecting:
+            return
+        far, calibrated = self.train.false_alarm_rate, not self.threshold.collecting  # in this chunk
+        if self.stuck is not None:
             self.stuck.observe(verdict.runs[present])
-            if not self.threshold.collecting:  # calibrated in this chunk
-                self.stuck.fit(self.train.false_alarm_rate)
+            if calibrated:
+                self.stuck.fit(far)
+        if verdict.gaps is not None:
+            self.gaps.observe(verdict.gaps[present])
+            if calibrated:
+                self.gaps.fit(far)
 
     def _scored(self, values: np.ndarray) -> np.ndarray:
         return values[:, : self.config.n_features]
@@ -394,7 +426,10 @@ class OnlineDetector:
         limit = self.threshold.value if judge else math.inf
         sustained = self.sustained.value if judge and self.sustained is not None else math.inf
         runs = None if self.stuck is None else self.stuck.runs(self._scored(chunk.values))
+        gaps = None if self.gaps is None or chunk.ts_us is None else self.gaps.gaps(chunk.ts_us)
         stuck = self.stuck.severity(runs) if runs is not None and judge else 0.0
+        if gaps is not None and judge:
+            stuck = np.maximum(stuck, self.gaps.severity(gaps))
         run = self._pass(chunk)
         verdict = self._verdict(run, chunk, limit, sustained, runs, stuck)
         if verdict.flags.any():
@@ -402,6 +437,7 @@ class OnlineDetector:
             rerun = self._pass(chunk, self._maskable(first))
             verdict = self._verdict(rerun, chunk, limit, sustained, runs, stuck)
             verdict.suspects = first | verdict.flags
+        verdict.gaps = gaps
         return verdict
 
     def _verdict(
@@ -424,7 +460,7 @@ class OnlineDetector:
             )
         severity = np.maximum(np.nan_to_num(np.broadcast_to(severity, raw.shape).astype(np.float64)), stuck)
         flags = severity > 1.0
-        return _Verdict(raw, smoothed, runs, severity, flags, flags, run)
+        return _Verdict(raw, smoothed, runs, None, severity, flags, flags, run)
 
     def _smooth(self, raw: np.ndarray) -> np.ndarray:
         """EWMA of the raw scores over ``score_smoothing`` readings, continuing from `self.smoothed`."""
@@ -495,8 +531,9 @@ class OnlineDetector:
         for threshold in (self.threshold, self.sustained):
             if isinstance(threshold, CalibratedThreshold):
                 threshold.recalibrate()
-        if self.stuck is not None:
-            self.stuck.reset_calibration()
+        for check in (self.stuck, self.gaps):
+            if check is not None:
+                check.reset_calibration()
 
     def _run_positions(self, suspects: np.ndarray) -> np.ndarray:
         """Per reading, how many suspects directly precede it (its place in a run of suspects)."""
@@ -540,6 +577,7 @@ class OnlineDetector:
             "smoothed": None if math.isnan(self.smoothed) else self.smoothed,
             "sustained": None if self.sustained is None else self.sustained.state_dict(),
             "stuck": None if self.stuck is None else self.stuck.state_dict(),
+            "gaps": None if self.gaps is None else self.gaps.state_dict(),
         }
         arrays = {**self.model.network.params, "adam.m": self.optimizer.m, "adam.v": self.optimizer.v}
         return pack(header, arrays)
@@ -567,6 +605,8 @@ class OnlineDetector:
             sustained = None if sustained is None else threshold_from_state_dict(sustained)
             stuck = header.get("stuck")
             stuck = None if stuck is None else StuckCheck.from_state_dict(stuck, model.config.n_features)
+            gaps = header.get("gaps")
+            gaps = None if gaps is None else GapCheck.from_state_dict(gaps)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad detector checkpoint: {exc!r}") from exc
         if m.shape != (model.network.size,) or v.shape != m.shape:
@@ -578,7 +618,7 @@ class OnlineDetector:
         if sustained is not None and not isinstance(sustained, CalibratedThreshold):
             raise ValueError("bad detector checkpoint: the sustained threshold must be calibrated")
         detector.sustained = sustained
-        detector.stuck = stuck
+        detector.stuck, detector.gaps = stuck, gaps
         return detector
 
 
