@@ -62,3 +62,18 @@ def test_an_open_event_is_reported_as_it_grows_and_closed_after_merge_gap_quiet_
     assert builder.open is None and builder.finish() == []
     with pytest.raises(ValueError, match="bad event builder state"):
         EventBuilder.from_state_dict({"position": 3})
+
+
+def test_feature_errors_say_which_features_made_the_score() -> None:
+    from flead.model import ModelConfig, OnlineDetector
+
+    config = ModelConfig(features=("a", "b", "c"), time_features=False)
+    explained, plain = OnlineDetector(config), OnlineDetector(config)
+    values = np.random.default_rng(3).normal(size=(640, 3))
+    values[600, 1] += 40.0  # a spike on b only
+    values[610, 2] = np.nan
+    out = explained.process_many(values, explain=True)
+    errors = out["feature_errors"].to_numpy()
+    assert out.drop("feature_errors").equals(plain.process_many(values))  # explaining changes nothing
+    assert np.allclose(np.nanmean(errors, axis=1), out["score"].to_numpy())
+    assert int(np.argmax(errors[600])) == 1 and np.isnan(errors[610, 2])
