@@ -4,7 +4,7 @@ the real stream trainer, its anomaly documents in MongoDB scored against the lab
 
     python benchmarks/labelled_replay.py [--source synthetic|intel] [--devices 6 --days 5]
                                          [--model default|small] [--warmup 1000] [--partitions 4]
-                                         [--seed 0]
+                                         [--seed 0] [--push-every N] [--fleet-warmup N]
 
 Starts its own embedded broker and MongoDB on free ports under a temporary home (`stream.py`'s
 `local_services`). The data: the lake's labelled benchmark built as `flead data ingest` + `flead data
@@ -15,7 +15,9 @@ evaluate` with `EvaluationPlan(mode="local", online=True)`, per-reading alarms (
 reference, grouped into events as `flead evaluate` reports them. Online: the same readings replayed
 (`flead.bus.replay`, event-time order) into a fresh topic, then `python -m services.stream_trainer`
 (= `flead trainer run`) with the same model and train config and federation off (no device ever
-pushes an update, so none adopts a global version: local training, as in mode local), waited for until
+pushes an update, so none adopts a global version, nor borrows a fleet calibration: each device on its
+own, as in mode local; --push-every federates it through the in-process exchange, --fleet-warmup lets
+devices borrow), waited for until
 its group has committed every offset and it has scored every reading, then stopped (its final
 checkpoint stores every anomaly). Its model alarms (`reason: model`) are scored per reading with the
 same metrics. Prints one JSON object: both F1s (point and event), their differences, the readings
@@ -55,7 +57,9 @@ from detection import SHARED, build  # the detection benchmark's lake build
 from stream import free_port, local_services  # the stream benchmark's services
 
 MODELS = {"default": ModelConfig(), "small": ModelConfig(window=8, hidden=(16, 4))}
-NO_FEDERATION = {"FLEAD_TRAINER_PUSH_EVERY": str(10**12)}  # no update is ever pushed, none adopted
+# samples between pushes, readings before a device's scores feed its partition's fleet calibration:
+# never, so no global version is adopted and no calibration borrowed (each device on its own: mode local)
+NEVER = 10**12
 TOLERANCE = 0.02
 
 
@@ -106,7 +110,14 @@ def summary(pooled) -> dict:
 
 
 def run_trainer(
-    env: dict, settings: Settings, args: list[str], targets: dict[int, int], expected: int, log: Path
+    env: dict,
+    settings: Settings,
+    args: list[str],
+    targets: dict[int, int],
+    expected: int,
+    log: Path,
+    push_every: int = NEVER,
+    fleet_warmup: int = NEVER,
 ) -> dict:
     """The trainer on `settings`' topic, group and database until every reading is scored and
     checkpointed; then SIGTERM (a final checkpoint) and its /health counters."""
@@ -114,7 +125,8 @@ def run_trainer(
     trainer_env = {
         **os.environ,
         **env,
-        **NO_FEDERATION,
+        "FLEAD_TRAINER_PUSH_EVERY": str(push_every),
+        "FLEAD_TRAINER_FLEET_WARMUP": str(fleet_warmup),
         "FLEAD_TOPIC_READINGS": settings.topic_readings,
         "FLEAD_CONSUMER_GROUP": settings.consumer_group,
         "FLEAD_MONGO_DB": settings.mongo_db,
@@ -188,6 +200,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=TrainConfig().warmup)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--push-every",
+        type=int,
+        default=NEVER,
+        help="federate the trainer (in-process exchange): samples between a device's updates",
+    )
+    parser.add_argument(
+        "--fleet-warmup",
+        type=int,
+        default=NEVER,
+        help="let the trainer's devices borrow their partition's fleet calibration after N readings",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     model, train = MODELS[args.model], TrainConfig(warmup=args.warmup)
@@ -217,7 +241,9 @@ def main() -> None:
         targets = lag.end_offsets(run, run.topic_readings)  # (may fall short: see next_offsets)
         targets |= {p: max(o, targets.get(p, 0)) for p, o in replayed.next_offsets.items()}
         log = home / f"trainer-{tag}.log"
-        trainer = run_trainer(env, run, command, targets, frame.height, log)
+        trainer = run_trainer(
+            env, run, command, targets, frame.height, log, args.push_every, args.fleet_warmup
+        )
         decisions = trainer_decisions(series, anomaly_documents(run))
         online = summary(decisions.evaluate().pooled) | {
             "unjudged": None,
@@ -233,7 +259,9 @@ def main() -> None:
     report = {
         "command": "python benchmarks/labelled_replay.py "
         + f"--source {args.source} --devices {args.devices} --days {args.days} --model {args.model} "
-        + f"--warmup {args.warmup} --partitions {args.partitions} --seed {args.seed}",
+        + f"--warmup {args.warmup} --partitions {args.partitions} --seed {args.seed}"
+        + ("" if args.push_every == NEVER else f" --push-every {args.push_every}")
+        + ("" if args.fleet_warmup == NEVER else f" --fleet-warmup {args.fleet_warmup}"),
         "data": {
             "source": args.source,
             "devices": frame["device_id"].n_unique(),

@@ -49,7 +49,8 @@ def test_the_trainer_flags_exactly_what_the_online_evaluation_flags(services_env
     offline = evaluate(series, plan)
     assert offline.evaluation.pooled.point.tp >= 100 and offline.evaluation.pooled.point.fp >= 10
 
-    env = isolated_env(services_env)
+    # nor borrows its partition's fleet calibration: each device on its own, as in mode local
+    env = isolated_env(services_env, FLEAD_TRAINER_FLEET_WARMUP=str(10**12))
     settings = settings_for(env)
     create_topics(settings)
     replay(settings, replay_frame(series))  # all of it first: no partial chunk is flushed early
