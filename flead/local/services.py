@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,11 +199,14 @@ class LocalServices:
             )
         return UpResult(self.status(), topics)
 
-    def down(self) -> list[StopResult]:
-        """Stop exactly the processes recorded in the PID files: SIGTERM, then SIGKILL after the grace."""
+    def down(self, names: Collection[str] | None = None) -> list[StopResult]:
+        """Stop exactly the processes recorded in the PID files (of `names`, default all): SIGTERM,
+        then SIGKILL after the grace."""
         results = []
         with self._lock():
             for spec in reversed(self.specs()):
+                if names is not None and spec.name not in names:
+                    continue
                 process = self._owned_process(spec.name)
                 self.pid_file(spec.name).unlink(missing_ok=True)
                 if process is None:
@@ -239,6 +242,11 @@ class LocalServices:
                 )
             )
         return statuses
+
+    def running_pid(self, name: str) -> int | None:
+        """The PID of the service's live recorded process, or None."""
+        process = self._owned_process(name)
+        return process.pid if process else None
 
     def tail_log(self, name: str, lines: int = 50) -> str:
         self.spec(name)  # validates the name

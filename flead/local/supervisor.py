@@ -8,7 +8,7 @@ Framework-free: the Dagster sensors (``flead_dagster/sensors.py``) and ``flead s
 * ``ensure_running(name, enabled)`` starts a service that is down, restarts one of its own that is dead
   or stopped answering, and waits a few bounded seconds for it to answer, so one call can report
   ``started`` with a healthy status; it never blocks for long.
-* ``stop_all()`` stops what the supervisor started, and only that.
+* ``stop(name)`` / ``stop_all()`` stop what the supervisor started, and only that.
 
 Started services are detached (their own session), log to ``<log_dir>/<name>.log`` and are recorded
 in ``<state_dir>/supervised/<name>.pid`` with their start time, so a recycled PID is never signalled
@@ -242,19 +242,22 @@ class Supervisor:
 
     def stop_all(self) -> list[StopResult]:
         """Stop what the supervisor started (SIGTERM, the grace, then SIGKILL); the trainer first."""
-        results = []
-        for name in reversed(SERVICES):
-            pid_file = self.pid_file(name)
-            with exclusive_lock(self.root / f"{name}.lock"):
-                process = owned_process(pid_file)
-                pid_file.unlink(missing_ok=True)
-                if process is None:
-                    results.append(StopResult(name, None, "not running"))
-                    continue
-                results.append(
-                    StopResult(name, process.pid, terminate(process, self.settings.local_stop_grace_s))
-                )
-        return results
+        return [self.stop(name) for name in reversed(SERVICES)]
+
+    def stop(self, name: str) -> StopResult:
+        """Stop the service's process if the supervisor started it (never one it did not start)."""
+        pid_file = self.pid_file(name)
+        with exclusive_lock(self.root / f"{name}.lock"):
+            process = owned_process(pid_file)
+            pid_file.unlink(missing_ok=True)
+            if process is None:
+                return StopResult(name, None, "not running")
+            return StopResult(name, process.pid, terminate(process, self.settings.local_stop_grace_s))
+
+    def supervised_pid(self, name: str) -> int | None:
+        """The PID of the live process the supervisor started for the service, or None."""
+        process = owned_process(self.pid_file(name))
+        return process.pid if process else None
 
     # --- internals -------------------------------------------------------------------------
 

@@ -1,0 +1,154 @@
+"""`flead up` as a real process on free ports: SIGTERM, and Ctrl-C's SIGINT, stop the whole of
+``dagster dev`` (webserver, daemon, code servers) and what `flead up` started itself (broker, MongoDB,
+API, trainer), never what was running before it; a second `flead up` then starts cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from flead_dagster_tests.conftest import free_port, service_env
+from flead_dagster_tests.test_trainer_stream import wait_until
+
+FLEAD = str(Path(sys.executable).parent / "flead")
+UP_WITHIN_S = 240.0  # services, then dagster dev, on a loaded two-core machine
+STOPPED_WITHIN_S = 90.0
+
+
+class FleadUp:
+    """One `flead up` process, leader of its own session like a shell's foreground job."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                [FLEAD, "up"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.seen: dict[int, psutil.Process] = {}  # every descendant seen, for the assertion and clean-up
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def descendants(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.popen.pid).children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+        return list(self.seen.values())
+
+    def wait_for_dagster(self) -> None:
+        url = f"http://127.0.0.1:{self.env['FLEAD_DAGSTER_PORT']}/server_info"
+
+        def answers() -> bool:
+            if self.popen.poll() is not None:
+                pytest.fail(f"flead up exited with {self.popen.returncode}:\n{self.output[-3000:]}")
+            self.descendants()
+            try:
+                return httpx.get(url, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, UP_WITHIN_S, "the Dagster webserver of `flead up` to answer", poll_s=0.5)
+        self.descendants()
+
+    def stop(self, signum: int, *, group: bool) -> int:
+        """Send `signum` to `flead up` alone (`kill PID`), or to its process group (a terminal's Ctrl-C)."""
+        if group:
+            os.killpg(self.popen.pid, signum)
+        else:
+            self.popen.send_signal(signum)
+        try:
+            return self.popen.wait(STOPPED_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"flead up did not stop within {STOPPED_WITHIN_S:.0f} s:\n{self.output[-3000:]}")
+
+    def left_behind(self) -> list[str]:
+        alive = []
+        for process in self.seen.values():
+            with contextlib.suppress(psutil.Error):
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"PID {process.pid}: {' '.join(process.cmdline())[:160]}")
+        return alive
+
+    def kill_leftovers(self) -> None:
+        for process in self.seen.values():
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+
+
+@pytest.fixture
+def up_env(tmp_path) -> Iterator[dict[str, str]]:
+    """Private FLEAD_HOME (its own broker and MongoDB), DAGSTER_HOME and ports; stopped at the end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEAD_", "DAGSTER_"))}
+    env |= service_env(tmp_path / "flead")
+    env |= {
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "FLEAD_API_URL": f"http://127.0.0.1:{free_port()}",
+        "FLEAD_TRAINER_HEALTH_PORT": str(free_port()),
+        "FLEAD_DAGSTER_PORT": str(free_port()),
+        "FLEAD_TOPIC_READINGS_PARTITIONS": "2",
+        "COLUMNS": "200",
+    }
+    try:
+        yield env
+    finally:  # whatever a failed run left: the services by their PID records
+        for command in (["services", "stop"], ["local", "down"]):
+            subprocess.run([FLEAD, *command], env=env, capture_output=True, timeout=120)
+
+
+def flead(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([FLEAD, *args], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_a_stopped_flead_up_leaves_nothing_behind_and_starts_again(up_env, tmp_path):
+    first = FleadUp(up_env, tmp_path / "up-1.log")
+    try:
+        first.wait_for_dagster()
+        commands = [" ".join(p.cmdline()) for p in first.descendants() if p.is_running()]
+        for part in ("dagster_webserver", "dagster._daemon", "api run", "trainer run", "secantus"):
+            assert any(part in c for c in commands), (part, commands)
+        code = first.stop(signal.SIGTERM, group=False)
+        assert (code, first.left_behind()) == (0, []), first.output[-3000:]
+    finally:
+        first.kill_leftovers()
+    out = first.output
+    assert "dagster dev: stopped" in out or "dagster dev: killed" in out, out[-3000:]
+    for service in ("stream_trainer", "global_api", "mongodb", "kafka"):
+        assert f"{service}: stopped" in out or f"{service}: killed" in out, (service, out[-3000:])
+
+    # The broker and MongoDB already run: `flead up` uses them, leaves them running and says so.
+    flead(up_env, "local", "up")
+    second = FleadUp(up_env, tmp_path / "up-2.log")
+    try:
+        second.wait_for_dagster()  # the same UI port and Dagster instance: nothing of the first holds them
+        code = second.stop(signal.SIGINT, group=True)  # Ctrl-C: the same clean stop
+        assert (code, second.left_behind()) == (0, []), second.output[-3000:]
+    finally:
+        second.kill_leftovers()
+    out = second.output
+    assert "is still sending heartbeats" not in out, out[-3000:]
+    for service in ("kafka", "mongodb"):
+        assert f"{service}: left running" in out, out[-3000:]
+    for service in ("stream_trainer", "global_api"):
+        assert f"{service}: stopped" in out or f"{service}: killed" in out, (service, out[-3000:])
+    flead(up_env, "local", "status")  # exits 0: both still answer
