@@ -41,15 +41,10 @@ class StuckCheck:
         values = np.asarray(values, dtype=np.float64)
         previous = np.vstack([self.last, values[:-1]])
         same = (values == previous) & np.isfinite(values)
-        runs = np.zeros(values.shape)
-        carry = self.run.copy()
-        # Cumulative count of repeats, reset wherever a reading changes (vectorised per feature).
-        index = np.arange(len(values))
-        for f in range(values.shape[1]):
-            breaks = np.where(~same[:, f], index, -1)
-            last_break = np.maximum.accumulate(breaks)
-            runs[:, f] = np.where(last_break < 0, carry[f] + index + 1, index - last_break)
-            runs[:, f] = np.where(same[:, f], runs[:, f], 0)
+        index = np.arange(len(values))[:, None]
+        last_break = np.maximum.accumulate(np.where(same, -1, index), axis=0)
+        runs = np.where(last_break < 0, self.run + index + 1, index - last_break)
+        runs = np.where(same, runs, 0).astype(np.float64)
         return runs
 
     def advance(self, values: np.ndarray, runs: np.ndarray) -> None:
