@@ -61,11 +61,15 @@ class DeviceClient:
         self.base_version = state.version
         self.detector.reset_sample_counter()
 
-    def process(self, batch: Batch, *, ts: np.ndarray | None = None, learn: bool = True) -> pl.DataFrame:
+    def process(
+        self, batch: Batch, *, ts: np.ndarray | None = None, learn: bool = True, explain: bool = False
+    ) -> pl.DataFrame:
         """Score, judge and (when `learn`) train on one micro-batch of this device's readings (see
-        `OnlineDetector.process_many`)."""
+        `OnlineDetector.process_many`; `explain` adds the per-feature errors)."""
         mu = self.client.proximal_mu if self.anchor is not None else 0.0
-        return self.detector.process_many(batch, ts=ts, learn=learn, proximal_mu=mu, anchor=self.anchor)
+        return self.detector.process_many(
+            batch, ts=ts, learn=learn, proximal_mu=mu, anchor=self.anchor, explain=explain
+        )
 
     def take_update(self, *, force: bool = False) -> LocalUpdate | None:
         """The learning since the last push as a delta, once `push_every` samples (or any, if forced)."""

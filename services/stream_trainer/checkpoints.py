@@ -2,9 +2,9 @@
 
 Per partition one document in ``collection_checkpoints`` (``_id = "{group}|{topic}|{partition}"``):
 the next offset to read, the partition's latest event time (its watermark), the ids of its devices'
-state documents, and an ``epoch`` fencing token. Each device has two state documents in
-``collection_device_states`` (``_id = "{partition id}|{device}|a"`` and ``...|b``): the committed one
-and the one the next save overwrites.
+state documents, its fleet calibration (`fleet`) and an ``epoch`` fencing token. Each device has
+two state documents in ``collection_device_states`` (``_id = "{partition id}|{device}|a"`` and
+``...|b``): the committed one and the one the next save overwrites.
 
 Save (for the partitions that changed): upsert each changed device's state into its *uncommitted*
 copy (guarded by ``epoch <= ours``, so an older owner can never overwrite what a newer one wrote), then
@@ -41,6 +41,7 @@ from flead.config import Settings
 from flead.federated import GlobalState, LocalUpdate
 from flead.federated.wire import weights_from_bytes, weights_to_bytes
 from flead.model.config import ModelConfig
+from services.stream_trainer.fleet import FleetCalibration
 from services.stream_trainer.mongo_writes import duplicates_ignored, insert_ignoring_duplicates
 from services.stream_trainer.slot import DeviceSlot
 from services.stream_trainer.state_codec import slot_document, slot_from_document
@@ -66,6 +67,7 @@ class PartitionRecord:
     max_event_us: int | None
     state_ids: tuple[str, ...]
     topic_id: str | None = None  # of the topic the offsets belong to (None: not known)
+    fleet: dict | None = None  # the partition's fleet calibration state (`fleet.FleetCalibration`)
 
 
 def stale_reason(record: PartitionRecord, topic_id: str | None, bounds: tuple[int, int] | None) -> str | None:
@@ -98,6 +100,7 @@ class OwnedPartition:
     slots: dict[str, DeviceSlot] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)  # devices changed since the last checkpoint
     next_gen: int = 0
+    fleet: FleetCalibration | None = None  # saved with the offset (None: a new, empty pool)
 
     def __post_init__(self) -> None:
         self.next_gen = max(self.next_gen, self.gen + 1)
@@ -157,6 +160,7 @@ class CheckpointStore:
             max_event_us=document["max_event_us"],
             state_ids=tuple(document["states"]),
             topic_id=document.get("topic_id"),
+            fleet=document.get("fleet_calibration"),
         )
 
     def reset(self, record: PartitionRecord, offset: int | None, reason: str) -> PartitionRecord:
@@ -173,6 +177,7 @@ class CheckpointStore:
                     "max_event_us": None,
                     "states": [],
                     "devices": 0,
+                    "fleet_calibration": None,
                     "topic_id": self.topic_id,
                     "last_reset": {
                         "at": datetime.now(UTC),
@@ -269,6 +274,7 @@ class CheckpointStore:
                         "max_event_us": max_event_us.get(part.number),
                         "states": ids,
                         "devices": len(ids),
+                        "fleet_calibration": None if part.fleet is None else part.fleet.state_dict(),
                         **({"topic_id": self.topic_id} if self.topic_id is not None else {}),
                         "saved_by": self.owner,
                         "saved_at": now,

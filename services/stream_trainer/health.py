@@ -26,7 +26,11 @@ COUNTERS = (
     "dlq_undeliverable",  # dead letters Kafka refused even truncated: dropped, logged with their offset
     "late",  # late records (side output: the dead-letter topic with a "late: ..." reason)
     "scored",
+    "judged",  # readings scored against a threshold (their device's own calibration or the fleet's)
+    "unjudged",  # readings scored while no calibration existed yet (neither own nor fleet)
     "anomalies",
+    "event_writes",  # event documents written (an open event is rewritten as it grows)
+    "events_closed",  # events written closed (merge_gap readings passed without an alarm)
     "errors",  # device batches that failed to process (dead-lettered)
     "checkpoints",
     "checkpoint_failures",

@@ -1,5 +1,6 @@
 """What the trainer produces: dead letters (topic_dlq), late readings (topic_late), anomaly events
-(topic_anomalies and collection_anomalies) and per-device statistics (collection_devices).
+(topic_anomalies and collection_anomalies), alarms grouped into events (collection_events, see
+`events`) and per-device statistics (collection_devices).
 
 Kafka sends are asynchronous and kept until acknowledged; anomaly documents go to MongoDB from a
 background thread (`anomaly_store`) within about a second. A checkpoint first settles both, and fails
@@ -8,7 +9,9 @@ background thread (`anomaly_store`) within about a second. A checkpoint first se
 date, for queries: milliseconds only) and ``ts_us`` (integer microseconds since the epoch): a replay or
 a restart never duplicates them in MongoDB, and readings microseconds apart stay apart. The anomaly
 topic is at-least-once: after a restart, events since the last checkpoint are sent again with the same
-``event_id``. Dead letters too large to send whole are sent truncated (`flead.bus.dlq`).
+``event_id``. Dead letters too large to send whole are sent truncated (`flead.bus.dlq`). Event
+documents are upserted on their ``_id`` (device and start) by every checkpoint, before it commits:
+an open event is rewritten as it grows, and a restart rewrites the same documents.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import InvalidRecordError, MessageSizeTooLargeError, RecordListTooLargeError
 from kafka.future import Future
-from pymongo import UpdateOne
+from pymongo import ReplaceOne, UpdateOne
 from pymongo.database import Database
 
 from flead.bus.codec import Rejected
 from flead.bus.dlq import dead_letter, truncated, value_limit
 from flead.config import Settings
+from flead.model.events import EventConfig
 from services.stream_trainer.anomaly_store import AnomalyStore
+from services.stream_trainer.events import DeviceEvents
+from services.stream_trainer.fleet import threshold_source
 from services.stream_trainer.health import Counters
 from services.stream_trainer.slot import DeviceSlot, ScoredChunk
 
@@ -54,6 +60,11 @@ class Outputs:
         self.producer = producer
         self.anomalies = db[settings.collection_anomalies]
         self.devices = db[settings.collection_devices]
+        self.events = db[settings.collection_events]
+        self.event_config = EventConfig(
+            settings.events_merge_gap, settings.events_min_duration, settings.events_min_severity
+        )
+        self._events: dict[str, dict] = {}  # event documents to write at the next checkpoint, by _id
         self.counters = counters
         self.trainer_id = trainer_id
         # (future, (topic, key, value, headers, the Rejected of a side output or None))
@@ -156,6 +167,10 @@ class Outputs:
     # ----------------------------------------------------------------------------------- anomalies
 
     def anomaly_events(self, slot: DeviceSlot, chunk: ScoredChunk) -> None:
+        unjudged = int(np.isinf(chunk.threshold).sum())
+        self.counters.add("judged", len(chunk.threshold) - unjudged)
+        self.counters.add("unjudged", unjudged)
+        self.alarm_events(slot, chunk)
         index = np.flatnonzero(chunk.is_anomaly)
         if not len(index):
             return
@@ -204,8 +219,32 @@ class Outputs:
         self.counters.add("anomalies", len(index))
 
     def store_anomalies(self) -> None:
-        """Wait until every anomaly document so far is in MongoDB (AnomalyStoreError if not)."""
+        """Wait until every anomaly document so far is in MongoDB (AnomalyStoreError if not), then
+        write the event documents (PyMongoError if that fails: the checkpoint is retried)."""
         self.anomaly_store.flush(self._flush_timeout_s)
+        self.store_events()
+
+    # ------------------------------------------------------------------------------------- events
+
+    def alarm_events(self, slot: DeviceSlot, chunk: ScoredChunk) -> None:
+        if slot.events is None:
+            slot.events = DeviceEvents(self.event_config)
+        slot.events.configure(self.event_config)
+        for document in slot.events.push(slot, chunk):
+            self._events[document["_id"]] = document  # the latest form of an event wins
+
+    def store_events(self) -> None:
+        if not self._events:
+            return
+        now = datetime.now(UTC)
+        writes = [
+            ReplaceOne({"_id": key}, {**doc, "trainer": self.trainer_id, "updated_at": now}, upsert=True)
+            for key, doc in self._events.items()
+        ]
+        self.events.bulk_write(writes, ordered=False)
+        self.counters.add("event_writes", len(writes))
+        self.counters.add("events_closed", sum(not doc["open"] for doc in self._events.values()))
+        self._events = {}
 
     # ------------------------------------------------------------------------------ device statistics
 
@@ -229,6 +268,11 @@ def device_stats(slot: DeviceSlot, trainer_id: str, now: datetime) -> dict:
         "readings": slot.readings,
         "buffered": len(slot.pending),
         "anomalies": slot.anomalies,
+        # readings judged against a threshold, and those scored before any calibration existed
+        "judged": slot.readings - slot.unjudged,
+        "unjudged": slot.unjudged,
+        "unjudged_reasons": {"no calibration yet": slot.unjudged},
+        "threshold_source": threshold_source(slot.client.detector),  # own, fleet or none
         "late": slot.late,
         "last_seen": None
         if slot.last_event_us is None

@@ -40,6 +40,7 @@ from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition,
 from services.stream_trainer.exchange import InProcessExchange, ModelExchange
 from services.stream_trainer.exchange_http import HttpExchange
 from services.stream_trainer.federation import Federation
+from services.stream_trainer.fleet import FleetCalibration, threshold_sources
 from services.stream_trainer.health import Counters, HealthServer, Heartbeat
 from services.stream_trainer.intake import take_in
 from services.stream_trainer.options import TrainerOptions
@@ -96,6 +97,8 @@ class StreamTrainer(RebalanceHandler):
             "lag_total": None,
             "offsets": {},
             "checkpointed_offsets": {},
+            "thresholds": {"own": 0, "fleet": 0, "none": 0},
+            "fleet_calibration": {},
         }
         self._persisted_global: int | None = None
         self._process = psutil.Process()
@@ -226,6 +229,7 @@ class StreamTrainer(RebalanceHandler):
             if part is not None:
                 self._slot(part, device_id).late += count
                 part.dirty.add(device_id)
+        received: dict[int, list[DeviceSlot]] = defaultdict(list)
         for run in intake.runs:
             part = self.owned.get(run.partition)
             if part is None:  # not (or no longer) ours: the owner reads it from its checkpoint
@@ -233,9 +237,15 @@ class StreamTrainer(RebalanceHandler):
             slot = self._slot(part, run.device_id)
             slot.receive(run.rows, run.max_event_us)
             part.dirty.add(run.device_id)
-            whole = slot.whole_chunks()
-            if whole:
-                self._score(slot, whole)
+            received[run.partition].append(slot)
+        for number, slots in received.items():  # whole chunks, in the order `fleet.schedule` needs
+            for slot, n in self._fleet(self.owned[number]).schedule(slots):
+                self._score(slot, n)
+
+    def _fleet(self, part: OwnedPartition) -> FleetCalibration:
+        if part.fleet is None:
+            part.fleet = FleetCalibration(self.options.train, self.settings.trainer_fleet_warmup)
+        return part.fleet
 
     def _slot(self, part: OwnedPartition, device_id: str) -> DeviceSlot:
         slot = part.slots.get(device_id)
@@ -245,8 +255,9 @@ class StreamTrainer(RebalanceHandler):
 
     def _score(self, slot: DeviceSlot, n: int) -> None:
         rows = slot.pending.take(n)
+        part = self.owned.get(slot.partition)
         try:
-            chunk = slot.score(rows)
+            chunk = slot.score(rows, None if part is None else self._fleet(part))
         except Exception as exc:  # one device's failure must never stop the service
             self.counters.add("errors")
             log.exception("device %s: scoring %d readings failed; dead-lettered", slot.device_id, n)
@@ -341,6 +352,8 @@ class StreamTrainer(RebalanceHandler):
             "lag_total": sum(known) if known else None,
             "offsets": {str(p.number): p.offset for p in parts},
             "checkpointed_offsets": {str(p.number): p.committed_offset for p in parts},
+            "thresholds": threshold_sources(s for p in parts for s in p.slots.values()),
+            "fleet_calibration": {str(p.number): self._fleet(p).summary() for p in parts},
         }
 
     # ---------------------------------------------------------------------------------- checkpoints
@@ -498,6 +511,11 @@ class StreamTrainer(RebalanceHandler):
                 committed_offset=record.offset,
                 offset=record.offset,
                 slots=slots,
+                fleet=parked.fleet
+                if kept
+                else FleetCalibration.restore(
+                    record.fleet, self.options.train, self.settings.trainer_fleet_warmup, tp.partition
+                ),
             )
             self.watermarks.restore(tp.partition, record.max_event_us)
             if record.offset is not None:

@@ -10,6 +10,7 @@ partition is caught up and they have waited `TrainerOptions.flush_idle_s`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,14 +18,20 @@ from flead.federated.device import DeviceClient
 from flead.model import rules
 from services.stream_trainer.pending import PendingReadings
 
+if TYPE_CHECKING:
+    from services.stream_trainer.events import DeviceEvents
+    from services.stream_trainer.fleet import FleetCalibration
+
 
 @dataclass(frozen=True, eq=False)
 class ScoredChunk:
     rows: np.ndarray  # structured: ts, offset, values (see `pending.reading_dtype`)
     score: np.ndarray
-    threshold: np.ndarray
+    threshold: np.ndarray  # inf: unjudged (no calibration yet, own or the fleet's)
+    severity: np.ndarray  # times over the threshold (0 when unjudged)
     is_anomaly: np.ndarray  # the model's alarm or a physical limit broken
     out_of_range: np.ndarray  # a physical limit broken (flead.model.rules)
+    feature_errors: np.ndarray  # (n, features): squared errors, NaN where missing
 
 
 @dataclass(eq=False)
@@ -41,6 +48,7 @@ class DeviceSlot:
     last_score: float | None = None
     last_threshold: float | None = None
     state_id: str | None = None  # the state document of the last committed checkpoint
+    events: DeviceEvents | None = None  # its alarms grouped into events (outputs.Outputs makes it)
 
     @property
     def quantum(self) -> int:
@@ -59,11 +67,18 @@ class DeviceSlot:
         if self.last_event_us is None or max_event_us > self.last_event_us:
             self.last_event_us = max_event_us
 
-    def score(self, rows: np.ndarray) -> ScoredChunk:
-        """Score, judge and learn `rows` (taken from `pending`) in ONE detector call."""
+    @property
+    def unjudged(self) -> int:
+        """Readings scored while no calibration existed (neither its own nor the fleet's)."""
+        return self.client.detector.readings_unjudged
+
+    def score(self, rows: np.ndarray, fleet: FleetCalibration | None = None) -> ScoredChunk:
+        """Score, judge and learn `rows` (taken from `pending`) in ONE detector call; with the
+        partition's `fleet` calibration lent before, and the scores given to its pool after."""
         n = len(rows)
         values = rows["values"]
-        out = self.client.process(values, ts=rows["ts"])
+        before = fleet.before(self) if fleet is not None else None
+        out = self.client.process(values, ts=rows["ts"], explain=True)
         score = out.get_column("score").to_numpy()
         threshold = out.get_column("threshold").to_numpy()
         out_of_range = rules.out_of_range(values, self.features)
@@ -72,4 +87,10 @@ class DeviceSlot:
         self.anomalies += int(flags.sum())
         if n:
             self.last_score, self.last_threshold = float(score[-1]), float(threshold[-1])
-        return ScoredChunk(rows, score, threshold, flags, out_of_range)
+        errors = out.get_column("feature_errors").to_numpy().reshape(n, -1)
+        chunk = ScoredChunk(
+            rows, score, threshold, out.get_column("severity").to_numpy(), flags, out_of_range, errors
+        )
+        if fleet is not None:
+            fleet.after(self, chunk, before)
+        return chunk

@@ -1,7 +1,7 @@
 """A device's keyed state as a MongoDB document and back: the detector (`OnlineDetector.to_bytes`:
 network, optimiser, threshold, context), the federated client's fields, the readings waiting for a
-whole chunk, and the device's statistics. Global weights shared by many devices are stored once (see
-`weights_codec.SharedWeights`) and referenced by digest."""
+whole chunk, its event builder (with the open event) and its statistics. Global weights shared by
+many devices are stored once (see `weights_codec.SharedWeights`) and referenced by digest."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from flead.federated.wire import (
     weights_to_bytes,
 )
 from flead.model.detector import OnlineDetector
+from services.stream_trainer.events import DeviceEvents
 from services.stream_trainer.pending import PendingReadings, reading_dtype
 from services.stream_trainer.slot import DeviceSlot
 
@@ -56,6 +57,7 @@ def slot_document(
         },
         "pending": slot.pending.to_bytes(),
         "pending_rows": len(slot.pending),
+        "events": None if slot.events is None else slot.events.state_dict(),  # the open event, if any
         "stats": {
             "readings": slot.readings,
             "anomalies": slot.anomalies,
@@ -100,6 +102,7 @@ def slot_from_document(
         last_score=stats["last_score"],
         last_threshold=stats["last_threshold"],
         state_id=document["_id"],
+        events=None if document.get("events") is None else DeviceEvents.from_state_dict(document["events"]),
     )
     return slot, [local_update(*read_binary_update(bytes(b))) for b in fields.get("unsent", [])]
 
