@@ -1,5 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, through selenium):
-both Plotly charts render with data, the tables list the devices and the latest anomalies, and a
+both Plotly charts render with data, the tables list the devices (with their judged and unjudged
+readings), the latest events (rule alarms told from the model's) and the latest anomalies, and a
 screenshot is saved to artifacts/dashboard.png."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from flead_dagster_tests.test_api import api_harness
+from flead_dagster_tests.test_api_events import event
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = shutil.which("chromium")
@@ -60,11 +62,18 @@ def api(services_env):
                     "_id": device,
                     "device_id": device,
                     "readings": 5000 + d,
+                    "judged": 4000 + d,
+                    "unjudged": 1000,
+                    "unjudged_reasons": {"no calibration yet": 1000},
+                    "threshold_source": "fleet",
                     "last_seen": start,
                     "updated_at": now,
                 }
                 for d, device in enumerate(DEVICES)
             ]
+        )
+        harness.db[harness.settings.collection_events].insert_many(
+            [event("mote-01", 3, minutes=90, peak=6.5), event("mote-02", 5, minutes=20, peak=2.0, rule=4)]
         )
         yield harness
 
@@ -122,3 +131,38 @@ def test_dashboard_renders_charts_and_tables_in_chromium(api, browser):
     assert errors == []  # e.g. plotly.min.js failed to load
     ARTIFACTS.mkdir(exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+
+def test_dashboard_shows_the_latest_events_and_judged_counts(api, browser):
+    browser.get(f"{api.server.url}/")
+    rows = WebDriverWait(browser, 30).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, "#events-table tbody tr")
+    )
+    cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    assert cells == [
+        [
+            "mote-02",
+            "2004-03-01 05:00:00",
+            "2004-03-01 05:20:00",
+            "20.0 min",
+            "2",
+            "model+rule critical",
+            "temperature 80%, humidity 20%",
+        ],
+        [
+            "mote-01",
+            "2004-03-01 03:00:00",
+            "2004-03-01 04:30:00",
+            "1.5 h",
+            "6.5",
+            "model minor",
+            "temperature 80%, humidity 20%",
+        ],
+    ]
+    assert rows[0].get_attribute("class") == "event-rule" and rows[1].get_attribute("class") == "event-model"
+    rule, model = (row.find_element(By.CSS_SELECTOR, ".reason") for row in rows)
+    assert rule.value_of_css_property("background-color") != model.value_of_css_property("background-color")
+    device = browser.find_elements(By.CSS_SELECTOR, "#devices-table tbody tr")[0]
+    assert "4000 1000 fleet" in device.text
+    unjudged = device.find_elements(By.TAG_NAME, "td")[8]
+    assert unjudged.get_attribute("title") == "no calibration yet: 1000"

@@ -26,5 +26,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .status-active { background: #c6f7e2; color: #014d40; }
 .status-idle { background: #fff3c4; color: #8d2b0b; }
 .status-unknown { background: #e4e7eb; color: #3e4c59; }
+.reason { padding: 1px 6px; border-radius: 8px; font-size: 12px; }
+.reason-rule { background: #ffe3e3; color: #8a041a; }
+.reason-model { background: #dceefb; color: #0b4f8a; }
 .empty { color: #7b8794; font-style: italic; }
 """

@@ -1,5 +1,7 @@
 """The dashboard at ``/``: server-rendered HTML with two Plotly charts (global versions over time with
-their metrics; an anomaly timeline per device) and two tables (devices; the latest anomalies).
+their metrics; an anomaly timeline per device) and three tables (devices, with how many of their
+readings were judged and against whose calibration; the latest events, rule alarms marked apart from
+the model's; the latest anomalous readings).
 
 Chart data is embedded as JSON in the page and drawn by ``/static/dashboard.js`` with the
 ``plotly.min.js`` of the installed plotly package: the page needs no network beyond this API.
@@ -10,12 +12,14 @@ from __future__ import annotations
 import json
 from html import escape
 
+from services.global_api.event_pages import AnomalyEvent, EventFilter
 from services.global_api.monitoring import AnomalyFilter
 from services.global_api.service import GlobalModelService
 
 MAX_VERSIONS = 500
 MAX_ANOMALIES = 1000  # the newest, for the timeline (one bounded page: see anomaly_pages)
 LATEST_ANOMALIES = 20
+LATEST_EVENTS = 20
 REFRESH_SECONDS = 30
 
 
@@ -24,6 +28,7 @@ def render_dashboard(service: GlobalModelService) -> str:
     anomalies = service.monitoring.anomalies(AnomalyFilter(), limit=MAX_ANOMALIES, count=False).items
     devices, anomalies_as_of = service.monitoring.devices()
     pending = service.updates.pending_count()
+    events = service.events.page(EventFilter(), limit=LATEST_EVENTS).items
     latest = versions[-1] if versions else None
     subtitle = (
         f"global model version {latest['version']} ({latest['strategy'] or 'initial'}), "
@@ -38,6 +43,7 @@ def render_dashboard(service: GlobalModelService) -> str:
         versions_json=_script_json(versions_figure(versions)),
         anomalies_json=_script_json(anomaly_timeline_figure(anomalies)),
         devices_table=devices_table(devices),
+        events_table=events_table(events),
         anomalies_table=anomalies_table(anomalies[:LATEST_ANOMALIES]),
     )
 
@@ -128,6 +134,9 @@ def devices_table(devices: list[dict]) -> str:
         "readings",
         "updates",
         "samples federated",
+        "judged",
+        "unjudged",
+        "threshold",
         "anomalies",
         "last anomaly (UTC)",
     )
@@ -140,6 +149,9 @@ def devices_table(devices: list[dict]) -> str:
         f'<td class="num">{_number(d["readings"])}</td>'
         f'<td class="num">{_number(d["n_updates"])}</td>'
         f'<td class="num">{_number(d["n_samples"])}</td>'
+        f'<td class="num">{_number(d["stats"].get("judged"))}</td>'
+        f"{_unjudged_cell(d['stats'])}"
+        f"<td>{escape(str(d['stats'].get('threshold_source') or '-'))}</td>"
         f'<td class="num">{_number(d["anomalies"]["count"])}</td>'
         f"<td>{_when(d['anomalies']['last_ts'])}</td>"
         "</tr>"
@@ -147,6 +159,46 @@ def devices_table(devices: list[dict]) -> str:
     )
     head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
     return f'<table id="devices-table"><thead>{head}</thead><tbody>{rows}</tbody></table>'
+
+
+def _unjudged_cell(stats: dict) -> str:
+    """Unjudged readings, with why in the cell's title (e.g. "no calibration yet")."""
+    reasons = stats.get("unjudged_reasons") or {}
+    why = ", ".join(f"{reason}: {n}" for reason, n in reasons.items() if n)
+    return f'<td class="num" title="{escape(why)}">{_number(stats.get("unjudged"))}</td>'
+
+
+def events_table(events: list[AnomalyEvent]) -> str:
+    if not events:
+        return '<p class="empty">no anomaly events recorded yet</p>'
+    rows = []
+    for e in events:
+        kind = "rule" if e.rule_alarms else "model"
+        features = ", ".join(f"{f.feature} {f.share:.0%}" for f in e.top_features) or "-"
+        state = " (open)" if e.open else ""
+        rows.append(
+            f'<tr class="event-{kind}">'
+            f"<td>{escape(e.device_id)}</td>"
+            f"<td>{_when(e.start.isoformat())}</td>"
+            f"<td>{_when(e.end.isoformat())}{state}</td>"
+            f'<td class="num">{_duration(e.duration_s)}</td>'
+            f'<td class="num">{_number(e.peak_severity)}</td>'
+            f'<td><span class="reason reason-{kind}">{escape(e.reason)}</span> '
+            f"{escape(e.severity_class)}</td>"
+            f"<td>{escape(features)}</td>"
+            "</tr>"
+        )
+    columns = ("device", "start (UTC)", "end (UTC)", "duration", "peak severity", "reason", "top features")
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
+    return f'<table id="events-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def anomalies_table(anomalies: list[dict]) -> str:
@@ -202,6 +254,7 @@ PAGE = """<!DOCTYPE html>
 <section><h2>Anomalies per device</h2>
 <div id="anomalies-chart" class="chart" data-figure="anomalies-data"></div></section>
 <section class="wide"><h2>Devices</h2>{devices_table}</section>
+<section class="wide"><h2>Latest events</h2>{events_table}</section>
 <section class="wide"><h2>Latest anomalies</h2>{anomalies_table}</section>
 </main>
 <script type="application/json" id="versions-data">{versions_json}</script>

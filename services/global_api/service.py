@@ -11,6 +11,7 @@ from flead.config import Settings
 from flead.model import ModelConfig
 from flead.storage.mongo import get_database, make_mongo_client
 from services.global_api.aggregation import Aggregator
+from services.global_api.event_pages import EventPages
 from services.global_api.keys import KeyStore
 from services.global_api.model_payload import ModelPayloads
 from services.global_api.monitoring import Monitoring
@@ -34,6 +35,7 @@ class GlobalModelService:
     submissions: Submissions
     monitoring: Monitoring
     payloads: ModelPayloads
+    events: EventPages
 
     @classmethod
     def open(cls, settings: Settings) -> GlobalModelService:
@@ -61,6 +63,7 @@ class GlobalModelService:
                 summary_max_age_s=settings.api_anomaly_summary_max_age_s,
             ),
             payloads=ModelPayloads(registry),
+            events=EventPages(db[settings.collection_events]),
         )
 
     def initialise(self, model_config: ModelConfig | None = None, *, seed: int = INITIAL_SEED) -> bool:
@@ -76,6 +79,7 @@ class GlobalModelService:
         version 0 if none, finish any aggregation an earlier process left half done."""
         self.updates.ensure_indexes()
         self.monitoring.ensure_indexes()
+        self.events.ensure_indexes()
         self.monitoring.summaries.prime()
         self.config.load()
         self.initialise()

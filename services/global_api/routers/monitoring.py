@@ -1,4 +1,4 @@
-"""``GET /api/status``, ``GET /api/devices``, ``GET /api/anomalies``."""
+"""``GET /api/status``, ``GET /api/devices``, ``GET /api/anomalies``, ``GET /api/events``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from services.global_api.anomaly_pages import MAX_CURSOR_CHARS, PageKey
 from services.global_api.auth import get_service
 from services.global_api.codec import ID_PATTERN
+from services.global_api.event_pages import EventFilter, EventPage
 from services.global_api.monitoring import MAX_OFFSET, AnomalyFilter
 from services.global_api.service import GlobalModelService
 
@@ -53,3 +54,29 @@ def get_anomalies(
     where = AnomalyFilter(device_id=device, since=since, until=until, min_score=min_score)
     position = None if after is None else PageKey.decode(after)
     return service.monitoring.anomalies(where, limit=limit, offset=offset, after=position).to_dict()
+
+
+@router.get(
+    "/api/events",
+    summary="Anomaly events (runs of alarms), newest start first, filtered, paginated by cursor",
+    response_model=EventPage,
+)
+def get_events(
+    device: str | None = Query(None, pattern=ID_PATTERN, description="Only this device."),
+    since: datetime | None = Query(
+        None, description="Events still going at or after this time (ISO 8601; UTC if naive)."
+    ),
+    until: datetime | None = Query(None, description="Events that started before this time."),
+    min_severity: float | None = Query(
+        None, ge=0, allow_inf_nan=False, description="Only events whose peak severity is at least this."
+    ),
+    open: bool | None = Query(None, description="true: only open events; false: only closed ones."),
+    limit: int = Query(100, ge=1, le=1000),
+    after: str | None = Query(
+        None, max_length=MAX_CURSOR_CHARS, description="Continue after this cursor (`next` of a page)."
+    ),
+    service: GlobalModelService = Depends(get_service),
+) -> EventPage:
+    where = EventFilter(device_id=device, since=since, until=until, min_severity=min_severity, open=open)
+    position = None if after is None else PageKey.decode(after)
+    return service.events.page(where, limit=limit, after=position)
