@@ -19,9 +19,12 @@ pushes an update, so none adopts a global version, nor borrows a fleet calibrati
 own, as in mode local; --push-every federates it through the in-process exchange, --fleet-warmup lets
 devices borrow), waited for until
 its group has committed every offset and it has scored every reading, then stopped (its final
-checkpoint stores every anomaly). Its model alarms (`reason: model`) are scored per reading with the
-same metrics. Prints one JSON object: both F1s (point and event), their differences, the readings
-the two disagree on, alarms, seconds.
+checkpoint stores every anomaly). Its anomaly documents (`reason: model`) are scored per reading
+against the offline per-reading alarms and, when it writes event documents (`collection_events`),
+the readings inside its events against the offline alarms grouped the same way (the settings'
+`events_*`), with the same metrics (`flead.evaluation.replayed`). Prints one JSON object: for each,
+both F1s (point and event), their differences, the readings the two flag differently, alarms; and
+seconds.
 """
 
 from __future__ import annotations
@@ -46,10 +49,18 @@ from flead.bus.replay import replay
 from flead.bus.topics import ensure_topics
 from flead.config import Settings
 from flead.datasets import lake, pipeline
-from flead.evaluation.replayed import disagreements, replay_frame, trainer_decisions, within_limits
+from flead.evaluation.replayed import (
+    TrainerDecisions,
+    disagreements,
+    replay_frame,
+    trainer_decisions,
+    trainer_events,
+    within_limits,
+)
 from flead.evaluation.runner import EvaluationPlan, evaluate
 from flead.federated.simulate import SimulationConfig
 from flead.model.config import ModelConfig, TrainConfig
+from flead.model.events import EventConfig
 from flead.storage.mongo import get_database, make_mongo_client
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,10 +103,30 @@ def labelled_series(home: Path, source: str, devices: int, days: int, seed: int)
     return replace(series, frame=series.frame.filter(pl.col("ts") < end)), dropped
 
 
-def offline(series, simulation: SimulationConfig, events: bool) -> tuple[dict, pl.DataFrame]:
-    plan = EvaluationPlan(mode="local", online=True, simulation=simulation)
-    outcome = evaluate(series, plan if events else replace(plan, events=None))
-    return summary(outcome.evaluation.pooled) | {"seconds": round(outcome.seconds, 3)}, outcome.readings
+def offline(series, simulation: SimulationConfig, events: EventConfig | None):
+    """`flead evaluate --online -m local`: (its pooled report, seconds, its per-reading decisions)."""
+    plan = EvaluationPlan(mode="local", online=True, simulation=simulation, events=events)
+    outcome = evaluate(series, plan)
+    return outcome.evaluation.pooled, outcome.seconds, outcome.readings
+
+
+def compare(offline_run, trainer: TrainerDecisions, unjudged: int | None) -> dict:
+    """The trainer's decisions beside an offline run's: both summaries, the F1 differences, whether
+    they are within the tolerance, and the readings the two flag differently."""
+    pooled, seconds, readings = offline_run
+    ours, theirs = summary(pooled) | {"seconds": round(seconds, 3)}, summary(trainer.evaluate().pooled)
+    theirs |= {"unjudged": unjudged, "rule_alarms": trainer.rule_alarms}  # (unjudged: its /health)
+    difference = {
+        key: None if theirs[key] is None or ours[key] is None else round(theirs[key] - ours[key], 6)
+        for key in ("point_f1", "event_f1")
+    }
+    return {
+        "offline": ours,
+        "trainer": theirs,
+        "trainer_minus_offline": difference,
+        "within_tolerance": all(v is not None and abs(v) <= TOLERANCE for v in difference.values()),
+        "decisions": disagreements(readings, trainer),
+    }
 
 
 def summary(pooled) -> dict:
@@ -170,9 +201,11 @@ def run_trainer(
         "seconds": round(time.perf_counter() - started, 3),
         "records_in": counters.get("records_in", 0),
         "scored": counters.get("scored", 0),
+        "unjudged": counters.get("unjudged"),  # scored without a calibration (own or the fleet's)
         "dead_letters": counters.get("dlq", 0),
         "late": counters.get("late", 0),
         "anomaly_documents": counters.get("anomalies", 0),
+        "event_writes": counters.get("event_writes"),  # (None: a trainer that writes no events)
         "updates_pushed": counters.get("updates_pushed", 0),
         "global_versions": health["exchange"].get("global_version"),
     }
@@ -182,11 +215,10 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-2000:]
 
 
-def anomaly_documents(settings: Settings) -> list[dict]:
+def stored(settings: Settings, collection: str, fields: tuple[str, ...]) -> list[dict]:
     client = make_mongo_client(settings)
     try:
-        collection = get_database(client, settings)[settings.collection_anomalies]
-        return list(collection.find({}, {"device_id": 1, "ts_us": 1, "score": 1, "reason": 1}))
+        return list(get_database(client, settings)[collection].find({}, dict.fromkeys(fields, 1)))
     finally:
         client.close()
 
@@ -222,11 +254,13 @@ def main() -> None:
 
     with local_services() as (home, env, settings):
         benchmark, dropped = labelled_series(home, args.source, args.devices, args.days, args.seed)
-        whole, _ = offline(benchmark, simulation, events=True)  # `flead evaluate --online -m local`
+        grouping = EventConfig(
+            settings.events_merge_gap, settings.events_min_duration, settings.events_min_severity
+        )
+        whole = offline(benchmark, simulation, grouping)[0]  # what `flead evaluate --online` prints
         series, beyond_limits = within_limits(benchmark)
         frame = series.frame
-        per_reading, offline_readings = offline(series, simulation, events=False)
-        grouped, _ = offline(series, simulation, events=True)
+        per_reading, grouped = offline(series, simulation, None), offline(series, simulation, grouping)
 
         tag = uuid.uuid4().hex[:8]
         run = settings.model_copy(
@@ -244,18 +278,13 @@ def main() -> None:
         trainer = run_trainer(
             env, run, command, targets, frame.height, log, args.push_every, args.fleet_warmup
         )
-        decisions = trainer_decisions(series, anomaly_documents(run))
-        online = summary(decisions.evaluate().pooled) | {
-            "unjudged": None,
-            "rule_alarms": decisions.rule_alarms,
-        }
+        anomalies = stored(run, run.collection_anomalies, ("device_id", "ts_us", "score", "reason"))
+        events = stored(run, run.collection_events, ("device_id", "start_us", "end_us", "reason"))
 
-    difference = {
-        key: None
-        if online[key] is None or per_reading[key] is None
-        else round(online[key] - per_reading[key], 6)
-        for key in ("point_f1", "event_f1")
-    }
+    unjudged = trainer["unjudged"]
+    by_reading = compare(per_reading, trainer_decisions(series, anomalies), unjudged)
+    # (a trainer that groups no alarms into events writes none: nothing to compare then)
+    by_event = compare(grouped, trainer_events(series, events), unjudged) if events else None
     report = {
         "command": "python benchmarks/labelled_replay.py "
         + f"--source {args.source} --devices {args.devices} --days {args.days} --model {args.model} "
@@ -271,13 +300,10 @@ def main() -> None:
             "beyond_limits_left_out": beyond_limits,  # left after injection (`replayed.within_limits`)
         },
         "config": {"model": model.to_dict(), "train": train.to_dict(), "trainer_args": command},
-        "offline_whole_benchmark": {k: whole[k] for k in ("point_f1", "event_f1", "alarms")},
-        "offline_local_online": per_reading,
-        "offline_local_online_events": grouped,
-        "trainer": online | {"replay_seconds": round(replayed.seconds, 3), **trainer},
-        "trainer_minus_offline": difference,
-        "within_tolerance": all(v is not None and abs(v) <= TOLERANCE for v in difference.values()),
-        "per_reading": disagreements(offline_readings, decisions),
+        "offline_whole_benchmark": {k: getattr(whole, k).f1 for k in ("point", "event")},
+        "per_reading": by_reading,
+        "events": by_event,
+        "trainer_run": {"replay_seconds": round(replayed.seconds, 3), **trainer},
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(report, indent=2))
