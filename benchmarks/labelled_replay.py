@@ -9,22 +9,22 @@ the real stream trainer, its anomaly documents in MongoDB scored against the lab
 Starts its own embedded broker and MongoDB on free ports under a temporary home (`stream.py`'s
 `local_services`). The data: the lake's labelled benchmark built as `flead data ingest` + `flead data
 inject` build it (`detection.py`'s `build`, seeded), of a synthetic fleet (--devices x --days) or of
-the 9 shared real motes (../shared/data/intel_lab, their first --days days); readings the lake flags
-out_of_range are left out, as `flead evaluate` leaves them out. Offline: `flead.evaluation.runner.
-evaluate` with `EvaluationPlan(mode="local", online=True)`, per-reading alarms (events off) and, for
-reference, grouped into events as `flead evaluate` reports them. Online: the same readings replayed
-(`flead.bus.replay`, event-time order) into a fresh topic, then `python -m services.stream_trainer`
-(= `flead trainer run`) with the same model and train config and federation off (no device ever
-pushes an update, so none adopts a global version, nor borrows a fleet calibration: each device on its
-own, as in mode local; --push-every federates it through the in-process exchange, --fleet-warmup lets
-devices borrow), waited for until
-its group has committed every offset and it has scored every reading, then stopped (its final
-checkpoint stores every anomaly). Its anomaly documents (`reason: model`) are scored per reading
-against the offline per-reading alarms and, when it writes event documents (`collection_events`),
-the readings inside its events against the offline alarms grouped the same way (the settings'
-`events_*`), with the same metrics (`flead.evaluation.replayed`). Prints one JSON object: for each,
-both F1s (point and event), their differences, the readings the two flag differently, alarms; and
-seconds.
+the 9 shared real motes (../shared/data/intel_lab, their first --days days), without the readings the
+lake flags out_of_range (as `flead evaluate` leaves them out) and those an injected anomaly pushed
+beyond a physical limit (the trainer's rule alarms; `flead.evaluation.replayed.within_limits`).
+
+Offline: `flead.evaluation.runner.evaluate` with `EvaluationPlan(mode="local", online=True)`, its
+alarms per reading (events off) and grouped into events (the settings' `events_*`, as `flead
+evaluate` reports them). Online: the same readings replayed (`flead.bus.replay`, event-time order)
+into a fresh topic, then `python -m services.stream_trainer` (= `flead trainer run`) with the same
+model and train config and neither federation nor borrowing (no device pushes an update, so none
+adopts a global version, and none feeds or borrows a fleet calibration: each device on its own, as in
+mode local; --push-every and --fleet-warmup turn them on), waited for until its group has committed
+every offset and it has scored every reading, then stopped (its final checkpoint stores every anomaly
+and event). Its anomaly documents (`reason: model`) are scored against the offline per-reading
+alarms, the readings inside its events (`collection_events`) against the offline events, with the
+same metrics (`flead.evaluation.replayed`). Prints one JSON object: for each of the two, both F1s
+(point and event), their differences, the readings the two flag differently, alarms; and seconds.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def run_trainer(
         "dead_letters": counters.get("dlq", 0),
         "late": counters.get("late", 0),
         "anomaly_documents": counters.get("anomalies", 0),
-        "event_writes": counters.get("event_writes"),  # (None: a trainer that writes no events)
+        "event_writes": counters.get("event_writes", 0),
         "updates_pushed": counters.get("updates_pushed", 0),
         "global_versions": health["exchange"].get("global_version"),
     }
@@ -283,8 +283,7 @@ def main() -> None:
 
     unjudged = trainer["unjudged"]
     by_reading = compare(per_reading, trainer_decisions(series, anomalies), unjudged)
-    # (a trainer that groups no alarms into events writes none: nothing to compare then)
-    by_event = compare(grouped, trainer_events(series, events), unjudged) if events else None
+    by_event = compare(grouped, trainer_events(series, events), unjudged)
     report = {
         "command": "python benchmarks/labelled_replay.py "
         + f"--source {args.source} --devices {args.devices} --days {args.days} --model {args.model} "
