@@ -102,6 +102,13 @@ def main() -> None:
                         "recall_by_type": outcome.recall_by_type,
                         "global_versions": len(outcome.history),
                         "seconds_per_million_readings": round(outcome.seconds_per_million, 2),
+                        "counts": {
+                            **{k: pooled["point"][k] for k in ("tp", "fp", "fn")},
+                            **{
+                                k: pooled["event_sequence"][k]
+                                for k in ("events", "detected", "false_positive_runs")
+                            },
+                        },
                     }
             results[name] = entry
     report = {
@@ -167,7 +174,43 @@ def markdown(report: dict) -> str:
                 f"| {m['seconds_per_million_readings']} |"
             )
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + pooled_spacecraft(report["results"]))
+
+
+def pooled_spacecraft(results: dict) -> list[str]:
+    """SMAP and MSL pooled (counts summed), the form of the published results and of the aims."""
+    if not {"nasa_smap", "nasa_msl"} <= set(results):
+        return []
+
+    def f1(precision_parts: tuple[int, int], recall_parts: tuple[int, int]) -> float:
+        p = precision_parts[0] / max(sum(precision_parts), 1)
+        r = recall_parts[0] / max(recall_parts[1], 1)
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    lines = [
+        "## NASA SMAP + MSL pooled (counts summed over both spacecraft)",
+        "",
+        "The paper that released the data reports event-level precision 0.875 / recall 0.80 over both",
+        "(sequence-event F1 about 0.84) for a per-channel LSTM forecaster with dynamic thresholding.",
+        "",
+        "| mode | point F1 | seq-event P | seq-event R | seq-event F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for mode in results["nasa_smap"]["modes"]:
+        c = {
+            k: results["nasa_smap"]["modes"][mode]["counts"][k]
+            + results["nasa_msl"]["modes"][mode]["counts"][k]
+            for k in results["nasa_smap"]["modes"][mode]["counts"]
+        }
+        point = f1((c["tp"], c["fp"]), (c["tp"], c["tp"] + c["fn"]))
+        runs = (c["detected"], c["false_positive_runs"])
+        precision = c["detected"] / max(sum(runs), 1)
+        recall = c["detected"] / max(c["events"], 1)
+        lines.append(
+            f"| {mode} | {point:.3f} | {precision:.3f} | {recall:.3f} "
+            f"| {f1(runs, (c['detected'], c['events'])):.3f} |"
+        )
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

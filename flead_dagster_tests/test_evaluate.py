@@ -159,13 +159,18 @@ def channel(rng: np.random.Generator, n: int, shift_at: int | None, quote: str =
     return "\n".join(lines) + "\n"
 
 
-def test_train_and_test_files_with_the_references_on_the_same_split(tmp_path):
-    rng = np.random.default_rng(5)
+def train_test_files(tmp_path: Path, seed: int) -> list[str]:
+    """Two devices: 600 normal train readings each, 400 test readings broken from the 300th."""
+    rng = np.random.default_rng(seed)
     for name in ("m1", "m2"):
         write(tmp_path / "train" / f"{name}.csv", channel(rng, 600, None))
         write(tmp_path / "test" / f"{name}.csv", channel(rng, 400, 300))
+    return ["--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--time", "time"]
+
+
+def test_train_and_test_files_with_the_references_on_the_same_split(tmp_path):
     out = tmp_path / "tt.json"
-    args = ["--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--time", "time"]
+    args = train_test_files(tmp_path, 5)
     result = run(tmp_path / "home", *args, "-m", "local", "--false-alarm-rate", "0.001", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
@@ -268,12 +273,8 @@ def test_conflicting_inputs_are_clear_errors(tmp_path):
 
 
 def test_inputs_are_fed_to_the_detectors_and_scored_by_nobody(tmp_path):
-    rng = np.random.default_rng(8)
-    for name in ("m1", "m2"):
-        write(tmp_path / "train" / f"{name}.csv", channel(rng, 600, None))
-        write(tmp_path / "test" / f"{name}.csv", channel(rng, 400, 300))
     out = tmp_path / "inputs.json"
-    args = ["--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--time", "time"]
+    args = train_test_files(tmp_path, 8)
     result = run(tmp_path / "home", *args, "--inputs", "a", "-m", "local", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())

@@ -36,7 +36,22 @@ def _judge(value: float, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.full(scores.shape, value), scores > value
 
 
-class QuantileThreshold:
+class _BatchThreshold:
+    """What every threshold shares: a batch is judged by the state before it, then learned."""
+
+    value: float
+
+    def update(self, scores: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def process_many(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(threshold, is_anomaly) per score from the state before the batch; then learn the batch."""
+        result = _judge(self.value, scores)
+        self.update(scores)
+        return result
+
+
+class QuantileThreshold(_BatchThreshold):
     """The `q`-quantile of the scores seen so far (decayed), from a bounded log-histogram."""
 
     kind = "quantile"
@@ -100,12 +115,6 @@ class QuantileThreshold:
         self.counts += np.bincount(index, minlength=self.n_bins + 2)
         self.n_seen += scores.size
 
-    def process_many(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(threshold, is_anomaly) per score from the state before the batch; then learn the batch."""
-        result = _judge(self.value, scores)
-        self.update(scores)
-        return result
-
     def state_dict(self) -> dict:
         filled = np.flatnonzero(self.counts)
         first, last = (int(filled[0]), int(filled[-1]) + 1) if filled.size else (0, 0)
@@ -138,7 +147,7 @@ class QuantileThreshold:
         return threshold
 
 
-class SpotThreshold:
+class SpotThreshold(_BatchThreshold):
     """SPOT: a generalized Pareto tail above the initial `init_quantile` of the first `n_init` scores.
 
     The most recent `max_peaks` peaks are kept for the fit (bounded state); the exceedance rate of
@@ -201,12 +210,6 @@ class SpotThreshold:
         self.gamma, self.sigma = fit_gpd_moments(self.peaks)
         self.z = spot_threshold(self.t, self.gamma, self.sigma, self.risk, self.n, self.n_peaks)
 
-    def process_many(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(threshold, is_anomaly) per score from the state before the batch; then learn the batch."""
-        result = _judge(self.value, scores)
-        self.update(scores)
-        return result
-
     def state_dict(self) -> dict:
         return {
             "kind": self.kind,
@@ -233,7 +236,7 @@ class SpotThreshold:
         return threshold
 
 
-class CalibratedThreshold:
+class CalibratedThreshold(_BatchThreshold):
     """A threshold fitted on scores of normal behaviour, then held, so the alarm rate is free to rise.
 
     The first `n_calibration` scores fed to `update` are taken as normal (minus any the borrowed
@@ -292,12 +295,6 @@ class CalibratedThreshold:
 
     def recalibrate(self) -> None:
         self.collecting, self.calibration = True, []
-
-    def process_many(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(threshold, is_anomaly) per score from the state before the batch; then learn the batch."""
-        result = _judge(self.value, scores)
-        self.update(scores)
-        return result
 
     def state_dict(self) -> dict:
         return {
