@@ -30,6 +30,9 @@ def run(
     hidden: str = typer.Option(None, help="Hidden layer sizes, e.g. 64,8 (local exchange)."),
     warmup: int = typer.Option(None, min=0, help="Readings a device learns before it is judged."),
     chunk: int = typer.Option(None, min=1, help="Readings per training step and scoring quantum."),
+    freeze_reference: bool = typer.Option(
+        False, help="Freeze a device's normaliser once calibrated: a lasting fault stays flagged."
+    ),
     seed: int = typer.Option(0, help="Seed of the initial model."),
     flush_idle: float = typer.Option(
         5.0, min=0.0, help="Seconds a partial chunk waits once its partition is caught up."
@@ -52,10 +55,11 @@ def run(
         if window is not None or hidden is not None:
             sizes = tuple(int(h) for h in hidden.split(",")) if hidden else model.hidden
             model = ModelConfig(window=window or model.window, hidden=sizes)
-        if warmup is not None or chunk is not None:
+        if warmup is not None or chunk is not None or freeze_reference:
             train = TrainConfig(
                 warmup=train.warmup if warmup is None else warmup,
                 batch_size=train.batch_size if chunk is None else chunk,
+                freeze_reference=freeze_reference,
             )
         options = TrainerOptions(
             model=model,

@@ -180,6 +180,10 @@ class Settings(BaseSettings):
     collection_events: str = Field(
         "anomaly_events", description="Anomaly events: runs of alarms, one per (device_id, start)."
     )
+    collection_normal_acks: str = Field(
+        "normal_acks",
+        description="Operators' acknowledgements that a device's behaviour is a new normal (API -> trainer).",
+    )
     events_merge_gap: int = Field(
         50, ge=1, description="Alarms closer than this many readings are one event."
     )

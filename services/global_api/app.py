@@ -15,7 +15,7 @@ from services.global_api.errors import install_error_handlers
 from services.global_api.health import MongoHealth
 from services.global_api.limits import BodyReadTimeout, BodySizeLimit
 from services.global_api.metrics import ApiMetrics, MetricsMiddleware
-from services.global_api.routers import admin, dashboard, models, monitoring, operations, updates
+from services.global_api.routers import admin, dashboard, models, monitoring, normal_acks, operations, updates
 from services.global_api.service import GlobalModelService
 
 DESCRIPTION = """\
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pending_updates=_or_nan(service.updates.pending_count),
     )
     install_error_handlers(app)
-    for module in (updates, models, admin, monitoring, operations, dashboard):
+    for module in (updates, models, admin, normal_acks, monitoring, operations, dashboard):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(BodyReadTimeout, timeout_s=settings.api_body_timeout_s)

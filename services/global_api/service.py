@@ -15,6 +15,7 @@ from services.global_api.event_pages import EventPages
 from services.global_api.keys import KeyStore
 from services.global_api.model_payload import ModelPayloads
 from services.global_api.monitoring import Monitoring
+from services.global_api.normal_acks import NormalAckStore
 from services.global_api.registry import ModelRegistry
 from services.global_api.runtime_config import RuntimeConfig, RuntimeConfigStore
 from services.global_api.submission import Submissions
@@ -36,6 +37,7 @@ class GlobalModelService:
     monitoring: Monitoring
     payloads: ModelPayloads
     events: EventPages
+    normal_acks: NormalAckStore
 
     @classmethod
     def open(cls, settings: Settings) -> GlobalModelService:
@@ -64,6 +66,7 @@ class GlobalModelService:
             ),
             payloads=ModelPayloads(registry),
             events=EventPages(db[settings.collection_events]),
+            normal_acks=NormalAckStore(db[settings.collection_normal_acks], db[settings.collection_devices]),
         )
 
     def initialise(self, model_config: ModelConfig | None = None, *, seed: int = INITIAL_SEED) -> bool:
@@ -80,6 +83,7 @@ class GlobalModelService:
         self.updates.ensure_indexes()
         self.monitoring.ensure_indexes()
         self.events.ensure_indexes()
+        self.normal_acks.ensure_indexes()
         self.monitoring.summaries.prime()
         self.config.load()
         self.initialise()

@@ -41,6 +41,7 @@ COUNTERS = (
     "adoptions",
     "adoption_errors",
     "devices_created",
+    "normal_acks_applied",  # operators' new-normal acknowledgements applied (normal_acks.py)
 )
 RATE_WINDOW_S = 10.0
 

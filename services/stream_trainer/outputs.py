@@ -37,6 +37,7 @@ from services.stream_trainer.anomaly_store import AnomalyStore
 from services.stream_trainer.events import DeviceEvents
 from services.stream_trainer.fleet import threshold_source
 from services.stream_trainer.health import Counters
+from services.stream_trainer.normal_acks import recalibrating
 from services.stream_trainer.slot import DeviceSlot, ScoredChunk
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,7 @@ def device_stats(slot: DeviceSlot, trainer_id: str, now: datetime) -> dict:
         "unjudged": slot.unjudged,
         "unjudged_reasons": {"no calibration yet": slot.unjudged},
         "threshold_source": threshold_source(slot.client.detector),  # own, fleet or none
+        "recalibrating": recalibrating(slot.client.detector),  # after an accepted new normal
         "late": slot.late,
         "last_seen": None
         if slot.last_event_us is None

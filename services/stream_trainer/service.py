@@ -43,6 +43,7 @@ from services.stream_trainer.federation import Federation
 from services.stream_trainer.fleet import FleetCalibration, threshold_sources
 from services.stream_trainer.health import Counters, HealthServer, Heartbeat
 from services.stream_trainer.intake import take_in
+from services.stream_trainer.normal_acks import NormalAcks
 from services.stream_trainer.options import TrainerOptions
 from services.stream_trainer.outputs import OutputError, Outputs
 from services.stream_trainer.rebalance import RebalanceHandler, ThreadedRebalanceListener
@@ -61,6 +62,7 @@ SNAPSHOT_S = 1.0
 UNSENT_FLUSH_S = 2.0
 CAUGHT_UP_CHECKPOINT_S = 1.0  # at most this often when caught up
 TOPIC_CHECK_S = 10.0  # how often a running trainer checks that its topic was not recreated
+NORMAL_ACKS_S = 1.0  # how often it looks for operators' new-normal acknowledgements
 
 
 class StreamTrainer(RebalanceHandler):
@@ -88,6 +90,7 @@ class StreamTrainer(RebalanceHandler):
         self._last_idle_check = 0.0
         self._last_snapshot = 0.0
         self._last_topic_check = time.monotonic()
+        self._last_acks_check = 0.0
         self._lag: dict[int, int | None] = {}
         self._view: dict = {
             "partitions": [],
@@ -139,6 +142,7 @@ class StreamTrainer(RebalanceHandler):
                 settings, compression_type="gzip", batch_size=256 * 1024, linger_ms=50
             )
             self.outputs = Outputs(settings, self.producer, db, self.counters, self.trainer_id)
+            self.normal_acks = NormalAcks(db[settings.collection_normal_acks], self.trainer_id)
             self.consumer = make_consumer(
                 settings, group_id=settings.consumer_group, max_poll_records=settings.trainer_max_poll_records
             )
@@ -279,6 +283,9 @@ class StreamTrainer(RebalanceHandler):
         if now - self._last_topic_check >= TOPIC_CHECK_S:
             self._last_topic_check = now
             self._check_topic()
+        if now - self._last_acks_check >= NORMAL_ACKS_S:
+            self._last_acks_check = now
+            self.counters.add("normal_acks_applied", self.normal_acks.apply(self.owned))
 
     def _check_topic(self) -> None:
         """A topic deleted and created again while we read it (no rebalance need follow): reset every
@@ -407,6 +414,7 @@ class StreamTrainer(RebalanceHandler):
                 log.warning("partition %d belongs to another member now: its state here is dropped", number)
                 self.counters.add("fenced")
                 self._drop(number)
+            self.normal_acks.checkpointed((p.number for p in parts if p.number not in fenced), self.owned)
             # forget the global weights no device holds any more (every adopted version stays known
             # otherwise: memory growing with the versions)
             self.shared.retain({id(s.client.adopted) for p in self.owned.values() for s in p.slots.values()})

@@ -1,0 +1,48 @@
+"""``POST /api/devices/{device_id}/accept-normal`` (admin) and ``GET`` of the same path: an operator's
+word that a device's present behaviour is normal, applied by the trainer that owns the device."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Response
+
+from flead.schema import DEVICE_ID_PATTERN
+from services.global_api.auth import admin, get_service
+from services.global_api.keys import Principal
+from services.global_api.normal_acks import AcceptNormalRequest, NormalAck, NormalAckList
+from services.global_api.service import GlobalModelService
+
+router = APIRouter(tags=["admin"])
+DeviceId = Path(pattern=DEVICE_ID_PATTERN, description="The device whose behaviour is normal now.")
+
+
+@router.post(
+    "/api/devices/{device_id}/accept-normal",
+    status_code=202,
+    response_model=NormalAck,
+    summary="Accept a device's present behaviour as its new normal (its thresholds recalibrate)",
+    responses={200: {"description": "This request id was recorded before: the recorded one."}},
+)
+def accept_normal(
+    response: Response,
+    device_id: str = DeviceId,
+    request: AcceptNormalRequest = Body(default_factory=AcceptNormalRequest),
+    principal: Principal = Depends(admin),
+    service: GlobalModelService = Depends(get_service),
+) -> NormalAck:
+    if not service.normal_acks.known(device_id):
+        raise HTTPException(404, f"no trainer has reported device {device_id!r}")
+    ack, created = service.normal_acks.record(device_id, request, principal)
+    if not created:
+        response.status_code = 200
+    return ack
+
+
+@router.get(
+    "/api/devices/{device_id}/accept-normal",
+    response_model=NormalAckList,
+    summary="A device's new-normal acknowledgements, newest first: who asked, when, applied or not",
+)
+def list_normal_acks(
+    device_id: str = DeviceId, service: GlobalModelService = Depends(get_service)
+) -> NormalAckList:
+    return NormalAckList(device_id=device_id, items=service.normal_acks.list(device_id))
