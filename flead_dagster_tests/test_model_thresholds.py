@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flead.model.thresholds import (
+    CalibratedThreshold,
     QuantileThreshold,
     SpotThreshold,
     calibrated_threshold,
@@ -137,3 +138,13 @@ def test_calibrated_threshold_with_few_scores_stays_above_them() -> None:
     assert calibrated_threshold(scores, 1e-3) >= 50.0
     with pytest.raises(ValueError, match="finite score"):
         calibrated_threshold(np.array([np.nan]), 1e-3)
+
+
+def test_a_recalibration_takes_the_new_level_even_above_the_old_threshold() -> None:
+    rng = np.random.default_rng(3)
+    threshold = CalibratedThreshold(1e-3, n_calibration=500, borrowed=5.0)
+    threshold.update(np.concatenate([np.full(50, 100.0), rng.exponential(1.0, 600)]))
+    assert threshold.source == "own" and threshold.value < 20  # the fleet's alarms were left out
+    threshold.recalibrate()
+    threshold.update(rng.exponential(1.0, 500) + 50.0)  # the operator said this level is normal
+    assert threshold.value > 50 and not threshold.collecting

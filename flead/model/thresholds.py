@@ -283,7 +283,10 @@ class CalibratedThreshold(_BatchThreshold):
         if not self.collecting:
             return
         scores = _finite(scores)
-        self.calibration.extend(scores[scores <= self.value].tolist())
+        # Scores the borrowed (fleet) threshold alarms on are not this device's normal; after an
+        # operator's `recalibrate` every score is, even those above the old threshold.
+        limit = self.borrowed if self.fitted is None and self.borrowed is not None else math.inf
+        self.calibration.extend(scores[scores <= limit].tolist())
         if len(self.calibration) >= self.n_calibration:
             # A device's first readings are only presumed normal: fence off faults among them.
             self.calibrate(np.asarray(self.calibration), fence=ONLINE_FENCE)
