@@ -28,7 +28,9 @@ def run(
         None, min=1, help="Model window for the local exchange (default: the model's)."
     ),
     hidden: str = typer.Option(None, help="Hidden layer sizes, e.g. 64,8 (local exchange)."),
-    warmup: int = typer.Option(None, min=0, help="Readings a device learns before its scores calibrate its own threshold."),
+    warmup: int = typer.Option(
+        None, min=0, help="Readings a device learns before its scores calibrate its own threshold."
+    ),
     chunk: int = typer.Option(None, min=1, help="Readings per training step and scoring quantum."),
     freeze_reference: bool = typer.Option(
         False, help="Freeze a device's normaliser once calibrated: a lasting fault stays flagged."
