@@ -175,10 +175,7 @@ def labelled_benchmark(context: AssetExecutionContext, config: LabelConfig) -> M
     days = [d for d in days if (first is None or d >= first) and (last is None or d <= last)]
     base = InjectionConfig()
     scaled = InjectionConfig(
-        **{
-            f"{kind}_rate": base.rate(kind) * config.rate_scale
-            for kind in ANOMALY_TYPES
-        }
+        **{f"{kind}_rate": base.rate(kind) * config.rate_scale for kind in ANOMALY_TYPES}
     )
     labelled = pipeline.label_lake(settings, days, scaled, config.seed)
     by_type = dict(labelled.events.group_by("anomaly_type").len().sort("anomaly_type").iter_rows())
