@@ -419,25 +419,26 @@ class OnlineDetector:
         """The chunk's scores and flags against the thresholds in force (`judge=False`: none).
 
         Two channels: the raw score against the threshold (a spike), and the smoothed score against
-        the sustained threshold (a deviation too small for one reading that lasts). A flagged reading
-        is hidden from the inputs and the chunk scored again, so the readings after an anomaly are
-        judged without it; suspects are the readings flagged by either pass.
+        the sustained threshold (a deviation too small for one reading that lasts); and the stuck-value
+        and silence checks. A flagged reading is hidden from the inputs and the chunk scored again, so
+        the readings after an anomaly are judged without it; suspects are the readings flagged by
+        either pass.
         """
         limit = self.threshold.value if judge else math.inf
         sustained = self.sustained.value if judge and self.sustained is not None else math.inf
         runs = None if self.stuck is None else self.stuck.runs(self._scored(chunk.values))
         gaps = None if self.gaps is None or chunk.ts_us is None else self.gaps.gaps(chunk.ts_us)
-        stuck = self.stuck.severity(runs) if runs is not None and judge else 0.0
-        if gaps is not None and judge:
-            stuck = np.maximum(stuck, self.gaps.severity(gaps))
-        run = self._pass(chunk)
-        verdict = self._verdict(run, chunk, limit, sustained, runs, stuck)
+        checks = np.zeros(len(chunk.values))  # the checks' severity
+        if judge and runs is not None:
+            checks = np.maximum(checks, self.stuck.severity(runs))
+        if judge and gaps is not None:
+            checks = np.maximum(checks, self.gaps.severity(gaps))
+        verdict = self._verdict(self._pass(chunk), chunk, limit, sustained, runs, gaps, checks)
         if verdict.flags.any():
             first = verdict.flags
             rerun = self._pass(chunk, self._maskable(first))
-            verdict = self._verdict(rerun, chunk, limit, sustained, runs, stuck)
+            verdict = self._verdict(rerun, chunk, limit, sustained, runs, gaps, checks)
             verdict.suspects = first | verdict.flags
-        verdict.gaps = gaps
         return verdict
 
     def _verdict(
@@ -447,7 +448,8 @@ class OnlineDetector:
         limit: float,
         sustained: float,
         runs: np.ndarray | None,
-        stuck: np.ndarray | float,
+        gaps: np.ndarray | None,
+        checks: np.ndarray,
     ) -> _Verdict:
         raw = self._scores(run.pred, chunk.current)
         # A reading counts at most twice the raw threshold towards the smoothed score: one spike
@@ -458,9 +460,9 @@ class OnlineDetector:
                 raw / limit if math.isfinite(limit) else 0.0,
                 smoothed / sustained if math.isfinite(sustained) else 0.0,
             )
-        severity = np.maximum(np.nan_to_num(np.broadcast_to(severity, raw.shape).astype(np.float64)), stuck)
+        severity = np.maximum(np.nan_to_num(np.broadcast_to(severity, raw.shape).astype(np.float64)), checks)
         flags = severity > 1.0
-        return _Verdict(raw, smoothed, runs, None, severity, flags, flags, run)
+        return _Verdict(raw, smoothed, runs, gaps, severity, flags, flags, run)
 
     def _smooth(self, raw: np.ndarray) -> np.ndarray:
         """EWMA of the raw scores over ``score_smoothing`` readings, continuing from `self.smoothed`."""
