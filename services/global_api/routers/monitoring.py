@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 
 from services.global_api.anomaly_pages import MAX_CURSOR_CHARS, PageKey
 from services.global_api.auth import get_service
 from services.global_api.codec import ID_PATTERN
 from services.global_api.event_pages import EventFilter, EventPage
-from services.global_api.monitoring import MAX_OFFSET, AnomalyFilter
+from services.global_api.monitoring import MAX_OFFSET, AnomalyFilter, utc
 from services.global_api.service import GlobalModelService
 
 router = APIRouter(tags=["monitoring"])
+
+
+def in_utc(name: str, value: datetime | None) -> datetime | None:
+    """A time bound in UTC; one UTC cannot hold (year 1 at +00:01, year 9999 at -01:00) is a 422."""
+    try:
+        return None if value is None else utc(value)
+    except OverflowError:
+        raise HTTPException(422, f"{name} {value.isoformat()} is outside the dates UTC can hold") from None
 
 
 @router.get("/api/status", summary="Current version, pending updates, configuration")
@@ -51,7 +59,9 @@ def get_anomalies(
     offset: int = Query(0, ge=0, description=f"Events to skip (at most {MAX_OFFSET}; then use `after`)."),
     service: GlobalModelService = Depends(get_service),
 ) -> dict:
-    where = AnomalyFilter(device_id=device, since=since, until=until, min_score=min_score)
+    where = AnomalyFilter(
+        device_id=device, since=in_utc("since", since), until=in_utc("until", until), min_score=min_score
+    )
     position = None if after is None else PageKey.decode(after)
     return service.monitoring.anomalies(where, limit=limit, offset=offset, after=position).to_dict()
 
@@ -77,6 +87,12 @@ def get_events(
     ),
     service: GlobalModelService = Depends(get_service),
 ) -> EventPage:
-    where = EventFilter(device_id=device, since=since, until=until, min_severity=min_severity, open=open)
+    where = EventFilter(
+        device_id=device,
+        since=in_utc("since", since),
+        until=in_utc("until", until),
+        min_severity=min_severity,
+        open=open,
+    )
     position = None if after is None else PageKey.decode(after)
     return service.events.page(where, limit=limit, after=position)
