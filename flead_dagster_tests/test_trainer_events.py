@@ -22,6 +22,7 @@ from flead_dagster_tests.test_trainer_stream import (
     offsets_total,
     paced_replay,
     settings_for,
+    twin_envs,
     wait_until,
 )
 
@@ -133,12 +134,8 @@ def comparable(events: list[dict]) -> dict[str, dict]:
 def test_a_lasting_fault_is_one_event_and_kill_9_mid_event_changes_no_event(services_env, tmp_path: Path):
     frame = faulty_fleet()
     total = frame.height
-    uninterrupted = isolated_env(services_env)
-    settings_a = settings_for(uninterrupted)
-    create_topics(settings_a)
-    restarted = {**uninterrupted, "FLEAD_CONSUMER_GROUP": f"{uninterrupted['FLEAD_CONSUMER_GROUP']}-b"}
-    restarted["FLEAD_MONGO_DB"] = f"{uninterrupted['FLEAD_MONGO_DB']}_b"
-    settings_b = settings_for(restarted)
+    uninterrupted, restarted = twin_envs(services_env)
+    settings_a, settings_b = settings_for(uninterrupted), settings_for(restarted)
 
     a = Trainer(uninterrupted, tmp_path, *TRAINER_ARGS, name="a")
     b = Trainer(restarted, tmp_path, *TRAINER_ARGS, name="b1")

@@ -60,6 +60,16 @@ def wait_until(condition: Callable[[], object], timeout_s: float, what: str, pol
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def twin_envs(base: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Two trainers reading the same (created) topics with their own groups and databases: one runs
+    uninterrupted, the other is killed and restarted, and their results must be equal."""
+    uninterrupted = isolated_env(base)
+    create_topics(settings_for(uninterrupted))
+    restarted = {**uninterrupted, "FLEAD_CONSUMER_GROUP": f"{uninterrupted['FLEAD_CONSUMER_GROUP']}-b"}
+    restarted["FLEAD_MONGO_DB"] = f"{uninterrupted['FLEAD_MONGO_DB']}_b"
+    return uninterrupted, restarted
+
+
 def isolated_env(base: dict[str, str], **extra: str) -> dict[str, str]:
     """FLEAD_* for one test: its own topics, group and database on the given services."""
     tag = uuid.uuid4().hex[:8]
@@ -313,12 +323,8 @@ def test_kill_9_and_restart_loses_and_double_counts_nothing(services_env, tmp_pa
     frame = fleet(tmp_path, devices=4, days=4, seed=7)
     produced = dict(frame.group_by("device_id").len().iter_rows())
     total = frame.height
-    uninterrupted = isolated_env(services_env)
-    settings_a = settings_for(uninterrupted)
-    create_topics(settings_a)
-    restarted = {**uninterrupted, "FLEAD_CONSUMER_GROUP": f"{uninterrupted['FLEAD_CONSUMER_GROUP']}-b"}
-    restarted["FLEAD_MONGO_DB"] = f"{uninterrupted['FLEAD_MONGO_DB']}_b"
-    settings_b = settings_for(restarted)
+    uninterrupted, restarted = twin_envs(services_env)
+    settings_a, settings_b = settings_for(uninterrupted), settings_for(restarted)
 
     # partial chunks stay buffered (and checkpointed) instead of a time-dependent flush
     a = Trainer(uninterrupted, tmp_path, "--flush-idle", "3600", name="a")
