@@ -137,8 +137,8 @@ class TrainConfig:
     calibration: int = 1000
     score_smoothing: int = 20
     # Freeze the normaliser once the device has calibrated (the reference a lasting fault cannot
-    # move). Off by default: measured, a 3-std bias stayed flagged for 65 % of its readings instead of
-    # 28 %, but on a fleet with daily cycles longer than the calibration window normal scores rose 8x.
+    # move). Off by default: a 3-std bias stays flagged longer, but on a fleet whose daily cycles are
+    # longer than the calibration window normal readings score far higher (docs/model.md).
     freeze_reference: bool = False
     # Flag a feature that repeats its value exactly for longer than calibration ever saw
     # (`flead.model.stuck`): a sensor that stopped updating scores as normal to any model.
