@@ -185,7 +185,7 @@ class Settings(BaseSettings):
         description="Operators' acknowledgements that a device's behaviour is a new normal (API -> trainer).",
     )
     events_merge_gap: int = Field(
-        50, ge=1, description="Alarms closer than this many readings are one event."
+        10, ge=1, description="Alarms closer than this many readings are one event."
     )
     events_min_duration: int = Field(
         1, ge=1, description="Readings from an event's first to its last alarm, at least (else pruned)."

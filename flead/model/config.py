@@ -146,6 +146,9 @@ class TrainConfig:
     # Flag the first reading after a silence longer than calibration ever saw (`flead.model.gaps`;
     # needs timestamps): a dropout sends nothing a model could score.
     gap_check: bool = True
+    # Judge several features' readings by a PCA T²+Q too, where it generalises from the device's
+    # normal readings to later ones (`flead.model.subspace`): it sees cross-feature breaks exactly.
+    subspace_check: bool = True
     # How readings judged anomalous are learned from: "downweight" (weight (threshold / score)^2,
     # the wilder the less), "skip" (not at all) or "learn" (like any other reading).
     anomaly_learning: str = "downweight"

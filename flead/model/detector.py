@@ -30,6 +30,7 @@ from flead.model.gaps import GapCheck
 from flead.model.optim import Adam, clip_by_global_norm
 from flead.model.serialization import pack, unpack
 from flead.model.stuck import StuckCheck
+from flead.model.subspace import SubspaceCheck
 from flead.model.thresholds import CalibratedThreshold, Threshold, threshold_from_state_dict
 from flead.model.training import loss_and_gradient
 from flead.model.windows import autoencoder_targets, build_inputs, hour_of_day, row_windows
@@ -116,6 +117,8 @@ class OnlineDetector:
         calibrated = isinstance(self.threshold, CalibratedThreshold)
         self.stuck = StuckCheck(cfg.n_features) if calibrated and t.stuck_check else None
         self.gaps = GapCheck() if calibrated and t.gap_check else None  # used when timestamped
+        # PCA T²+Q beside the network, where it generalises (see `flead.model.subspace`).
+        self.subspace = SubspaceCheck(cfg.n_features) if calibrated and t.subspace_check else None
 
     @property
     def config(self) -> ModelConfig:
@@ -212,6 +215,8 @@ class OnlineDetector:
                 runs = StuckCheck(self.config.n_features).runs(self._scored(values))
                 self.stuck.observe(runs[keep])
                 self.stuck.fit(self.train.false_alarm_rate)
+            if self.subspace is not None:
+                self.subspace.fit_split(self._scored(values)[keep], self.train.false_alarm_rate)
             if self.gaps is not None and ts_us is not None:
                 self.gaps.reset_calibration()
                 self.gaps.observe(GapCheck().gaps(ts_us)[keep])
@@ -280,7 +285,9 @@ class OnlineDetector:
             self.smoothed = float(verdict.smoothed[-1])
             if self.readings_seen >= self.train.warmup:
                 present = np.isfinite(chunk.current).any(axis=1)
-                self._calibrate_online(verdict, present)
+                self._calibrate_online(verdict, present, self._scored(chunk.values))
+            elif self.subspace is not None:
+                self.subspace.learn(self._scored(chunk.values)[~verdict.suspects])
             if self.stuck is not None:
                 self.stuck.advance(self._scored(chunk.values), verdict.runs)
             if verdict.gaps is not None:
@@ -395,7 +402,7 @@ class OnlineDetector:
         total = np.where(valid, sq, 0.0).sum(axis=1, dtype=np.float64)
         return total / np.maximum(count, 1)
 
-    def _calibrate_online(self, verdict: _Verdict, present: np.ndarray) -> None:
+    def _calibrate_online(self, verdict: _Verdict, present: np.ndarray, values: np.ndarray) -> None:
         collecting = isinstance(self.threshold, CalibratedThreshold) and self.threshold.collecting
         self.threshold.update(verdict.raw[present])
         if self.sustained is not None:
@@ -411,6 +418,10 @@ class OnlineDetector:
             self.gaps.observe(verdict.gaps[present])
             if calibrated:
                 self.gaps.fit(far)
+        if self.subspace is not None:
+            self.subspace.observe(values[present & ~verdict.suspects])
+            if calibrated:
+                self.subspace.fit(far)
 
     def _scored(self, values: np.ndarray) -> np.ndarray:
         return values[:, : self.config.n_features]
@@ -433,6 +444,8 @@ class OnlineDetector:
             checks = np.maximum(checks, self.stuck.severity(runs))
         if judge and gaps is not None:
             checks = np.maximum(checks, self.gaps.severity(gaps))
+        if judge and self.subspace is not None:
+            checks = np.maximum(checks, self.subspace.severity(self._scored(chunk.values)))
         verdict = self._verdict(self._pass(chunk), chunk, limit, sustained, runs, gaps, checks)
         if verdict.flags.any():
             first = verdict.flags
@@ -536,6 +549,8 @@ class OnlineDetector:
         for check in (self.stuck, self.gaps):
             if check is not None:
                 check.reset_calibration()
+        if self.subspace is not None:
+            self.subspace.drop()
 
     def _run_positions(self, suspects: np.ndarray) -> np.ndarray:
         """Per reading, how many suspects directly precede it (its place in a run of suspects)."""
@@ -580,6 +595,7 @@ class OnlineDetector:
             "sustained": None if self.sustained is None else self.sustained.state_dict(),
             "stuck": None if self.stuck is None else self.stuck.state_dict(),
             "gaps": None if self.gaps is None else self.gaps.state_dict(),
+            "subspace": None if self.subspace is None else self.subspace.state_dict(),
         }
         arrays = {**self.model.network.params, "adam.m": self.optimizer.m, "adam.v": self.optimizer.v}
         return pack(header, arrays)
@@ -609,6 +625,9 @@ class OnlineDetector:
             stuck = None if stuck is None else StuckCheck.from_state_dict(stuck, model.config.n_features)
             gaps = header.get("gaps")
             gaps = None if gaps is None else GapCheck.from_state_dict(gaps)
+            subspace = header.get("subspace")  # absent from checkpoints older than the check
+            if subspace is not None:
+                subspace = SubspaceCheck.from_state_dict(subspace, model.config.n_features)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad detector checkpoint: {exc!r}") from exc
         if m.shape != (model.network.size,) or v.shape != m.shape:
@@ -621,6 +640,10 @@ class OnlineDetector:
             raise ValueError("bad detector checkpoint: the sustained threshold must be calibrated")
         detector.sustained = sustained
         detector.stuck, detector.gaps = stuck, gaps
+        if detector.subspace is not None and subspace is None:
+            detector.subspace.drop()  # an older checkpoint: its device never collected a fit
+        elif subspace is not None:
+            detector.subspace = subspace
         return detector
 
 

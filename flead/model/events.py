@@ -24,7 +24,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class EventConfig:
-    merge_gap: int = 50  # flagged readings closer than this are one event
+    merge_gap: int = 10  # flagged readings closer than this are one event
     min_duration: int = 1  # readings from an event's first to its last flagged reading
     min_severity: float = 2.0  # an event's peak must reach this many times its threshold
 

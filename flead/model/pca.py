@@ -53,6 +53,21 @@ class PCAStatistics:
             raise ValueError(f"cannot merge {self.count.size} features with {other.count.size}")
         return PCAStatistics(*(a + b for a, b in zip(self._fields(), other._fields(), strict=True)))
 
+    def to_dict(self) -> dict:
+        """Plain JSON (float64 values round-trip exactly)."""
+        rows, *arrays = self._fields()
+        return {"rows": rows, **{k: a.tolist() for k, a in zip(_ARRAYS, arrays, strict=True)}}
+
+    @classmethod
+    def from_dict(cls, data: dict, n_features: int) -> PCAStatistics:
+        f = n_features
+        shapes = {"count": (f,), "total": (f,), "cross": (f, f), "sided": (f, f), "pairs": (f, f)}
+        arrays = [np.asarray(data[k], dtype=np.float64) for k in _ARRAYS]
+        for key, array in zip(_ARRAYS, arrays, strict=True):
+            if array.shape != shapes[key] or not np.isfinite(array).all():
+                raise ValueError(f"PCA statistics {key!r} must be {shapes[key]} finite numbers")
+        return cls(int(data["rows"]), *arrays)
+
     def _fields(self) -> tuple:
         return self.rows, self.count, self.total, self.cross, self.sided, self.pairs
 
@@ -63,6 +78,9 @@ class PCAStatistics:
             mean, mean
         ) * self.pairs
         return mean, centred / max(self.rows - 1, 1)
+
+
+_ARRAYS = ("count", "total", "cross", "sided", "pairs")
 
 
 class PCADetector:
