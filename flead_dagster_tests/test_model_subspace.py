@@ -105,3 +105,19 @@ def test_accepting_a_new_normal_drops_the_fit_of_the_old_one() -> None:
     assert d.subspace.active
     d.accept_new_normal()
     assert not d.subspace.active and d.subspace.decided
+
+
+def test_a_reference_gone_stale_is_dropped_by_the_audit_against_the_network() -> None:
+    check = SubspaceCheck(3)
+    check.fit_split(correlated(1000), 1e-3)
+    assert check.active
+    quiet = np.ones(500, bool)
+    check.audit(np.zeros(500, bool), quiet)
+    check.audit(np.r_[np.ones(20, bool), np.zeros(480, bool)], quiet)  # 2 % disagreement: kept
+    assert check.active and not check.stale
+    for _ in range(2):  # the device's normal moved: the check flags what the network finds normal
+        check.audit(np.r_[np.ones(150, bool), np.zeros(350, bool)], quiet)
+    assert check.stale and not check.active and check.decided
+    assert not check.severity(np.zeros((3, 3))).any()
+    restored = SubspaceCheck.from_state_dict(json.loads(json.dumps(check.state_dict())), 3)
+    assert restored.stale and not restored.active

@@ -34,6 +34,7 @@ from flead.schema import MEASUREMENTS
 
 EVALUATION_MODES = (*DETECTOR_MODES, *REFERENCES)
 ANOMALY_TYPE = "anomaly_type"
+RANKED_BY = "ranked_by"  # what PR-AUC ranks: a detector's severity, a reference's score
 NO_THRESHOLD = "detector: no threshold yet (no calibration of its own or the fleet's)"
 
 
@@ -185,7 +186,7 @@ def evaluate(
         normal = frame["_i"].is_in(train["_i"].implode()).to_numpy() if scored is not None else None
         known = (frame[LABEL] != 0).to_numpy() if scored is not None else None
         outputs = score_reference(plan.mode, frame, scored_features, normal, config, known)
-        decisions = outputs[judged["_i"].to_numpy()]
+        decisions = outputs[judged["_i"].to_numpy()].with_columns(pl.col("score").alias(RANKED_BY))
     else:
         model = _model_config(plan.simulation.model, scored_features, plan.inputs, order == TS)
         config = replace(
@@ -209,8 +210,11 @@ def evaluate(
             outputs = outputs.with_columns(
                 is_anomaly=pl.Series(_event_flags(outputs, plan.events), dtype=pl.Boolean)
             )
+        # PR-AUC ranks by severity (times over the threshold, on whichever channel or check is
+        # highest): the raw network score alone would rank the stuck, silence and subspace alarms low.
         decisions = outputs.select(
             "score",
+            pl.col("severity").alias(RANKED_BY),
             "is_anomaly",
             pl.when(pl.col("threshold").is_infinite()).then(pl.lit(NO_THRESHOLD)).alias("unjudged"),
         )
@@ -222,7 +226,7 @@ def evaluate(
     evaluation = evaluate_frame(
         evaluated,
         alarm="is_anomaly",
-        score="score",
+        score=RANKED_BY,
         ts=TS if order == TS else None,
         event_id=EVENT if EVENT in judged.columns else None,
         unjudged="unjudged",

@@ -64,6 +64,8 @@ class _Verdict:
     flags: np.ndarray
     suspects: np.ndarray  # flagged by either pass (see `_judge`)
     run: _Pass
+    network: np.ndarray  # the severity of the network's channels alone (raw, sustained)
+    subspace: np.ndarray | None = None  # the subspace check's severity, when it judged
 
 
 @dataclass
@@ -288,6 +290,8 @@ class OnlineDetector:
                 self._calibrate_online(verdict, present, self._scored(chunk.values))
             elif self.subspace is not None:
                 self.subspace.learn(self._scored(chunk.values)[~verdict.suspects])
+            if verdict.subspace is not None:
+                self.subspace.audit(verdict.subspace > 1.0, verdict.network <= 1.0)
             if self.stuck is not None:
                 self.stuck.advance(self._scored(chunk.values), verdict.runs)
             if verdict.gaps is not None:
@@ -444,14 +448,17 @@ class OnlineDetector:
             checks = np.maximum(checks, self.stuck.severity(runs))
         if judge and gaps is not None:
             checks = np.maximum(checks, self.gaps.severity(gaps))
-        if judge and self.subspace is not None:
-            checks = np.maximum(checks, self.subspace.severity(self._scored(chunk.values)))
+        subspace = None
+        if judge and self.subspace is not None and self.subspace.active:
+            subspace = self.subspace.severity(self._scored(chunk.values))
+            checks = np.maximum(checks, subspace)
         verdict = self._verdict(self._pass(chunk), chunk, limit, sustained, runs, gaps, checks)
         if verdict.flags.any():
             first = verdict.flags
             rerun = self._pass(chunk, self._maskable(first))
             verdict = self._verdict(rerun, chunk, limit, sustained, runs, gaps, checks)
             verdict.suspects = first | verdict.flags
+        verdict.subspace = subspace
         return verdict
 
     def _verdict(
@@ -473,9 +480,10 @@ class OnlineDetector:
                 raw / limit if math.isfinite(limit) else 0.0,
                 smoothed / sustained if math.isfinite(sustained) else 0.0,
             )
-        severity = np.maximum(np.nan_to_num(np.broadcast_to(severity, raw.shape).astype(np.float64)), checks)
+        network = np.nan_to_num(np.broadcast_to(severity, raw.shape).astype(np.float64))
+        severity = np.maximum(network, checks)
         flags = severity > 1.0
-        return _Verdict(raw, smoothed, runs, gaps, severity, flags, flags, run)
+        return _Verdict(raw, smoothed, runs, gaps, severity, flags, flags, run, network)
 
     def _smooth(self, raw: np.ndarray) -> np.ndarray:
         """EWMA of the raw scores over ``score_smoothing`` readings, continuing from `self.smoothed`."""

@@ -15,6 +15,13 @@ its early readings would flag its later ones — and is left to the network. Wit
 there is no subspace: the check stays off. Measured on the detection benchmark (docs/results.md):
 kept on 22 to 29 of the 30 stationary multivariate devices, on none of the 9 Intel motes.
 
+A fit that generalised over the device's normal readings can still go stale later (a trend
+longer than the data it was judged on). While it judges, it is audited against the network: if
+it flags more than `STALE` of `AUDIT` readings in a row that the network finds normal, its
+reference no longer describes the device, and it is dropped (`stale` says so). The price: a
+fault only the subspace sees is flagged for at most about `AUDIT` / `STALE` readings' worth of
+its alarms, then left to the network.
+
 Offline, `fit_split` does both steps on the normal readings given. Online, the device's first
 readings (its warm-up) are `learn`t, the next ones (its calibration window) `observe`d as held out,
 and `fit` decides when the device's threshold is calibrated.
@@ -34,6 +41,8 @@ GATE = 2.0  # kept if held-out readings score on average at most GATE x the in-s
 IN_SAMPLE_MEAN = 2.0
 VARIANCE = 0.95  # of the standardised variance the kept components explain
 MIN_ROWS = 50  # readings to fit on, and to judge on, at least
+AUDIT = 1000  # readings the network finds normal, per audit
+STALE = 0.1  # dropped if it flags more than this share of them
 
 
 class SubspaceCheck:
@@ -43,6 +52,9 @@ class SubspaceCheck:
         self.held_out: list[float] = []  # online: scores of the calibration window
         self.threshold: float | None = None  # fitted and kept; None = not judging
         self.decided = False  # fitted (kept or not)
+        self.audited = 0  # readings the network found normal, in the current audit
+        self.disagreed = 0  # of which this check flagged
+        self.stale = False  # dropped by an audit
 
     @property
     def active(self) -> bool:
@@ -83,6 +95,18 @@ class SubspaceCheck:
             self.fit(false_alarm_rate)
         self.decided = True  # judged by the readings given, never by later ones
 
+    def audit(self, flagged: np.ndarray, network_normal: np.ndarray) -> None:
+        """Count this check's flags on readings the network found normal; drop a stale reference."""
+        if self.threshold is None:
+            return
+        self.audited += int(network_normal.sum())
+        self.disagreed += int((flagged & network_normal).sum())
+        if self.audited >= AUDIT:
+            if self.disagreed > STALE * self.audited:
+                self.drop()
+                self.stale = True
+            self.audited = self.disagreed = 0
+
     def severity(self, values: np.ndarray) -> np.ndarray:
         """(n,) score / threshold; 0 where the member is not kept."""
         if self.threshold is None:
@@ -96,6 +120,9 @@ class SubspaceCheck:
             "held_out": list(self.held_out),
             "threshold": self.threshold,
             "decided": self.decided,
+            "audited": self.audited,
+            "disagreed": self.disagreed,
+            "stale": self.stale,
         }
 
     @classmethod
@@ -109,6 +136,8 @@ class SubspaceCheck:
             threshold = state["threshold"]
             check.threshold = None if threshold is None else float(threshold)
             check.decided = bool(state["decided"])
+            check.audited, check.disagreed = int(state["audited"]), int(state["disagreed"])
+            check.stale = bool(state["stale"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad subspace-check state: {exc!r}") from exc
         if check.threshold is not None and (check.pca is None or not math.isfinite(check.threshold)):
@@ -117,6 +146,8 @@ class SubspaceCheck:
 
     def reset(self) -> None:
         self.pca, self.held_out, self.threshold, self.decided = None, [], None, False
+        self.audited = self.disagreed = 0
+        self.stale = False
 
     def drop(self) -> None:
         """Stop judging (a new normal was accepted: the fit describes the old one)."""
