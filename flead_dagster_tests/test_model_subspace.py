@@ -121,3 +121,13 @@ def test_a_reference_gone_stale_is_dropped_by_the_audit_against_the_network() ->
     assert not check.severity(np.zeros((3, 3))).any()
     restored = SubspaceCheck.from_state_dict(json.loads(json.dumps(check.state_dict())), 3)
     assert restored.stale and not restored.active
+
+
+def test_a_calibration_window_too_short_to_judge_a_fit_decides_the_check_off() -> None:
+    check = SubspaceCheck(3)
+    check.learn(correlated(500))
+    check.observe(correlated(20, seed=5))  # fewer held-out readings than a decision needs
+    check.fit(1e-3)
+    assert check.decided and not check.active
+    check.observe(correlated(500, seed=6))  # nothing more is collected once decided
+    assert check.held_out == []

@@ -38,7 +38,7 @@ from flead.model.thresholds import calibrated_threshold
 
 HELD_OUT = 0.3  # share of the normal readings a fit is judged on (offline)
 GATE = 2.0  # kept if held-out readings score on average at most GATE x the in-sample mean
-IN_SAMPLE_MEAN = 2.0
+IN_SAMPLE_MEAN = 2.0  # of T²/k + Q/residual over the rows a PCA was fitted on (`flead.model.pca`)
 VARIANCE = 0.95  # of the standardised variance the kept components explain
 MIN_ROWS = 50  # readings to fit on, and to judge on, at least
 AUDIT = 1000  # readings the network finds normal, per audit
@@ -75,13 +75,13 @@ class SubspaceCheck:
         self.held_out.extend(self.pca.score_many(rows).tolist())
 
     def fit(self, false_alarm_rate: float) -> None:
-        """Keep the member or not, from the held-out scores observed."""
+        """Keep the member or not, from the held-out scores observed; decided once, whatever it had."""
         held_out = np.asarray(self.held_out)
         self.held_out = []
-        if self.decided or not self._fittable() or held_out.size < MIN_ROWS:
+        if self.decided:
             return
         self.decided = True
-        if held_out.mean() <= GATE * IN_SAMPLE_MEAN:
+        if self._fittable() and held_out.size >= MIN_ROWS and held_out.mean() <= GATE * IN_SAMPLE_MEAN:
             self.threshold = calibrated_threshold(held_out, false_alarm_rate)
 
     def fit_split(self, normal: np.ndarray, false_alarm_rate: float) -> None:
