@@ -212,7 +212,9 @@ def markdown(report: dict) -> str:
         "devices). FAR = false alarms / unlabelled readings; seq-event F1 = the SMAP/MSL README's",
         "definition (a labelled run is detected by any alarm inside it; an alarm run touching none is one",
         "false positive), under which flagging everything scores 1.0: read it beside FAR and point F1.",
-        "Recall by type: the share of each injected kind's readings that alarmed.",
+        "Recall by type: the share of each injected kind's readings that alarmed. PR-AUC ranks the",
+        "detector modes' readings by severity (times over the threshold, any channel or check), the",
+        "references' by their score.",
         "",
     ]
     for name, entry in report["results"].items():
