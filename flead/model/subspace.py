@@ -20,8 +20,8 @@ A fit that generalised over the device's normal readings can still go stale late
 longer than the data it was judged on). While it judges, it is audited against the network: if
 it flags more than `STALE` of `AUDIT` readings in a row that the network finds normal, its
 reference no longer describes the device, and it is dropped (`stale` says so). The price: a
-fault only the subspace sees is flagged for at most about `AUDIT` / `STALE` readings' worth of
-its alarms, then left to the network.
+fault only the subspace sees that covers more than `STALE` of an audit's readings ends the check
+when that audit closes; the device is then judged by the network and the other checks alone.
 
 Offline, `fit_split` does both steps on the normal readings given. Online, the device's first
 readings (its warm-up) are `learn`t, the next ones (its calibration window) `observe`d as held out,
