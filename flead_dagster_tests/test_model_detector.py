@@ -307,3 +307,17 @@ def test_the_first_reading_after_a_silence_is_flagged_when_the_device_never_went
     assert out["is_anomaly"][2_500] and out["severity"][2_500] > 30
     restored = OnlineDetector.from_bytes(detector.to_bytes())
     assert restored.to_bytes() == detector.to_bytes()
+
+
+def test_a_channel_constant_while_it_calibrates_alarms_on_a_change_not_on_rounding() -> None:
+    config = ModelConfig(features=("value",), time_features=False, window=8, hidden=(16, 4))
+    detector = OnlineDetector(config, train=TrainConfig(warmup=0))
+    constant = np.full((2_000, 1), 0.999)
+    detector.process_many(constant)
+    detector.calibrate(constant)
+    assert detector.threshold.value >= 0.5  # an error of one resolution step scores 1
+    same = detector.process_many(constant[:500] + np.random.default_rng(0).normal(0, 1e-9, (500, 1)))
+    assert not same["is_anomaly"].any()
+    jump = constant[:100].copy()
+    jump[50] = -1.0
+    assert detector.process_many(jump)["is_anomaly"].to_numpy()[50]

@@ -25,11 +25,15 @@ class RunningNormalizer:
         return bool((self.count >= 2).all())
 
     @property
+    def resolution(self) -> np.ndarray:
+        """The smallest change of each feature that counts: `min_std`, and at least a millionth of its
+        magnitude (about what a float32 reading resolves) for features whose resolution nobody gave."""
+        return np.maximum(self.min_std, 1e-6 * (1.0 + np.abs(self.mean)))
+
+    @property
     def std(self) -> np.ndarray:
         var = np.divide(self.m2, self.count - 1, out=np.ones_like(self.m2), where=self.count >= 2)
-        # A relative floor too, for features far from zero whose own resolution nobody gave.
-        floor = np.maximum(self.min_std, 1e-6 * (1.0 + np.abs(self.mean)))
-        return np.maximum(np.sqrt(var), floor)
+        return np.maximum(np.sqrt(var), self.resolution)
 
     def update(self, values: np.ndarray, clip: float | None = None) -> None:
         """Merge the readings `values` (n, n_features); NaN entries are ignored.

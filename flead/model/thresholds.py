@@ -260,6 +260,9 @@ class CalibratedThreshold(_BatchThreshold):
             raise ValueError(f"a borrowed threshold must be > 0, got {borrowed}")
         self.false_alarm_rate, self.n_calibration = false_alarm_rate, n_calibration
         self.borrowed = borrowed
+        # The lowest threshold a calibration may fit; its owner sets it (`OnlineDetector` keeps it at
+        # the score of an error of one resolution step) before scores are collected or calibrated.
+        self.floor = 1e-12
         self.fitted: float | None = None
         self.collecting = True
         self.calibration: list[float] = []
@@ -293,7 +296,7 @@ class CalibratedThreshold(_BatchThreshold):
 
     def calibrate(self, normal_scores: np.ndarray, fence: float | None = None) -> None:
         threshold = calibrated_threshold(normal_scores, self.false_alarm_rate, fence=fence)
-        self.fitted = max(threshold, 1e-12)
+        self.fitted = max(threshold, self.floor, 1e-12)
         self.collecting, self.calibration = False, []
 
     def recalibrate(self) -> None:
