@@ -321,3 +321,21 @@ def test_a_channel_constant_while_it_calibrates_alarms_on_a_change_not_on_roundi
     jump = constant[:100].copy()
     jump[50] = -1.0
     assert detector.process_many(jump)["is_anomaly"].to_numpy()[50]
+
+
+def test_an_autoencoder_judges_a_flagged_reading_by_its_reconstruction_not_its_jump() -> None:
+    """The second pass hides a flagged reading from the windows after it, not from its own window."""
+    train = TrainConfig(warmup=0, stuck_check=False, subspace_check=False)
+    detector = OnlineDetector(SMALL, train=train)
+    values = stream(2_064, seed=9)
+    detector.process_many(values[:2_000])
+    test = values[2_000:].copy()  # one batch: the same normaliser and context for every pass
+    test[30, 0] += 1.0
+    unjudged = detector.score_many(test)  # no threshold yet: nothing flagged, one pass
+    k = int(np.argmax(unjudged))
+    assert k == 30
+    detector.threshold.fitted = 0.99 * unjudged[k]  # only reading k over it
+    detector.sustained.fitted = 1e9
+    judged = detector.process_many(test, learn=False)
+    assert np.flatnonzero(judged["is_anomaly"].to_numpy()).tolist() == [k]
+    np.testing.assert_allclose(judged["score"].to_numpy()[: k + 1], unjudged[: k + 1], rtol=1e-5)

@@ -380,13 +380,22 @@ class OnlineDetector:
         current = np.clip(seq[self.config.context_length :, : self.config.n_features], -clip, clip)
         return _Chunk(values, hours, ts_us, seq, current)
 
-    def _pass(self, chunk: _Chunk, masked: np.ndarray | None = None) -> _Pass:
-        """The network on the chunk, with the readings where `masked` is True hidden from the inputs."""
+    def _pass(self, chunk: _Chunk, masked: np.ndarray | None = None, unmasked: _Pass | None = None) -> _Pass:
+        """The network on the chunk, with the readings where `masked` is True hidden from the inputs of
+        the readings after them. An autoencoder's window ends with the reading it judges: there a masked
+        reading keeps its own value (taken from the `unmasked` pass), or its error would be its distance
+        from the value before it rather than how well the model reconstructs it."""
         seq = chunk.seq
         if masked is not None and masked.any():
             seq = seq.copy()
             seq[self.config.context_length :][masked] = np.nan
         inputs = build_inputs(self.config, seq, chunk.hours)
+        if unmasked is not None and masked is not None and self.config.kind == "autoencoder":
+            width = self.config.n_columns
+            own = slice((self.config.window - 1) * width, self.config.window * width)
+            x = inputs.x if inputs.x.flags.writeable else inputs.x.copy()
+            x[masked, own] = unmasked.x[masked, own]
+            inputs.x = x
         forward = self.model.network.forward(inputs.x)
         pred = forward[0] + inputs.base if inputs.base is not None else forward[0]
         return _Pass(inputs.x, inputs.base, forward, pred)
@@ -471,7 +480,7 @@ class OnlineDetector:
         verdict = self._verdict(self._pass(chunk), chunk, limit, sustained, runs, gaps, checks)
         if verdict.flags.any():
             first = verdict.flags
-            rerun = self._pass(chunk, self._maskable(first))
+            rerun = self._pass(chunk, self._maskable(first), verdict.run)
             verdict = self._verdict(rerun, chunk, limit, sustained, runs, gaps, checks)
             verdict.suspects = first | verdict.flags
         verdict.subspace = subspace
