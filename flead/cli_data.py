@@ -24,6 +24,7 @@ from flead.config import Settings
 from flead.datasets import intel_lab, lake, pipeline
 from flead.datasets.inject import ANOMALY_TYPES, EVENTS_FILE, InjectionConfig
 from flead.datasets.synthetic import generate_fleet
+from flead.evaluation.loader import parse_separator
 
 data_app = typer.Typer(
     help="Fetch, generate, ingest, label and inspect the sensor data set.", no_args_is_help=True
@@ -118,8 +119,11 @@ def synth(
 @data_app.command("ingest")
 def ingest(
     path: Path = typer.Argument(
-        None, help="data.txt(.gz) or a folder of Node*.txt files; implies --source path."
+        None,
+        help="CSV / Parquet files (or a folder of them) of the fleet schema (FLEAD_FLEET_SCHEMA), "
+        "or the Intel Lab's data.txt(.gz) or a folder of Node*.txt files; implies --source path.",
     ),
+    sep: str = typer.Option(None, "--sep", help="CSV separator (\\t for tab); given, PATH is read as CSV."),
     source: pipeline.SourceKind = typer.Option(
         pipeline.SourceKind.AUTO, help="Where the raw data comes from."
     ),
@@ -147,13 +151,29 @@ def ingest(
                 pipeline.SyntheticSpec(devices, days, seed),
                 progress,
                 range(1, max_mote + 1),
+                parse_separator(sep),
             )
     except (intel_lab.DownloadError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     if raw.note:
         console.print(f"[yellow]note:[/] {raw.note}")
     with console.status(f"parsing {len(raw.files)} file(s)"):
-        staged = pipeline.stage(raw, settings)
+        try:
+            staged = pipeline.stage(raw, settings)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    if staged.unused_columns:
+        console.print(
+            f"[yellow]note:[/] columns not in the fleet schema {staged.fleet}, "
+            f"ignored: {staged.unused_columns}"
+        )
+    if staged.rows == 0 and staged.rejects:
+        reasons = ", ".join(f"{reason} ({n:,})" for reason, n in list(staged.rejects_by_reason.items())[:3])
+        raise fail(
+            f"no readings: all {staged.rejects:,} rows of the {staged.fleet} source were rejected "
+            f"({reasons}); "
+            f"the rejects are in {Path(settings.lake_dir) / lake.REJECTS_FILE}"
+        )
     chosen = [
         d
         for d in map(date.fromisoformat, staged.days)

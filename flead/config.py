@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flead.fleet import FleetSchema, load_fleet
+
 
 class Address(tuple):
     """A (host, port) pair parsed from a URL or a ``host:port`` string."""
@@ -102,6 +104,10 @@ class Settings(BaseSettings):
     api_admin_key: SecretStr | None = Field(None, description="Admin key of the API.")
 
     # Data set
+    fleet_schema: str = Field(
+        "intel_lab",
+        description="The fleet's sensors: a preset (intel_lab, nasa_smap_msl) or a TOML schema file.",
+    )
     intel_lab_data_url: str = Field(
         "http://db.csail.mit.edu/labdata/data.txt.gz", description="The Intel Lab readings (34 MB gzip)."
     )
@@ -281,6 +287,12 @@ class Settings(BaseSettings):
             Address.parse(server.strip())
         return value
 
+    @field_validator("fleet_schema")
+    @classmethod
+    def _check_fleet_schema(cls, value: str) -> str:
+        load_fleet(value)  # a FleetSchemaError (a ValueError) says what is wrong with the file
+        return value
+
     @field_validator("mongo_uri")
     @classmethod
     def _check_mongo_uri(cls, value: str) -> str:
@@ -302,6 +314,11 @@ class Settings(BaseSettings):
         self.state_dir = self.state_dir or self.home / "state"
         self.evaluations_dir = self.evaluations_dir or self.home / "evaluations"
         self.reports_dir = self.reports_dir or self.home / "reports"
+
+    @cached_property
+    def fleet(self) -> FleetSchema:
+        """The fleet schema `fleet_schema` names (loaded once)."""
+        return load_fleet(self.fleet_schema)
 
     @cached_property
     def kafka_address(self) -> Address:

@@ -8,22 +8,38 @@ from datetime import UTC, datetime
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flead.fleet import INTEL_LAB, FleetSchema
+
 SCHEMA_VERSION = 1
 
-# The typed lake (one Parquet folder per day, `date=YYYY-MM-DD/`).
-LAKE_SCHEMA: dict[str, pl.DataType] = {
-    "device_id": pl.String(),  # "mote-01"
-    "ts": pl.Datetime("us", "UTC"),
-    "epoch": pl.Int64(),
-    "temperature": pl.Float64(),  # degrees C
-    "humidity": pl.Float64(),  # % RH (temperature-corrected)
-    "light": pl.Float64(),  # lux
-    "voltage": pl.Float64(),  # volts
-    "out_of_range": pl.Boolean(),  # a value outside what the sensor can physically read
-    "low_battery": pl.Boolean(),  # voltage below the level where readings stay trustworthy
-    "missing_fields": pl.Boolean(),  # the raw line lacked one or more measurements
-}
-MEASUREMENTS = ("temperature", "humidity", "light", "voltage")
+
+def lake_schema(fleet: FleetSchema) -> dict[str, pl.DataType]:
+    """The typed lake's columns for a fleet (one Parquet folder per day, `date=YYYY-MM-DD/`)."""
+    return {
+        "device_id": pl.String(),
+        "ts": pl.Datetime("us", "UTC"),
+        "epoch": pl.Int64(),  # the source's own sequence number, when it has one
+        **{name: pl.Float64() for name in fleet.columns},
+        "out_of_range": pl.Boolean(),  # a value outside what the sensor can physically read
+        "low_battery": pl.Boolean(),  # below the level where the device's readings stay trustworthy
+        "missing_fields": pl.Boolean(),  # the source row lacked one or more of the values
+    }
+
+
+def lake_flags(fleet: FleetSchema) -> list[pl.Expr]:
+    """``out_of_range`` and ``low_battery`` of rows holding the fleet's values (missing never trips)."""
+    out_of_range = pl.lit(False)
+    for name, (low, high) in fleet.valid_ranges.items():
+        out_of_range = out_of_range | ~pl.col(name).is_between(low, high).fill_null(True)
+    low_battery = pl.lit(False)
+    for name, level in fleet.low_battery.items():
+        low_battery = low_battery | (pl.col(name) < level).fill_null(False)
+    return [out_of_range.alias("out_of_range"), low_battery.alias("low_battery")]
+
+
+# The Intel Lab preset's lake and measurements (the default fleet).
+LAKE_SCHEMA: dict[str, pl.DataType] = lake_schema(INTEL_LAB)
+MEASUREMENTS = INTEL_LAB.feature_names
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 INT64_MAX = 2**63 - 1
 # The date and time written out (RFC 3339 allows a space for the `T`); a number of seconds is not a time.

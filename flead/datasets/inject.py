@@ -37,6 +37,7 @@ import numpy as np
 import polars as pl
 
 from flead.datasets.lake import conform_to_lake, partition_path, write_parquet_atomic
+from flead.fleet import INTEL_LAB
 from flead.schema import LAKE_SCHEMA, MEASUREMENTS
 
 ANOMALY_TYPES = ("spike", "stuck_at", "drift", "noise_burst", "dropout", "bias", "noise_increase")
@@ -63,7 +64,7 @@ EVENTS_FILE = "events.parquet"
 
 # The std of a feature that barely moves (a dark room's light) is floored at the sensor's resolution,
 # so that an event always changes the values.
-MIN_SCALE = {"temperature": 0.01, "humidity": 0.1, "light": 0.46, "voltage": 0.01}
+MIN_SCALE = INTEL_LAB.resolutions
 
 
 @dataclass(frozen=True)

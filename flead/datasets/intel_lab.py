@@ -25,26 +25,14 @@ import httpx
 import polars as pl
 import polars.selectors as cs
 
-from flead.schema import LAKE_SCHEMA, MEASUREMENTS
+from flead.fleet import INTEL_LAB
+from flead.schema import LAKE_SCHEMA, MEASUREMENTS, lake_flags
 
 DATA_FILE = "data.txt.gz"
 LOCS_FILE = "mote_locs.txt"
 MOTE_IDS = range(1, 55)  # the deployment's motes; synthetic fleets pass their own range
 
 FIELDS = ("date", "time", "epoch", "moteid", *MEASUREMENTS)
-
-# What an indoor Mica2Dot reading can physically be (inclusive). Dying motes report values such as
-# 122 C, -38.4 C and -4 %RH (the sensors' raw-zero readings); those fall outside and get flagged.
-# The light sensor saturates near 1,850 lux; 100,000 lux is full sunlight.
-VALID_RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (-10.0, 60.0),
-    "humidity": (0.0, 100.0),
-    "light": (0.0, 100_000.0),
-    "voltage": (1.5, 3.5),
-}
-# Below this the readings stop being trustworthy: in the 9-mote subset no reading at >= 2.4 V is out
-# of range, while 1 % at 2.35-2.40 V and 42 % at 2.30-2.35 V are.
-LOW_BATTERY_VOLTS = 2.4
 
 REJECT_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
@@ -214,16 +202,12 @@ def _first_copy() -> pl.Expr:
 
 
 def _typed_row() -> list[pl.Expr]:
-    out_of_range = pl.lit(False)
-    for m, (lo, hi) in VALID_RANGES.items():
-        out_of_range = out_of_range | ~pl.col(m).is_between(lo, hi).fill_null(True)
     return [
         _device_id_expr(),
         pl.col("ts"),
         pl.col("epoch"),
         *(pl.col(m) for m in MEASUREMENTS),
-        out_of_range.alias("out_of_range"),
-        (pl.col("voltage") < LOW_BATTERY_VOLTS).fill_null(False).alias("low_battery"),
+        *lake_flags(INTEL_LAB),
         pl.col("missing_fields"),
     ]
 

@@ -1,6 +1,8 @@
 """The typed Parquet lake: one folder per UTC day, ``<root>/date=YYYY-MM-DD/part-0.parquet``.
 
-Rows follow `flead.schema.LAKE_SCHEMA`; the day comes back as the hive partition column ``date``.
+Rows follow `flead.schema.lake_schema` of the fleet the lake holds (`lake_fleet`: recorded in
+``<root>/_fleet/schema.json`` when days are written; a lake without the record holds the Intel Lab
+preset); the day comes back as the hive partition column ``date``.
 A day's file is replaced atomically (temp file + rename), so rewriting a day is idempotent and never
 touches other days. Rejected lines live beside the days in ``<root>/_rejects/`` (readers of hive
 layouts, e.g. Spark and DuckDB, skip folders starting with an underscore).
@@ -19,10 +21,12 @@ from pathlib import Path
 import polars as pl
 
 from flead.datasets.intel_lab import REJECT_SCHEMA, parse_files
-from flead.schema import LAKE_SCHEMA
+from flead.fleet import INTEL_LAB, FleetSchema
+from flead.schema import lake_schema
 
 PARTITION_FILE = "part-0.parquet"
 REJECTS_FILE = Path("_rejects") / "rejects.parquet"
+FLEET_FILE = Path("_fleet") / "schema.json"
 PARTITION_COLUMN = "date"
 _PARTITION_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 _FLAGS = ("out_of_range", "low_battery", "missing_fields")
@@ -86,14 +90,36 @@ def partition_path(root: Path, day: date) -> Path:
     return Path(root) / f"{PARTITION_COLUMN}={day.isoformat()}" / PARTITION_FILE
 
 
-def write_day(rows: pl.DataFrame, root: Path, day: date) -> PartitionStats:
+def lake_fleet(root: Path) -> FleetSchema:
+    """The fleet whose readings the lake at `root` holds (the Intel Lab preset when none is recorded)."""
+    path = Path(root) / FLEET_FILE
+    return FleetSchema.model_validate_json(path.read_text()) if path.is_file() else INTEL_LAB
+
+
+def claim_lake(root: Path, fleet: FleetSchema) -> None:
+    """Record that the lake holds `fleet`'s readings; refuse a lake that already holds another fleet's."""
+    held = lake_fleet(root)
+    if list_partitions(root) and held != fleet:
+        raise ValueError(
+            f"the lake at {root} holds readings of the fleet schema {held.ref}, not {fleet.ref}: "
+            "point FLEAD_LAKE_DIR (or FLEAD_HOME) elsewhere, or remove that lake first"
+        )
+    path = Path(root) / FLEET_FILE
+    if not path.is_file() or held != fleet:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(fleet.model_dump_json(indent=2))
+        os.replace(tmp, path)
+
+
+def write_day(rows: pl.DataFrame, root: Path, day: date, fleet: FleetSchema = INTEL_LAB) -> PartitionStats:
     """Replace the lake's partition for `day` with the rows of `rows` whose ts falls on that UTC day."""
-    return _write_partition(conform_to_lake(rows).filter(pl.col("ts").dt.date() == day), root, day)
+    return _write_partition(conform_to_lake(rows, fleet).filter(pl.col("ts").dt.date() == day), root, day)
 
 
-def write_days(rows: pl.DataFrame, root: Path) -> LakeWriteSummary:
+def write_days(rows: pl.DataFrame, root: Path, fleet: FleetSchema = INTEL_LAB) -> LakeWriteSummary:
     """Replace the partition of every day present in `rows`; other days stay untouched."""
-    rows = conform_to_lake(rows)
+    rows = conform_to_lake(rows, fleet)
     by_day = rows.with_columns(pl.col("ts").dt.date().alias("_day")).partition_by("_day", as_dict=True)
     stats = [
         _write_partition(frame.drop("_day"), root, day)
@@ -121,13 +147,14 @@ def scan_lake(
     end: date | str | None = None,
     devices: Iterable[str] | None = None,
 ) -> pl.LazyFrame:
-    """The lake's rows for days `start`..`end` (inclusive, either open) as LAKE_SCHEMA + ``date``."""
+    """The lake's rows for days `start`..`end` (inclusive, either open) as its `lake_schema` + ``date``."""
     first = date.fromisoformat(start) if isinstance(start, str) else start
     last = date.fromisoformat(end) if isinstance(end, str) else end
     days = [d for d in list_partitions(root) if (first is None or d >= first) and (last is None or d <= last)]
-    columns = [*LAKE_SCHEMA, PARTITION_COLUMN]
+    schema = lake_schema(lake_fleet(root))
+    columns = [*schema, PARTITION_COLUMN]
     if not days:
-        return pl.LazyFrame(schema={**LAKE_SCHEMA, PARTITION_COLUMN: pl.Date()})
+        return pl.LazyFrame(schema={**schema, PARTITION_COLUMN: pl.Date()})
     frame = pl.scan_parquet(
         [partition_path(root, d) for d in days],
         hive_partitioning=True,
@@ -164,17 +191,18 @@ def ingest(sources: Sequence[Path], root: Path) -> IngestSummary:
     )
 
 
-def conform_to_lake(rows: pl.DataFrame) -> pl.DataFrame:
-    """`rows` with exactly the lake's columns, refusing any other dtype rather than casting it."""
-    missing = [name for name in LAKE_SCHEMA if name not in rows.columns]
+def conform_to_lake(rows: pl.DataFrame, fleet: FleetSchema = INTEL_LAB) -> pl.DataFrame:
+    """`rows` with exactly the fleet's lake columns, refusing any other dtype rather than casting it."""
+    schema = lake_schema(fleet)
+    missing = [name for name in schema if name not in rows.columns]
     wrong = [
         f"{n}: {rows.schema[n]} (want {t})"
-        for n, t in LAKE_SCHEMA.items()
+        for n, t in schema.items()
         if n in rows.columns and rows.schema[n] != t
     ]
     if missing or wrong:
-        raise ValueError(f"rows do not match LAKE_SCHEMA: missing {missing}, wrong dtypes {wrong}")
-    return rows.select(list(LAKE_SCHEMA))
+        raise ValueError(f"rows do not match the {fleet.ref} lake: missing {missing}, wrong dtypes {wrong}")
+    return rows.select(list(schema))
 
 
 def _write_partition(rows: pl.DataFrame, root: Path, day: date) -> PartitionStats:

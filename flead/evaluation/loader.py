@@ -154,7 +154,7 @@ def load_labelled(
     separator = parse_separator(separator)
     files = find_files(paths, separator_given=separator is not None)
     roles = {c for c in (label, time, device, event, split) if c is not None}
-    tables = {file: _read(file, separator, roles) for file in files}
+    tables = {file: read_table(file, separator, roles) for file in files}
     numeric = _default_features(tables.values(), roles)
     if features is None:
         features = numeric
@@ -275,7 +275,9 @@ def _extension(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix
 
 
-def _read(path: Path, separator: str | None, roles: set[str]) -> pl.DataFrame:
+def read_table(path: Path, separator: str | None, roles: set[str]) -> pl.DataFrame:
+    """A CSV or Parquet file (by its name; CSV when a separator is given), quotes unwrapped outside
+    `roles`; a ValueError naming the file when it cannot be read, is empty or has the wrong separator."""
     is_csv = _suffix(path, PARQUET_SUFFIXES) is None
     if separator is None:
         separator = "\t" if _suffix(path, (".tsv", ".tsv.gz")) else DEFAULT_SEPARATOR

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, field, fields
 
-from flead.datasets.inject import MIN_SCALE
+from flead.fleet import INTEL_LAB
 from flead.schema import MEASUREMENTS
 
 KINDS = ("forecaster", "autoencoder")
@@ -45,7 +45,8 @@ class ModelConfig:
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if not self.min_std:
-            object.__setattr__(self, "min_std", tuple(MIN_SCALE.get(f, 0.0) for f in self.columns))
+            known = INTEL_LAB.resolutions
+            object.__setattr__(self, "min_std", tuple(known.get(f, 0.0) for f in self.columns))
         object.__setattr__(self, "min_std", tuple(float(s) for s in self.min_std))
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")

@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from flead.datasets.intel_lab import VALID_RANGES
+from flead.fleet import INTEL_LAB
 
 
 def out_of_range(
     values: np.ndarray,
     features: Sequence[str],
-    ranges: Mapping[str, tuple[float, float]] = VALID_RANGES,
+    ranges: Mapping[str, tuple[float, float]] = INTEL_LAB.valid_ranges,
 ) -> np.ndarray:
     """Per reading (row of `values`, columns = `features`), whether a feature with known limits lies
     outside them. Missing values and features without limits never trip it."""

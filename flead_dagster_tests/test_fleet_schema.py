@@ -1,0 +1,199 @@
+"""A fleet of the user's own sensors: the schema file, and their CSV / Parquet files into the lake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from flead.config import Settings
+from flead.datasets import lake, pipeline
+from flead.datasets.tabular import parse_table_files
+from flead.fleet import INTEL_LAB, NASA_SMAP_MSL, FleetSchemaError, load_fleet
+from flead.schema import LAKE_SCHEMA, lake_schema
+
+FLEAD = str(Path(sys.executable).parent / "flead")
+
+PLANT = """
+name = "plant_a"
+version = 2
+device_column = "sensor"
+
+[time]
+column = "timestamp"
+
+[[features]]
+name = "pressure"
+unit = "bar"
+min = 0.0
+max = 16.0
+resolution = 0.01
+
+[[features]]
+name = "vibration"
+unit = "mm/s"
+min = 0.0
+
+[[inputs]]
+name = "valve_open"
+"""
+
+
+@pytest.fixture
+def plant(tmp_path) -> Path:
+    path = tmp_path / "plant.toml"
+    path.write_text(PLANT)
+    return path
+
+
+def plant_csv(path: Path, rows: int = 200, extra: list[str] = ()) -> Path:
+    start = datetime(2024, 5, 1, 23, tzinfo=UTC)
+    lines = ["timestamp,sensor,pressure,vibration,valve_open,site"]
+    for i in range(rows):
+        for sensor in ("pump-1", "pump-2"):
+            t = (start + timedelta(minutes=i)).isoformat()
+            lines.append(f"{t},{sensor},{5 + (i % 7) / 10:.2f},{(i % 5) / 10:.2f},{i % 2},north")
+    path.write_text("\n".join([*lines, *extra]) + "\n")
+    return path
+
+
+def run(home: Path, fleet: Path | str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLEAD_HOME": str(home), "FLEAD_FLEET_SCHEMA": str(fleet), "COLUMNS": "200"}
+    return subprocess.run([FLEAD, "data", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_schema_file_declares_features_inputs_and_columns(plant):
+    fleet = load_fleet(plant)
+    assert fleet.ref == "plant_a@2"
+    assert fleet.columns == ("pressure", "vibration", "valve_open")
+    assert fleet.valid_ranges == {"pressure": (0.0, 16.0), "vibration": (0.0, float("inf"))}
+    assert fleet.resolutions["pressure"] == 0.01
+    assert list(lake_schema(fleet))[3:6] == ["pressure", "vibration", "valve_open"]
+    assert lake_schema(INTEL_LAB) == LAKE_SCHEMA
+    assert NASA_SMAP_MSL.feature_names == ("value",) and len(NASA_SMAP_MSL.inputs) == 54
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (PLANT.replace("max = 16.0", "max = -1.0"), "features.0: Value error, min (0.0) must be below max"),
+        (PLANT.replace('name = "valve_open"', 'name = "pressure"'), "repeated: ['pressure']"),
+        (PLANT.replace('name = "valve_open"', 'name = "ts"'), "'ts' is a column the lake adds itself"),
+        (PLANT.replace('unit = "bar"', 'units = "bar"'), "features.0.units: Extra inputs are not permitted"),
+        (PLANT.replace('[time]\ncolumn = "timestamp"', '[time]\nkind = "weekly"'), "time.kind"),
+        ("name = ", "not valid TOML"),
+    ],
+)
+def test_a_bad_schema_file_names_the_file_and_the_field(tmp_path, text, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(FleetSchemaError) as error:
+        load_fleet(path)
+    assert str(path) in str(error.value) and expected in str(error.value)
+
+
+def test_settings_name_the_fleet_schema_and_refuse_one_that_does_not_load(plant, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEAD_FLEET_SCHEMA", str(plant))
+    assert Settings().fleet.ref == "plant_a@2"
+    monkeypatch.setenv("FLEAD_FLEET_SCHEMA", str(tmp_path / "missing.toml"))
+    with pytest.raises(ValidationError, match="neither a preset"):
+        Settings()
+
+
+def test_every_row_of_a_users_csv_is_a_lake_row_or_a_reject_with_its_reason(plant, tmp_path):
+    bad = [
+        "2024-05-01T23:00:00+00:00,pump-1,5.0,0.1,0,north",  # the first reading again
+        "not a time,pump-1,5.0,0.1,0,north",
+        "2024-05-04T00:00:00Z,,5.0,0.1,0,north",
+        "2024-05-04T00:01:00Z,pump 1,5.0,0.1,0,north",
+        "2024-05-04T00:02:00Z,pump-1,abc,0.1,0,north",
+        "2024-05-04T00:03:00Z,pump-1,5.0,inf,0,north",
+        "2024-05-04T00:04:00Z,pump-1,99,0.1,0,north",  # beyond the sensor's 16 bar: kept, flagged
+        "2024-05-04T00:05:00Z,pump-1,,0.1,0,north",  # missing: kept, flagged
+    ]
+    parsed = parse_table_files([plant_csv(tmp_path / "plant.csv", extra=bad)], load_fleet(plant))
+    assert parsed.lines == 400 + len(bad) and parsed.rows.height + parsed.rejects.height == parsed.lines
+    assert dict(parsed.rejects.select("line", "reason").iter_rows()) == {
+        402: "duplicate",
+        403: "bad time (not ISO-8601: give the schema's time format)",
+        404: "bad device id",
+        405: "bad device id",
+        406: "not a number: pressure",
+        407: "not a number: vibration",
+    }
+    assert parsed.rejects["raw"][1] == "not a time,pump-1,5.0,0.1,0,north"
+    tail = parsed.rows.filter(pl.col("ts") >= datetime(2024, 5, 4, tzinfo=UTC)).sort("ts")
+    assert tail.select("pressure", "out_of_range", "missing_fields").rows() == [
+        (99.0, True, False),
+        (None, False, True),
+    ]
+    assert parsed.rows.schema == lake_schema(load_fleet(plant))
+
+
+def test_cli_ingests_a_users_csv_into_the_lake_of_its_schema(plant, tmp_path):
+    home = tmp_path / "home"
+    result = run(home, plant, "ingest", str(plant_csv(tmp_path / "plant.csv")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "400 rows, 0 rejects" in result.stdout
+    assert "columns not in the fleet schema plant_a@2, ignored: ['site']" in result.stdout
+    rows = lake.scan_lake(home / "lake").collect()
+    assert rows.height == 400 and set(rows["device_id"]) == {"pump-1", "pump-2"}
+    assert set(rows["date"]) == {date(2024, 5, 1), date(2024, 5, 2)}
+    assert {"pressure", "vibration", "valve_open"} <= set(rows.columns) and "temperature" not in rows.columns
+    assert lake.lake_fleet(home / "lake") == load_fleet(plant)
+
+    # The same home cannot take another fleet's readings: the lake says which it holds.
+    intel = run(home, "intel_lab", "synth", "--devices", "2", "--days", "1", "--out", str(tmp_path / "raw"))
+    assert intel.returncode == 0, intel.stdout + intel.stderr
+    other = run(home, "intel_lab", "ingest", str(tmp_path / "raw"))
+    out = other.stdout + other.stderr
+    assert other.returncode == 1 and "holds readings of the fleet schema plant_a@2" in out
+
+
+def test_cli_says_why_when_no_row_of_a_file_is_a_reading(plant, tmp_path):
+    path = tmp_path / "wrong.csv"
+    path.write_text("timestamp,sensor,pressure,vibration,valve_open\n" + "yesterday,pump-1,1,1,0\n" * 5)
+    result = run(tmp_path / "home", plant, "ingest", str(path))
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "all 5 rows" in out and "Traceback" not in out
+    assert "bad time (not ISO-8601: give the schema's time format) (5)" in out
+
+    missing = tmp_path / "other.csv"
+    missing.write_text("time,id,temperature\n2024-05-01T00:00:00Z,a,1\n")
+    result = run(tmp_path / "home", plant, "ingest", str(missing))
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "missing columns ['sensor', 'timestamp', 'pressure'" in out
+
+
+def test_an_index_timed_parquet_fleet_gets_times_a_step_apart(tmp_path):
+    frame = pl.DataFrame(
+        {
+            "device_id": ["P-1"] * 3 + ["M-6"] * 2,
+            "t": [0, 1, 2, 0, 1],
+            "value": [0.1, -0.2, 3.0, 0.0, None],
+            **{f"cmd_{i:02d}": [0.0] * 5 for i in range(1, 55)},
+        }
+    )
+    frame.write_parquet(tmp_path / "channels.parquet")
+    parsed = parse_table_files([tmp_path / "channels.parquet"], NASA_SMAP_MSL)
+    rows = parsed.rows.sort("device_id", "ts")
+    origin = NASA_SMAP_MSL.time.origin
+    assert rows.filter(pl.col("device_id") == "P-1")["ts"].to_list() == [
+        origin + timedelta(minutes=m) for m in range(3)
+    ]
+    assert rows["out_of_range"].to_list() == [False, False, False, False, True]  # 3.0 beyond -1..1
+    assert rows["missing_fields"].sum() == 1 and parsed.rejects.height == 0
+
+
+def test_the_intel_text_format_is_refused_for_another_fleet(plant, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEAD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FLEAD_FLEET_SCHEMA", str(plant))
+    (tmp_path / "data.txt").write_text("2004-02-28 00:59:16.02785 3 1 19.9884 37.0933 45.08 2.69964\n")
+    with pytest.raises(ValueError, match="Intel Lab text format holds only the intel_lab fleet"):
+        pipeline.acquire(Settings(), pipeline.SourceKind.PATH, tmp_path / "data.txt")
