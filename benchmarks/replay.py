@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 
 from flead.bus.clients import make_producer
-from flead.bus.replay import encode_readings, lake_readings, replay
+from flead.bus.codec import encode_readings
+from flead.bus.replay import lake_readings, replay
 from flead.bus.topics import ensure_topics
 from flead.config import Settings
 from flead.datasets import pipeline

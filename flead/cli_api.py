@@ -15,6 +15,7 @@ from rich.table import Table
 from flead.cli_output import console, fail
 from flead.config import Settings
 from flead.model import ModelConfig
+from flead.model.config import model_for_fleet
 
 api_app = typer.Typer(
     help="The global model API: serve it, initialise it, manage its tokens.", no_args_is_help=True
@@ -46,23 +47,27 @@ def run(log_level: str = typer.Option("info", help="uvicorn log level.")) -> Non
 @api_app.command("init")
 def init(
     features: str = typer.Option(
-        ",".join(ModelConfig().features), help="Comma-separated feature names the model reads."
+        None, help="Comma-separated feature names the model scores (default: the fleet schema's features)."
     ),
     kind: str = typer.Option(ModelConfig().kind, help="autoencoder or forecaster."),
     window: int = typer.Option(ModelConfig().window, help="Readings per input window."),
     hidden: str = typer.Option(",".join(map(str, ModelConfig().hidden)), help="Hidden layer sizes."),
-    time_features: bool = typer.Option(True, help="Feed the time of day to the network."),
+    time_features: bool = typer.Option(
+        None,
+        help="Feed the time of day to the network (default: when the fleet's readings carry clock times).",
+    ),
     seed: int = typer.Option(0, help="Seed of the initial weights."),
 ) -> None:
     """Create global version 0 with this architecture (else the API's first start creates it with the
     defaults)."""
     try:
-        config = ModelConfig(
+        config = model_for_fleet(
+            Settings().fleet,
+            None if features is None else [f.strip() for f in features.split(",") if f.strip()],
             kind=kind,
-            features=tuple(f.strip() for f in features.split(",") if f.strip()),
             window=window,
             hidden=tuple(int(h) for h in hidden.split(",") if h.strip()),
-            time_features=time_features,
+            **({} if time_features is None else {"time_features": time_features}),
         )
     except ValueError as exc:
         raise fail(f"invalid architecture: {exc}") from None

@@ -11,7 +11,7 @@ from pymongo.errors import PyMongoError
 from rich.console import Console
 
 from flead.config import Settings
-from flead.model.config import ModelConfig, TrainConfig
+from flead.model.config import TrainConfig, model_for_fleet
 
 trainer_app = typer.Typer(help="The stream trainer: per-device online detectors on the readings topic.")
 console = Console(stderr=True, log_path=False)
@@ -51,12 +51,13 @@ def run(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    model, train = ModelConfig(), TrainConfig()
+    train = TrainConfig()
     try:
         settings = Settings()
+        model = model_for_fleet(settings.fleet)
         if window is not None or hidden is not None:
             sizes = tuple(int(h) for h in hidden.split(",")) if hidden else model.hidden
-            model = ModelConfig(window=window or model.window, hidden=sizes)
+            model = model_for_fleet(settings.fleet, window=window or model.window, hidden=sizes)
         if warmup is not None or chunk is not None or freeze_reference:
             train = TrainConfig(
                 warmup=train.warmup if warmup is None else warmup,

@@ -43,8 +43,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-# Columns the lake adds to every fleet's features: they cannot be feature names.
-RESERVED = frozenset({"device_id", "ts", "epoch", "out_of_range", "low_battery", "missing_fields", "date"})
+# Columns the lake adds to every fleet's values, and the Kafka message's own keys: not value names.
+RESERVED = frozenset(
+    {"device_id", "ts", "epoch", "out_of_range", "low_battery", "missing_fields", "date"}
+    | {"schema_version", "fleet", "values", "partition", "offset"}
+)
 
 
 class FleetSchemaError(ValueError):

@@ -6,6 +6,7 @@ consumer group commits its offset, and the document store writes and reads back 
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -47,10 +48,8 @@ def run_round_trip(
     reading = Reading(
         device_id="roundtrip-0",
         ts=now.replace(microsecond=now.microsecond // 1000 * 1000),  # BSON dates hold milliseconds
-        temperature=21.5,
-        humidity=38.2,
-        light=120.0,
-        voltage=2.68,
+        fleet=settings.fleet.ref,
+        values={name: _inside(low, high) for name, (low, high) in _ranges(settings).items()},
     )
     report = RoundTripReport(reading=reading)
     payload = reading.model_dump_json().encode()
@@ -117,3 +116,15 @@ def _consume_run(consumer, run_id: str, timeout_s: float):
                 if dict(record.headers).get("run_id") == run_id.encode():
                     return record
     raise RoundTripError(f"the produced reading was not consumed within {timeout_s:.0f} s")
+
+
+def _ranges(settings: Settings) -> dict[str, tuple[float, float]]:
+    limits = settings.fleet.valid_ranges
+    return {name: limits.get(name, (-math.inf, math.inf)) for name in settings.fleet.columns}
+
+
+def _inside(low: float, high: float) -> float:
+    """A value within the limits (the middle where both are finite)."""
+    if math.isfinite(low) and math.isfinite(high):
+        return round((low + high) / 2, 3)
+    return low + 1.0 if math.isfinite(low) else (high - 1.0 if math.isfinite(high) else 1.0)

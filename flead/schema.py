@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flead.fleet import INTEL_LAB, FleetSchema
 
-SCHEMA_VERSION = 1
+# The Kafka message's layout: 2 = a `values` map of a fleet schema (1 was the Intel Lab's flat fields).
+SCHEMA_VERSION = 2
 
 
 def lake_schema(fleet: FleetSchema) -> dict[str, pl.DataType]:
@@ -47,26 +48,39 @@ _ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
 
 class Reading(BaseModel):
-    """One sensor reading as it travels on Kafka.
+    """One sensor reading as it travels on Kafka: its device, time and the values of its fleet schema.
 
-    Strict: a value of the wrong JSON type is refused, never converted (``"21.5"``, ``true``, ``"7"``);
-    a JSON integer is a valid measurement. ``ts`` is an ISO-8601 date and time with a time zone,
-    normalised to UTC."""
+    ``fleet`` names the schema the ``values`` follow (`FleetSchema.ref`, ``name@version``); a reader
+    checks it and the value names against its own schema (`check_fleet`). Strict: a value of the wrong
+    JSON type is refused, never converted (``"21.5"``, ``true``, ``"7"``); a JSON integer is a valid
+    value, null a missing one. ``ts`` is an ISO-8601 date and time with a time zone, normalised to UTC."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     schema_version: int = SCHEMA_VERSION
+    fleet: str
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     ts: datetime = Field(strict=False)  # text, checked by `_iso_text` first (strict would refuse text)
     epoch: int | None = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX)  # the lake's Int64
-    temperature: float | None = None
-    humidity: float | None = None
-    light: float | None = None
-    voltage: float | None = None
+    values: dict[str, float | None]
+
+    def check_fleet(self, fleet: FleetSchema) -> str | None:
+        """Why the reading does not belong to `fleet` (another schema, unknown value names), or None."""
+        if self.fleet != fleet.ref:
+            return f"fleet {self.fleet!r} is not this deployment's fleet schema {fleet.ref!r}"
+        unknown = [name for name in self.values if name not in fleet.columns]
+        if unknown:
+            return f"values {unknown} are not in the fleet schema {fleet.ref} (it has {list(fleet.columns)})"
+        return None
 
     @field_validator("schema_version")
     @classmethod
     def _known_version(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError(
+                "schema_version 1 (flat Intel Lab fields) is no longer read: this build reads "
+                f"{SCHEMA_VERSION}, a `values` map of the fleet schema named by `fleet`"
+            )
         if value != SCHEMA_VERSION:
             raise ValueError(f"unknown schema_version {value} (this build reads {SCHEMA_VERSION})")
         return value

@@ -7,43 +7,59 @@ import random
 import uuid
 from datetime import UTC, datetime
 
+import polars as pl
 import pytest
 from pydantic import ValidationError
 
 from flead.bus.clients import make_consumer, make_producer
-from flead.bus.codec import decode_batch
+from flead.bus.codec import decode_batch, encode_readings
 from flead.bus.dlq import send_dead_letters
 from flead.bus.topics import ensure_topics
+from flead.fleet import INTEL_LAB, Feature, FleetSchema
 from flead.schema import MEASUREMENTS, Reading
 from flead_dagster_tests.test_bus import consume
 
 GOOD = {
-    "schema_version": 1,
+    "schema_version": 2,
+    "fleet": "intel_lab@1",
     "device_id": "mote-01",
     "ts": "2004-02-28T00:58:46.002832Z",
     "epoch": 2,
-    "temperature": 19.7,
-    "humidity": 37.0,
-    "light": 71.76,
-    "voltage": 2.69,
+    "values": {"temperature": 19.7, "humidity": 37.0, "light": 71.76, "voltage": 2.69},
 }
+
+
+def good(**values) -> dict:
+    """GOOD with some of its values replaced."""
+    return {**GOOD, "values": {**GOOD["values"], **values}}
+
+
 BAD = {
     b"not json": "Invalid JSON",
     json.dumps({**GOOD, "schema_version": 9}).encode(): "unknown schema_version 9",
-    json.dumps({**GOOD, "temperature": "hot"}).encode(): "temperature: Input should be a valid number",
-    json.dumps(GOOD).replace("19.7", "NaN").encode(): "temperature: Input should be a finite number",
+    json.dumps(
+        {"schema_version": 1, "device_id": "mote-01", "ts": GOOD["ts"], "temperature": 19.7}
+    ).encode(): "schema_version 1 (flat Intel Lab fields) is no longer read",
+    json.dumps(
+        {**GOOD, "fleet": "plant_a@1"}
+    ).encode(): "fleet 'plant_a@1' is not this deployment's fleet schema",
+    json.dumps(good(pressure=1.0)).encode(): "values ['pressure'] are not in the fleet schema intel_lab@1",
+    json.dumps(good(temperature="hot")).encode(): "values.temperature: Input should be a valid number",
+    json.dumps(GOOD).replace("19.7", "NaN").encode(): "values.temperature: Input should be a finite number",
     json.dumps({k: v for k, v in GOOD.items() if k != "ts"}).encode(): "ts: Field required",
+    json.dumps({k: v for k, v in GOOD.items() if k != "values"}).encode(): "values: Field required",
     json.dumps({**GOOD, "device_id": "../etc/passwd"}).encode(): "device_id: String should match pattern",
     json.dumps({**GOOD, "extra": 1}).encode(): "extra: Extra inputs are not permitted",
     json.dumps({**GOOD, "ts": "2004-02-28T00:58:46"}).encode(): "ts must carry a timezone",
     b"{" + b" " * 70_000 + b"}": "exceeds the 65536-byte limit",
     # strict JSON types: nothing is converted
-    json.dumps({**GOOD, "temperature": "21.5"}).encode(): "temperature: Input should be a valid number",
-    json.dumps({**GOOD, "humidity": True}).encode(): "humidity: Input should be a valid number",
+    json.dumps(good(temperature="21.5")).encode(): "values.temperature: Input should be a valid number",
+    json.dumps(good(humidity=True)).encode(): "values.humidity: Input should be a valid number",
+    json.dumps({**GOOD, "values": [19.7]}).encode(): "values: Input should be an object",
     json.dumps({**GOOD, "epoch": "7"}).encode(): "epoch: Input should be a valid integer",
     json.dumps({**GOOD, "epoch": 7.0}).encode(): "epoch: Input should be a valid integer",
     json.dumps({**GOOD, "epoch": 2**63}).encode(): "epoch: Input should be less than or equal to",
-    json.dumps({**GOOD, "schema_version": "1"}).encode(): "schema_version: Input should be a valid integer",
+    json.dumps({**GOOD, "schema_version": "2"}).encode(): "schema_version: Input should be a valid integer",
     json.dumps({**GOOD, "schema_version": True}).encode(): "schema_version: Input should be a valid integer",
     json.dumps({**GOOD, "ts": 1078142400}).encode(): "ts: Value error, ts must be an ISO-8601 date and time",
     json.dumps(
@@ -101,19 +117,47 @@ def test_the_key_must_be_the_device_id(key):
     assert valid.is_empty() and f"key {key!r} does not match device_id 'mote-01'" in rejected[0].reason
 
 
-def test_integer_measurements_and_time_zone_offsets_are_valid():
-    reading = {**GOOD, "temperature": 21, "light": 0, "ts": "2004-02-28T01:58:46.5+01:00"}
+def test_integer_values_left_out_values_and_time_zone_offsets_are_valid():
+    reading = {**good(temperature=21, light=0), "ts": "2004-02-28T01:58:46.5+01:00"}
+    del reading["values"]["voltage"]
     valid, rejected = decode_batch([Record(0, b"mote-01", json.dumps(reading).encode())], 65536)
     assert not rejected
     row = valid.row(0, named=True)
-    assert row["temperature"] == 21.0 and row["light"] == 0.0
+    assert row["temperature"] == 21.0 and row["light"] == 0.0 and row["voltage"] is None
     assert row["ts"] == datetime(2004, 2, 28, 0, 58, 46, 500_000, tzinfo=UTC)
+
+
+def test_a_fleet_of_its_own_decodes_its_values_and_refuses_the_intel_labs(tmp_path):
+    fleet = FleetSchema(
+        name="plant_a", features=(Feature(name="pressure"),), inputs=(Feature(name="valve_open"),)
+    )
+    frame = pl.DataFrame(
+        {
+            "device_id": ["pump-1", "pump-2"],
+            "ts": [datetime(2024, 5, 1, tzinfo=UTC)] * 2,
+            "epoch": [None, None],
+            "pressure": [5.5, None],
+            "valve_open": [1.0, 0.0],
+        },
+        schema_overrides={"epoch": pl.Int64, "pressure": pl.Float64},
+    )
+    keys, values = encode_readings(frame, fleet)
+    assert json.loads(values[0])["values"] == {"pressure": 5.5, "valve_open": 1.0}
+    records = [Record(i, k, v) for i, (k, v) in enumerate(zip(keys, values, strict=True))]
+    valid, rejected = decode_batch([*records, Record(2, b"mote-01", json.dumps(GOOD).encode())], 65536, fleet)
+    assert valid.select("device_id", "pressure", "valve_open").rows() == [
+        ("pump-1", 5.5, 1.0),
+        ("pump-2", None, 0.0),
+    ]
+    assert rejected[0].reason == "fleet 'intel_lab@1' is not this deployment's fleet schema 'plant_a@1'"
 
 
 # ------------------------------------------- the column-wise path and `Reading` agree on every message
 
 VARIANTS = {
-    "schema_version": [1, 1, "1", True, 1.0, 2, 0, -1, None],
+    "schema_version": [2, 2, "2", True, 2.0, 1, 3, 0, -1, None],
+    "fleet": ["intel_lab@1", "intel_lab@1", "intel_lab@2", "plant@1", "", 5, None],
+    "values": [{}, None, [1], "x", {"temperature": 1.0}, {"pressure": 1.0}],
     "device_id": ["mote-01", "mote-02", 5, "", "m" * 64, "m" * 65, "mote 1", "mote-01\n", "m\u00f6te", None],
     "ts": [
         "2004-02-28T00:58:46.002832Z",
@@ -179,16 +223,22 @@ def fuzzed_records(n: int, seed: int) -> list[Record]:
     for offset in range(n):
         if offset % 100 == 0:
             edited = rng.choice([0.0, 0.01, 0.05, 0.3, 0.9])
-        message = {**GOOD, "epoch": offset, "temperature": round(rng.uniform(-10, 40), rng.randint(0, 6))}
+        message = {**good(temperature=round(rng.uniform(-10, 40), rng.randint(0, 6))), "epoch": offset}
         for _ in range(rng.choice([1, 1, 2]) if rng.random() < edited else 0):
-            name = rng.choice([*GOOD, "missing", "extra"])
+            name = rng.choice([*GOOD, *MEASUREMENTS, "missing", "missing value", "extra", "extra value"])
+            values = message["values"] if isinstance(message.get("values"), dict) else {}
             if name == "missing":
                 message.pop(rng.choice(list(message)), None)
+            elif name == "missing value" and values:
+                values.pop(rng.choice(list(values)))
             elif name == "extra":
                 message["extra"] = 1
-            else:
-                pool = VARIANTS["measurement" if name in MEASUREMENTS else name]
-                message[name] = rng.choice(pool)
+            elif name == "extra value":
+                values["extra"] = 1.0
+            elif name in MEASUREMENTS:
+                values[name] = rng.choice(VARIANTS["measurement"])
+            elif name in VARIANTS:
+                message[name] = rng.choice(VARIANTS[name])
         if rng.random() < edited / 3:
             message = dict(rng.sample(list(message.items()), len(message)))  # another key order
         text = json.dumps(message)
@@ -207,9 +257,11 @@ def reference(record: Record) -> dict | None:
         reading = Reading.model_validate_json(record.value)
     except ValidationError:
         return None
-    if record.key != reading.device_id.encode():
+    if reading.check_fleet(INTEL_LAB) is not None or record.key != reading.device_id.encode():
         return None
-    return {**reading.model_dump(exclude={"schema_version"}), "partition": 0, "offset": record.offset}
+    values = {name: reading.values.get(name) for name in MEASUREMENTS}
+    row = {"device_id": reading.device_id, "ts": reading.ts, "epoch": reading.epoch, **values}
+    return {**row, "partition": 0, "offset": record.offset}
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,11 +13,23 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
+from flead.bus.clients import make_producer
+from flead.bus.replay import lake_readings, replay
 from flead.config import Settings
 from flead.datasets import lake, pipeline
 from flead.datasets.tabular import parse_table_files
 from flead.fleet import INTEL_LAB, NASA_SMAP_MSL, FleetSchemaError, load_fleet
 from flead.schema import LAKE_SCHEMA, lake_schema
+from flead_dagster_tests.test_trainer_stream import (
+    Trainer,
+    create_topics,
+    device_table,
+    isolated_env,
+    mongo_db,
+    offsets_total,
+    read_all,
+    settings_for,
+)
 
 FLEAD = str(Path(sys.executable).parent / "flead")
 
@@ -197,3 +210,47 @@ def test_the_intel_text_format_is_refused_for_another_fleet(plant, tmp_path, mon
     (tmp_path / "data.txt").write_text("2004-02-28 00:59:16.02785 3 1 19.9884 37.0933 45.08 2.69964\n")
     with pytest.raises(ValueError, match="Intel Lab text format holds only the intel_lab fleet"):
         pipeline.acquire(Settings(), pipeline.SourceKind.PATH, tmp_path / "data.txt")
+
+
+def test_a_users_fleet_runs_from_its_csv_through_kafka_and_the_trainer(plant, services_env, tmp_path):
+    """ingest -> lake -> replay (Kafka messages of the plant's schema) -> the real trainer: every
+    reading scored with the plant's features, an out-of-range pressure alarmed with its values, and a
+    reading of another fleet dead-lettered with the reason."""
+    env = isolated_env(services_env, FLEAD_HOME=str(tmp_path / "home"), FLEAD_FLEET_SCHEMA=str(plant))
+    settings = settings_for(env)
+    spike = "2024-05-02T03:00:30Z,pump-1,25.0,0.2,1,north"  # beyond the sensor's 16 bar
+    ingest = subprocess.run(
+        [FLEAD, "data", "ingest", str(plant_csv(tmp_path / "plant.csv", rows=600, extra=[spike]))],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    create_topics(settings)
+    frame = lake_readings(settings)
+    assert frame.height == 1201 and "pressure" in frame.columns
+    replay(settings, frame)
+    producer = make_producer(settings)
+    intel = {"schema_version": 2, "fleet": "intel_lab@1", "device_id": "pump-1", "ts": "2024-05-02T09:00:00Z"}
+    producer.send(settings.topic_readings, key=b"pump-1", value=json.dumps({**intel, "values": {}}).encode())
+    producer.flush()
+    producer.close()
+
+    trainer = Trainer(env, tmp_path, "--flush-idle", "0.5")
+    health = trainer.wait_for(
+        lambda h: offsets_total(h, "checkpointed_offsets") == frame.height + 1 and h["buffered"] == 0,
+        120,
+        "every reading consumed, scored and checkpointed",
+    )
+    assert health["counters"]["scored"] == frame.height and health["counters"]["dlq"] == 1
+    assert trainer.stop() == 0, trainer.tail()
+    assert {d: stats[0] for d, stats in device_table(settings).items()} == {"pump-1": 601, "pump-2": 600}
+    client, db = mongo_db(settings)
+    try:
+        alarm = db[settings.collection_anomalies].find_one({"device_id": "pump-1", "values.pressure": 25.0})
+    finally:
+        client.close()
+    assert alarm is not None and set(alarm["values"]) == {"pressure", "vibration", "valve_open"}
+    [letter] = read_all(settings, settings.topic_dlq, 1)
+    assert b"is not this deployment's fleet schema 'plant_a@2'" in dict(letter.headers)["flead.error"]

@@ -21,6 +21,7 @@ from kafka.structs import TopicPartition
 
 from flead.bus.clients import make_producer
 from flead.config import Settings
+from flead.fleet import INTEL_LAB
 from flead.schema import MEASUREMENTS
 from flead_dagster_tests.test_trainer_stream import (
     PARTITIONS,
@@ -45,14 +46,22 @@ A_DAY_AHEAD = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%
 
 # name -> (fields replacing those of a good `dev-a` reading, the reason the dead letter must give)
 WRONG_TYPES = {
-    "temperature as a string": ({"temperature": "21.5"}, "temperature: Input should be a valid number"),
-    "temperature as a boolean": ({"temperature": True}, "temperature: Input should be a valid number"),
+    "temperature as a string": (
+        {"temperature": "21.5"},
+        "values.temperature: Input should be a valid number",
+    ),
+    "temperature as a boolean": ({"temperature": True}, "values.temperature: Input should be a valid number"),
+    "a value the fleet schema lacks": ({"pressure": 1.0}, "values ['pressure'] are not in the fleet schema"),
+    "another fleet's reading": (
+        {"fleet": "plant@1"},
+        "fleet 'plant@1' is not this deployment's fleet schema",
+    ),
     "epoch as a string": ({"epoch": "7"}, "epoch: Input should be a valid integer"),
     "epoch as a boolean": ({"epoch": True}, "epoch: Input should be a valid integer"),
     "epoch as a fraction": ({"epoch": 7.5}, "epoch: Input should be a valid integer"),
     "epoch beyond 64 bits": ({"epoch": 2**70}, "epoch: Input should be less than or equal to"),
     "schema_version as a string": (
-        {"schema_version": "1"},
+        {"schema_version": "2"},
         "schema_version: Input should be a valid integer",
     ),
     "schema_version as a boolean": (
@@ -87,15 +96,27 @@ class Sent:
 def reading(device_id: str, index: int) -> dict:
     whole = index % 5 == 0  # integer JSON numbers are valid measurements
     return {
-        "schema_version": 1,
+        "schema_version": 2,
+        "fleet": "intel_lab@1",
         "device_id": device_id,
         "ts": (T0 + timedelta(seconds=30 * index)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "epoch": index,
-        "temperature": 21 if whole else 20.0 + (index % 7) * 0.1,
-        "humidity": 40 if whole else 40.5,
-        "light": None,
-        "voltage": 2.7,
+        "values": {
+            "temperature": 21 if whole else 20.0 + (index % 7) * 0.1,
+            "humidity": 40 if whole else 40.5,
+            "light": None,
+            "voltage": 2.7,
+        },
     }
+
+
+def replaced(message: dict, fields: dict) -> dict:
+    """The message with `fields` replaced: top-level keys, or values of the fleet schema (any name
+    that is not a top-level key of a reading)."""
+    out = {**message, "values": dict(message["values"])}
+    for name, value in fields.items():
+        (out if name in message else out["values"])[name] = value
+    return out
 
 
 class Stream:
@@ -142,7 +163,7 @@ def hostile_stream(settings: Settings) -> Sent:
     try:
         stream.good("dev-a", GOOD_AFTER)
         for case, (fields, reason) in WRONG_TYPES.items():
-            message = {**reading("dev-a", stream.sent.index), **fields}
+            message = replaced(reading("dev-a", stream.sent.index), fields)
             stream.sent.index += 1
             stream.hostile(case, b"dev-a", json.dumps(message).encode(), reason)
             stream.good("dev-a", GOOD_AFTER)
@@ -303,7 +324,13 @@ def test_a_reading_beyond_the_allowed_skew_is_rejected_and_never_moves_the_water
     stream = [reading("dev-a", i) for i in range(3)]
     stream.insert(1, {**reading("dev-a", 9), "ts": iso(NOW + timedelta(seconds=301))})
     stream.insert(2, {**reading("dev-a", 10), "ts": FAR_FUTURE})
-    intake = take_in(consumer_records(stream), max_bytes=65536, watermarks=watermarks, features=MEASUREMENTS)
+    intake = take_in(
+        consumer_records(stream),
+        max_bytes=65536,
+        watermarks=watermarks,
+        columns=MEASUREMENTS,
+        fleet=INTEL_LAB,
+    )
     assert [r.offset for r in intake.invalid] == [1, 2] and not intake.late
     assert "301 s ahead of the wall clock 2026-01-01T00:00:00.000000Z" in intake.invalid[0].reason
     assert "more than the allowed 300 s (FLEAD_TRAINER_MAX_FUTURE_S)" in intake.invalid[1].reason
@@ -312,7 +339,11 @@ def test_a_reading_beyond_the_allowed_skew_is_rejected_and_never_moves_the_water
 
     within = {**reading("dev-a", 11), "ts": iso(NOW + timedelta(seconds=299))}  # a clock a little fast
     intake = take_in(
-        consumer_records([within]), max_bytes=65536, watermarks=watermarks, features=MEASUREMENTS
+        consumer_records([within]),
+        max_bytes=65536,
+        watermarks=watermarks,
+        columns=MEASUREMENTS,
+        fleet=INTEL_LAB,
     )
     assert not intake.invalid and len(intake.runs) == 1
 
@@ -324,6 +355,10 @@ def test_a_checkpointed_latest_event_time_beyond_the_skew_is_discarded_on_restor
     watermarks.restore(1, near)
     assert watermarks.max_event_us == {1: near}
     intake = take_in(
-        consumer_records([reading("dev-a", 0)]), max_bytes=65536, watermarks=watermarks, features=MEASUREMENTS
+        consumer_records([reading("dev-a", 0)]),
+        max_bytes=65536,
+        watermarks=watermarks,
+        columns=MEASUREMENTS,
+        fleet=INTEL_LAB,
     )
     assert not intake.late and len(intake.runs) == 1  # 2004 is on time again on partition 0

@@ -15,11 +15,11 @@ from kafka.structs import TopicPartition
 
 from flead.bus import lag
 from flead.bus.clients import make_admin, make_producer
-from flead.bus.codec import Rejected
-from flead.bus.replay import encode_readings
+from flead.bus.codec import Rejected, encode_readings
 from flead.bus.topics import ensure_topics, topic_id
 from flead.config import Settings
 from flead.datasets import pipeline
+from flead.fleet import INTEL_LAB
 from flead.model.config import TrainConfig
 from flead.schema import MEASUREMENTS
 from flead_dagster.pipeline_assets import stream_replay
@@ -160,7 +160,11 @@ def test_anomalies_171_microseconds_apart_are_two_documents(settings):
     )
     tp = TopicPartition("t", 0)
     intake = take_in(
-        {tp: records(frame)}, max_bytes=65536, watermarks=Watermarks(3600), features=MEASUREMENTS
+        {tp: records(frame)},
+        max_bytes=65536,
+        watermarks=Watermarks(3600),
+        columns=MEASUREMENTS,
+        fleet=INTEL_LAB,
     )
     [run] = intake.runs
     slot = fed.new_slot(device, 0)

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from flead.config import Settings
 from flead.federated import LocalUpdate
+from flead.fleet import INTEL_LAB
 from flead.model.config import TrainConfig
 from flead.storage.mongo import make_mongo_client
 from flead_dagster_tests.conftest import free_port
@@ -58,7 +59,8 @@ def feed(federation: Federation, slots: dict, device: str, n: int, seed: int) ->
         {TopicPartition("t", 0): records(readings(device, n, seed=seed))},
         max_bytes=65536,
         watermarks=Watermarks(3600),
-        features=federation.features,
+        columns=federation.columns,
+        fleet=INTEL_LAB,
     )
     slot = slots.get(device) or slots.setdefault(device, federation.new_slot(device, 0))
     for run in intake.runs:

@@ -14,9 +14,10 @@ import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from flead.bus.replay import encode_readings
+from flead.bus.codec import encode_readings
 from flead.config import Settings
 from flead.federated import ClientConfig
+from flead.fleet import INTEL_LAB
 from flead.model.config import ModelConfig, TrainConfig
 from flead.schema import MEASUREMENTS
 from flead.storage.mongo import get_database, make_mongo_client
@@ -79,7 +80,7 @@ def run_polls(fed: Federation, batches: list[dict], watermarks: Watermarks) -> t
     and each device's scores in order."""
     slots, scores = {}, {}
     for batch in batches:
-        intake = take_in(batch, max_bytes=65536, watermarks=watermarks, features=MEASUREMENTS)
+        intake = take_in(batch, max_bytes=65536, watermarks=watermarks, columns=MEASUREMENTS, fleet=INTEL_LAB)
         for run in intake.runs:
             slot = slots.get(run.device_id) or slots.setdefault(
                 run.device_id, fed.new_slot(run.device_id, run.partition)
@@ -116,7 +117,9 @@ def test_late_readings_depend_on_the_stream_not_on_the_poll_boundaries():
         watermarks = Watermarks(60.0)
         late = []
         for batch in polls(recs, cuts):
-            intake = take_in(batch, max_bytes=65536, watermarks=watermarks, features=MEASUREMENTS)
+            intake = take_in(
+                batch, max_bytes=65536, watermarks=watermarks, columns=MEASUREMENTS, fleet=INTEL_LAB
+            )
             late += intake.late
         assert [r.offset for r in late] == [40], cuts
         assert late[0].value == recs[40].value and late[0].reason.startswith("late: ")
@@ -128,7 +131,11 @@ def test_invalid_records_are_rejected_and_the_valid_ones_grouped_by_device():
     recs = records(frame)
     recs.insert(2, recs[0]._replace(offset=99, value=b"{not json"))
     intake = take_in(
-        {TopicPartition("t", 0): recs}, max_bytes=65536, watermarks=Watermarks(60), features=MEASUREMENTS
+        {TopicPartition("t", 0): recs},
+        max_bytes=65536,
+        watermarks=Watermarks(60),
+        columns=MEASUREMENTS,
+        fleet=INTEL_LAB,
     )
     assert [r.offset for r in intake.invalid] == [99]
     assert {run.device_id: len(run.rows) for run in intake.runs} == {"dev-a": 3, "dev-b": 2}
@@ -173,7 +180,8 @@ def test_a_device_state_document_resumes_bit_identically(settings, proximal_mu):
         {TopicPartition("t", 0): recs[700:]},
         max_bytes=65536,
         watermarks=Watermarks(3600),
-        features=MEASUREMENTS,
+        columns=MEASUREMENTS,
+        fleet=INTEL_LAB,
     )
     outputs = []
     for slot in (original, restored):

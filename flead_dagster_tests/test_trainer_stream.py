@@ -24,7 +24,8 @@ import pytest
 from kafka.structs import TopicPartition
 
 from flead.bus.clients import make_consumer, make_producer
-from flead.bus.replay import encode_readings, replay
+from flead.bus.codec import encode_readings
+from flead.bus.replay import replay
 from flead.bus.topics import ensure_topics
 from flead.config import Settings
 from flead.datasets.intel_lab import parse_files
@@ -253,9 +254,9 @@ def test_bad_records_go_to_the_dlq_late_ones_to_their_topic_and_the_good_ones_ar
     latest = json.loads(values[-1])
     bad = {
         "not JSON": b"{this is not json",
-        "wrong types": json.dumps({**latest, "temperature": "hot"}).encode(),
-        "NaN": json.dumps({**latest, "temperature": float("nan")}).encode(),
-        "missing fields": json.dumps({"temperature": 21.0}).encode(),
+        "wrong types": json.dumps({**latest, "values": {**latest["values"], "temperature": "hot"}}).encode(),
+        "NaN": json.dumps({**latest, "values": {**latest["values"], "temperature": float("nan")}}).encode(),
+        "missing fields": json.dumps({"values": {"temperature": 21.0}}).encode(),
         "oversized": json.dumps({**latest, "padding": "x" * 5000}).encode(),
         "unknown schema version": json.dumps({**latest, "schema_version": 99}).encode(),
     }

@@ -1,7 +1,8 @@
 """Replay lake readings to Kafka, keyed by device id, in event-time order, at a chosen speed.
 
-Messages are the JSON form of `flead.schema.Reading` (with its ``schema_version``), encoded for the
-whole frame at once by polars; the per-message Python work is only the producer's `send`.
+Messages are the JSON form of `flead.schema.Reading` of the settings' fleet schema
+(`flead.bus.codec.encode_readings`), encoded for the whole frame at once by polars; the per-message
+Python work is only the producer's `send`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import polars as pl
 from kafka import KafkaProducer
 
 from flead.bus.clients import make_producer
+from flead.bus.codec import encode_readings
 from flead.config import Settings
 from flead.datasets import lake
-from flead.schema import MEASUREMENTS, SCHEMA_VERSION
 
 PROGRESS_EVERY = 5_000  # messages between progress callbacks
 
@@ -51,22 +52,14 @@ def lake_readings(
     devices: Iterable[str] | None = None,
 ) -> pl.DataFrame:
     """The lake's readings in the range, in event-time order (ties broken by device id)."""
+    held = lake.lake_fleet(Path(settings.lake_dir))
+    if held != settings.fleet:
+        raise ValueError(
+            f"the lake at {settings.lake_dir} holds readings of the fleet schema {held.ref}, "
+            f"not {settings.fleet.ref} (FLEAD_FLEET_SCHEMA)"
+        )
     frame = lake.scan_lake(Path(settings.lake_dir), start, end, devices).sort("ts", "device_id", "epoch")
     return frame.collect()
-
-
-def encode_readings(frame: pl.DataFrame) -> tuple[list[bytes], list[bytes]]:
-    """(keys, values): device ids and Reading JSON documents, in the frame's order."""
-    values = frame.select(
-        pl.struct(
-            pl.lit(SCHEMA_VERSION).alias("schema_version"),
-            "device_id",
-            pl.col("ts").dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").alias("ts"),
-            "epoch",
-            *MEASUREMENTS,
-        ).struct.json_encode()
-    ).to_series()
-    return frame["device_id"].cast(pl.Binary).to_list(), values.cast(pl.Binary).to_list()
 
 
 def send_schedule(frame: pl.DataFrame, speed: float) -> list[float]:
@@ -93,7 +86,7 @@ def replay(
     if speed is not None and speed <= 0:
         raise ValueError(f"speed must be positive, got {speed}")
     topic = topic or settings.topic_readings
-    keys, values = encode_readings(frame)
+    keys, values = encode_readings(frame, settings.fleet)
     due = send_schedule(frame, speed) if speed is not None else None
     failures: list[BaseException] = []
     next_offsets: dict[int, int] = {}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from flead.fleet import INTEL_LAB
+from flead.fleet import INTEL_LAB, FleetSchema
 from flead.schema import MEASUREMENTS
 
 KINDS = ("forecaster", "autoencoder")
@@ -113,6 +114,23 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown architecture fields {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def model_for_fleet(fleet: FleetSchema, features: Sequence[str] | None = None, **overrides) -> ModelConfig:
+    """The default architecture for a fleet: its `features` (default: all the schema's) scored, its
+    inputs read, each floored at its resolution; the hour of day an input where readings carry clock
+    times. `overrides`: any other `ModelConfig` field."""
+    scored = fleet.feature_names if features is None else tuple(features)
+    resolutions = fleet.resolutions
+    return ModelConfig(
+        **{
+            "features": scored,
+            "inputs": fleet.input_names,
+            "min_std": tuple(resolutions.get(c, 0.0) for c in (*scored, *fleet.input_names)),
+            "time_features": fleet.time.kind != "index",
+            **overrides,
+        }
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pymongo import MongoClient
 
 from flead.config import Settings
 from flead.model import ModelConfig
+from flead.model.config import model_for_fleet
 from flead.storage.mongo import get_database, make_mongo_client
 from services.global_api.aggregation import Aggregator
 from services.global_api.event_pages import EventPages
@@ -74,7 +75,9 @@ class GlobalModelService:
         if self.registry.latest_version() is not None:
             return False
         return self.registry.create_initial(
-            model_config or ModelConfig(), seed=seed, client=self.config.load().client()
+            model_config or model_for_fleet(self.settings.fleet),
+            seed=seed,
+            client=self.config.load().client(),
         )
 
     def start(self) -> None:

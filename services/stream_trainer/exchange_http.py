@@ -28,7 +28,7 @@ from flead.config import Settings
 from flead.federated import ClientConfig, GlobalState, LocalUpdate
 from flead.federated.wire import encode_json_update
 from flead.model.anomaly_model import AnomalyModel
-from flead.model.config import ModelConfig
+from flead.model.config import ModelConfig, model_for_fleet
 from services.stream_trainer.backoff import Backoff
 from services.stream_trainer.options import TrainerOptions
 
@@ -51,7 +51,7 @@ class HttpExchange:
             base_url=settings.api_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
         )
         self.lineage = f"http:{settings.api_url.rstrip('/')}"
-        self.model_config: ModelConfig = options.model
+        self.model_config: ModelConfig = options.model or model_for_fleet(settings.fleet)
         self.client_config = ClientConfig()
         self._poll_s = options.global_poll_s
         self._limit = options.outbox_limit

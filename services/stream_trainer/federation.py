@@ -29,8 +29,9 @@ class Federation:
         self.settings, self.options, self.exchange, self.counters = settings, options, exchange, counters
 
     @property
-    def features(self) -> tuple[str, ...]:
-        return self.exchange.model_config.features
+    def columns(self) -> tuple[str, ...]:
+        """What the global model reads of each reading: its features, then its inputs."""
+        return self.exchange.model_config.columns
 
     def new_slot(self, device_id: str, partition: int) -> DeviceSlot:
         config = self.exchange.model_config
@@ -38,7 +39,7 @@ class Federation:
         client = DeviceClient(
             device_id, detector, self.exchange.client_config, push_every=self.settings.trainer_push_every
         )
-        slot = DeviceSlot(device_id, partition, client, PendingReadings(reading_dtype(config.n_features)))
+        slot = DeviceSlot(device_id, partition, client, PendingReadings(reading_dtype(len(config.columns))))
         state = self.exchange.latest(None)
         if state is not None:
             self.adopt(slot, state)

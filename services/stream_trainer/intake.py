@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from flead.bus.codec import Rejected, decode_batch
+from flead.fleet import FleetSchema
 from services.stream_trainer.pending import reading_dtype
 from services.stream_trainer.watermarks import TS_US, WATERMARK_US, Watermarks
 
@@ -44,7 +45,8 @@ def take_in(
     *,
     max_bytes: int,
     watermarks: Watermarks,
-    features: Sequence[str],
+    columns: Sequence[str],
+    fleet: FleetSchema,
 ) -> Intake:
     """`batch`: what `KafkaConsumer.poll` returned (TopicPartition -> records in offset order)."""
     records = [record for partition_records in batch.values() for record in partition_records]
@@ -52,7 +54,7 @@ def take_in(
     for tp, partition_records in batch.items():
         if partition_records:
             intake.next_offsets[tp.partition] = partition_records[-1].offset + 1
-    frame, intake.invalid = decode_batch(records, max_bytes)
+    frame, intake.invalid = decode_batch(records, max_bytes, fleet)
     split = watermarks.split(frame)
     if split.ahead.height:
         order = {(r.partition, r.offset): i for i, r in enumerate(records)}
@@ -63,16 +65,16 @@ def take_in(
         counts = split.late.group_by("partition", "device_id", maintain_order=True).len()
         intake.late_by_device = [(int(p), d, int(n)) for p, d, n in counts.iter_rows()]
     if split.on_time.height:
-        intake.runs = _device_runs(split.on_time, tuple(features))
+        intake.runs = _device_runs(split.on_time, tuple(columns))
     return intake
 
 
-def _device_runs(frame: pl.DataFrame, features: tuple[str, ...]) -> list[DeviceRun]:
+def _device_runs(frame: pl.DataFrame, columns: tuple[str, ...]) -> list[DeviceRun]:
     ordered = frame.sort("partition", "device_id", maintain_order=True)
-    rows = np.empty(ordered.height, reading_dtype(len(features)))
+    rows = np.empty(ordered.height, reading_dtype(len(columns)))
     rows["ts"] = ordered.get_column(TS_US).to_numpy().view("M8[us]")
     rows["offset"] = ordered.get_column("offset").to_numpy()
-    rows["values"] = ordered.select(pl.col(f).cast(pl.Float64) for f in features).to_numpy()
+    rows["values"] = ordered.select(pl.col(c).cast(pl.Float64) for c in columns).to_numpy()
     groups = ordered.group_by("partition", "device_id", maintain_order=True).agg(
         pl.len().alias("n"), pl.col(TS_US).max().alias("max_us")
     )

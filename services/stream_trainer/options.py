@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flead.model.config import ModelConfig, TrainConfig
-from flead.schema import MEASUREMENTS
 
 EXCHANGES = ("local", "http")
 
@@ -22,7 +21,7 @@ class TrainerOptions:
     gets timely scores while a backlog is always processed in whole chunks.
     """
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig | None = None  # None: `model_for_fleet` of the settings' fleet schema
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     exchange: str = "local"
@@ -37,9 +36,6 @@ class TrainerOptions:
     revoke_grace_s: float = 20.0  # how long a checkpoint on partition revocation keeps retrying
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.model.features if f not in MEASUREMENTS]
-        if unknown:
-            raise ValueError(f"model features {unknown} are not reading fields; choose from {MEASUREMENTS}")
         if self.exchange not in EXCHANGES:
             raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
         if self.flush_idle_s < 0 or self.poll_timeout_ms < 1 or self.heartbeat_s <= 0:

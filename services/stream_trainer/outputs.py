@@ -184,7 +184,7 @@ class Outputs:
         reasons = np.where(chunk.out_of_range[index], "out_of_range", "model").tolist()
         detected_at = datetime.now(UTC)
         detected_text = detected_at.isoformat()
-        key, topic, features = slot.device_id.encode(), self.settings.topic_anomalies, slot.features
+        key, topic, columns = slot.device_id.encode(), self.settings.topic_anomalies, slot.columns
         common = {
             "device_id": slot.device_id,
             "partition": slot.partition,
@@ -202,7 +202,7 @@ class Outputs:
                 "score": scores[k],
                 "threshold": thresholds[k],
                 "reason": reasons[k],
-                "values": dict(zip(features, (None if math.isnan(v) else v for v in values[k]), strict=True)),
+                "values": dict(zip(columns, (None if math.isnan(v) else v for v in values[k]), strict=True)),
                 "offset": offsets[k],
             }
             event_id = f"{slot.device_id}:{ts_text}"

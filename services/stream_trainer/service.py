@@ -19,6 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -33,6 +34,8 @@ from flead.bus.codec import Rejected
 from flead.bus.lag import log_bounds
 from flead.bus.topics import ensure_topics, output_topics, topic_id
 from flead.config import Settings
+from flead.model.config import model_for_fleet
+from flead.schema import SCHEMA_VERSION
 from flead.storage.mongo import get_database, make_mongo_client
 from services.stream_trainer.anomaly_store import AnomalyStoreError
 from services.stream_trainer.backoff import Backoff
@@ -69,6 +72,15 @@ class StreamTrainer(RebalanceHandler):
     def __init__(
         self, settings: Settings, options: TrainerOptions, exchange: ModelExchange | None = None
     ) -> None:
+        if options.model is None:
+            options = replace(options, model=model_for_fleet(settings.fleet))
+        unknown = [c for c in options.model.columns if c not in settings.fleet.columns]
+        if unknown:
+            raise ValueError(
+                f"model reads {unknown}, which readings of the fleet schema {settings.fleet.ref} "
+                "do not carry "
+                f"(they carry {list(settings.fleet.columns)})"
+            )
         self.settings, self.options = settings, options
         self.counters = Counters()
         self.host, self.pid = socket.gethostname(), os.getpid()
@@ -213,7 +225,8 @@ class StreamTrainer(RebalanceHandler):
             batch,
             max_bytes=self.settings.max_message_bytes,
             watermarks=self.watermarks,
-            features=self.federation.features,
+            columns=self.federation.columns,
+            fleet=self.settings.fleet,
         )
         self.counters.add("records_in", intake.records)
         if self.first_record_at is None:
@@ -261,7 +274,9 @@ class StreamTrainer(RebalanceHandler):
         rows = slot.pending.take(n)
         part = self.owned.get(slot.partition)
         try:
-            chunk = slot.score(rows, None if part is None else self._fleet(part))
+            chunk = slot.score(
+                rows, None if part is None else self._fleet(part), self.settings.fleet.valid_ranges
+            )
         except Exception as exc:  # one device's failure must never stop the service
             self.counters.add("errors")
             log.exception("device %s: scoring %d readings failed; dead-lettered", slot.device_id, n)
@@ -626,9 +641,14 @@ def _failed_rows(settings: Settings, slot: DeviceSlot, rows, exc: Exception) -> 
     reason = f"processing failed: {type(exc).__name__}: {exc}"
     out = []
     for stamp, offset, values in zip(stamps, rows["offset"], rows["values"], strict=True):
-        reading = {"device_id": slot.device_id, "ts": f"{stamp}Z"}
-        reading |= {
-            f: (None if np.isnan(v) else float(v)) for f, v in zip(slot.features, values, strict=True)
+        reading = {
+            "schema_version": SCHEMA_VERSION,
+            "fleet": settings.fleet.ref,
+            "device_id": slot.device_id,
+            "ts": f"{stamp}Z",
+            "values": {
+                c: (None if np.isnan(v) else float(v)) for c, v in zip(slot.columns, values, strict=True)
+            },
         }
         out.append(
             Rejected(

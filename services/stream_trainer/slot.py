@@ -9,12 +9,14 @@ partition is caught up and they have waited `TrainerOptions.flush_idle_s`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flead.federated.device import DeviceClient
+from flead.fleet import INTEL_LAB
 from flead.model import rules
 from services.stream_trainer.pending import PendingReadings
 
@@ -56,7 +58,13 @@ class DeviceSlot:
 
     @property
     def features(self) -> tuple[str, ...]:
+        """What the model scores (its feature errors follow this order)."""
         return self.client.detector.features
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """What each of its readings carries: the model's features, then its inputs."""
+        return self.client.detector.config.columns
 
     def whole_chunks(self) -> int:
         """How many waiting readings make whole chunks."""
@@ -72,16 +80,22 @@ class DeviceSlot:
         """Readings scored while no calibration existed (neither its own nor the fleet's)."""
         return self.client.detector.readings_unjudged
 
-    def score(self, rows: np.ndarray, fleet: FleetCalibration | None = None) -> ScoredChunk:
+    def score(
+        self,
+        rows: np.ndarray,
+        fleet: FleetCalibration | None = None,
+        ranges: Mapping[str, tuple[float, float]] = INTEL_LAB.valid_ranges,
+    ) -> ScoredChunk:
         """Score, judge and learn `rows` (taken from `pending`) in ONE detector call; with the
-        partition's `fleet` calibration lent before, and the scores given to its pool after."""
+        partition's `fleet` calibration lent before, and the scores given to its pool after. A value
+        outside its physical `ranges` (the fleet schema's) is an anomaly whatever the model says."""
         n = len(rows)
         values = rows["values"]
         before = fleet.before(self) if fleet is not None else None
         out = self.client.process(values, ts=rows["ts"], explain=True)
         score = out.get_column("score").to_numpy()
         threshold = out.get_column("threshold").to_numpy()
-        out_of_range = rules.out_of_range(values, self.features)
+        out_of_range = rules.out_of_range(values, self.columns, ranges)
         flags = out.get_column("is_anomaly").to_numpy() | out_of_range
         self.readings += n
         self.anomalies += int(flags.sum())

@@ -93,7 +93,9 @@ def slot_from_document(
         device_id=document["device_id"],
         partition=int(document["partition"]),
         client=client,
-        pending=PendingReadings.from_bytes(bytes(document["pending"]), reading_dtype(len(detector.features))),
+        pending=PendingReadings.from_bytes(
+            bytes(document["pending"]), reading_dtype(len(detector.config.columns))
+        ),
         lineage=fields["lineage"],
         readings=stats["readings"],
         anomalies=stats["anomalies"],
