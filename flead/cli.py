@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from flead.cli_pipeline import demo_command, up_command
 from flead.cli_report import report_command
 from flead.cli_services import services_app
 from flead.cli_trainer import trainer_app
-from flead.config import Settings, settings_markdown_table, settings_rows
+from flead.config import Settings, load_settings_or_exit, settings_markdown_table, settings_rows
 from flead.local.java import java_problem
 from flead.local.services import LocalServiceError, LocalServices, ServiceStatus
 from flead.roundtrip import RoundTripError, run_round_trip
@@ -37,6 +38,13 @@ app.command("evaluate")(evaluate_command)
 app.command("demo")(demo_command)
 app.command("up")(up_command)
 app.command("report")(report_command)
+
+
+@app.callback()
+def _check_settings(ctx: typer.Context) -> None:
+    # Before any command: bad settings print every bad variable at once and exit 2 (no traceback).
+    if not any(arg in ctx.help_option_names for arg in sys.argv[1:]):  # help needs no settings
+        load_settings_or_exit()
 
 
 def _services() -> LocalServices:

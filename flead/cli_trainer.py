@@ -10,7 +10,7 @@ from kafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 from rich.console import Console
 
-from flead.config import Settings
+from flead.config import load_settings_or_exit
 from flead.model.config import TrainConfig, model_for_fleet
 
 trainer_app = typer.Typer(help="The stream trainer: per-device online detectors on the readings topic.")
@@ -53,7 +53,7 @@ def run(
     logging.getLogger("kafka").setLevel(logging.WARNING)
     train = TrainConfig()
     try:
-        settings = Settings()
+        settings = load_settings_or_exit()  # also for `python -m services.stream_trainer`
         model = model_for_fleet(settings.fleet)
         if window is not None or hidden is not None:
             sizes = tuple(int(h) for h in hidden.split(",")) if hidden else model.hidden

@@ -3,20 +3,33 @@
 Values come from (highest first): constructor arguments, environment variables prefixed
 ``FLEAD_`` (e.g. ``FLEAD_KAFKA_BOOTSTRAP_SERVERS``), a ``.env`` file in the working directory,
 and the defaults below, which point at the embedded local services (`flead local up`).
+
+Every value is checked when the settings load. ``load_settings()``, the loader of the process edges (the
+command line, the services, Dagster's code location), reports every bad variable at once, by its
+environment name, with the value given and what is allowed: one ``SettingsError``, no traceback.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import types
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flead.fleet import FleetSchema, load_fleet
+
+# A host name or an IPv4 address (letters, digits, '-', '_', '.'), or an IPv6 address in brackets.
+_HOST = r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
+_HOST_PORT = rf"{_HOST}:[0-9]{{1,5}}"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Address(tuple):
@@ -25,9 +38,10 @@ class Address(tuple):
     @classmethod
     def parse(cls, value: str) -> Address:
         parts = urlsplit(value if "//" in value else f"//{value}")
-        if not parts.hostname or not parts.port:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)  # http://host is port 80
+        if not parts.hostname or not port:
             raise ValueError(f"expected host:port, got {value!r}")
-        return cls((parts.hostname, parts.port))
+        return cls((parts.hostname, port))
 
     @property
     def host(self) -> str:
@@ -41,9 +55,30 @@ class Address(tuple):
         return f"{self.host}:{self.port}"
 
 
+class _Problems(ValueError):
+    """Several problems found by one validator, kept apart so that each gets its own line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class SettingsError(ValueError):
+    """Invalid settings; ``problems`` has one line per bad variable: its name, its value, what is allowed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        super().__init__(f"invalid settings ({len(problems)}):\n{lines}")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="FLEAD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="FLEAD_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        allow_inf_nan=False,  # no nan or inf timeout
     )
 
     # Kafka
@@ -166,7 +201,7 @@ class Settings(BaseSettings):
         description="How far ahead of the trainer's clock a reading's time may be; later ones go to the DLQ.",
     )
     trainer_health_port: int = Field(
-        8081, ge=0, le=65535, description="Port of the trainer's /health endpoint."
+        8081, ge=0, le=65535, description="Port of the trainer's /health endpoint (0: any free port)."
     )
     trainer_health_host: str = Field(
         "127.0.0.1",
@@ -283,9 +318,7 @@ class Settings(BaseSettings):
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
-        for server in value.split(","):
-            Address.parse(server.strip())
-        return value
+        return _check_servers(value)
 
     @field_validator("fleet_schema")
     @classmethod
@@ -296,15 +329,84 @@ class Settings(BaseSettings):
     @field_validator("mongo_uri")
     @classmethod
     def _check_mongo_uri(cls, value: str) -> str:
-        if not value.startswith(("mongodb://", "mongodb+srv://")):
-            raise ValueError(f"must start with mongodb:// or mongodb+srv://, got {value!r}")
+        return _check_mongo_uri(value)
+
+    @field_validator("api_url", "intel_lab_data_url", "intel_lab_locs_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    @field_validator("aggregation_strategy")
+    @classmethod
+    def _check_strategy(cls, value: str) -> str:
+        # The names the aggregation code accepts; imported here because flead.federated imports NumPy.
+        from flead.federated.config import STRATEGY_NAMES
+
+        if value not in STRATEGY_NAMES:
+            raise ValueError(f"expected one of {', '.join(STRATEGY_NAMES)}")
+        return value
+
+    @field_validator("topic_readings", "topic_anomalies", "topic_dlq", "topic_late", "topic_smoke")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) or value in (".", ".."):
+            raise ValueError("expected a Kafka topic name: 1 to 249 of A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("consumer_group", "smoke_consumer_group")
+    @classmethod
+    def _check_group(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expected a consumer group name (not empty)")
+        return value
+
+    @field_validator("mongo_db")
+    @classmethod
+    def _check_database(cls, value: str) -> str:
+        if not value or len(value.encode()) > 63 or any(c in value for c in '/\\. "$\0'):
+            raise ValueError('expected a MongoDB database name: 1 to 63 bytes, none of / \\ . " $ or a space')
+        return value
+
+    @field_validator(*(name for name in __annotations__ if name.startswith("collection_")))
+    @classmethod
+    def _check_collection(cls, value: str) -> str:
+        if not value or "$" in value or "\0" in value or value.startswith("system."):
+            raise ValueError("expected a MongoDB collection name: not empty, no $, not starting with system.")
+        return value
+
+    @field_validator("trainer_health_host", "dagster_host", "spark_driver_host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not re.fullmatch(_HOST, value) and not re.fullmatch(r"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*", value):
+            raise ValueError("expected a host name or an IP address (e.g. 127.0.0.1)")
+        return value
+
+    @field_validator("spark_master")
+    @classmethod
+    def _check_spark_master(cls, value: str) -> str:
+        patterns = (
+            r"local(\[([1-9][0-9]*|\*)(,[1-9][0-9]*)?\])?",
+            r"local-cluster\[[1-9][0-9]*,[1-9][0-9]*,[1-9][0-9]*\]",
+            rf"spark://{_HOST_PORT}(,{_HOST_PORT})*",
+            r"yarn",
+            r"(k8s|mesos)://\S+",
+        )
+        if not any(re.fullmatch(pattern, value) for pattern in patterns):
+            raise ValueError("expected local, local[N], local[*], spark://host:port, yarn or k8s://...")
+        return value
+
+    @field_validator("spark_driver_memory")
+    @classmethod
+    def _check_memory(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9][0-9]*([kmgtp]b?|b)?", value, re.IGNORECASE):
+            raise ValueError("expected a JVM memory size: a number and k, m, g or t (e.g. 512m, 2g)")
         return value
 
     @model_validator(mode="after")
-    def _check_security(self) -> Settings:
-        problems = security_problems(self)
+    def _check_combinations(self) -> Settings:
+        problems = consistency_problems(self) + security_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise _Problems(problems)
         return self
 
     def model_post_init(self, __context: object) -> None:
@@ -330,6 +432,59 @@ class Settings(BaseSettings):
         """Where the embedded MongoDB-protocol server listens."""
         host = urlsplit(self.mongo_uri).netloc.rsplit("@", 1)[-1].split(",")[0]
         return Address.parse(host if ":" in host else f"{host}:27017")
+
+
+def _check_servers(value: str) -> str:
+    expected = "expected host:port, several separated by commas (e.g. kafka-1:9092,kafka-2:9092)"
+    for server in (server.strip() for server in value.split(",")):
+        if not re.fullmatch(_HOST_PORT, server):
+            raise ValueError(f"{expected}; {server!r} is not host:port")
+        if not 1 <= int(server.rpartition(":")[2]) <= 65535:
+            raise ValueError(f"{expected}; the port of {server!r} is not in 1..65535")
+    return value
+
+
+def _check_mongo_uri(value: str) -> str:
+    expected = "expected mongodb://host[:port][,host[:port]...][/database][?options] or mongodb+srv://host"
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("mongodb", "mongodb+srv") or not sep:
+        raise ValueError(expected)
+    hosts = re.split(r"[/?]", rest, maxsplit=1)[0].rpartition("@")[2]
+    for host in hosts.split(","):
+        match = re.fullmatch(rf"({_HOST}|%2[Ff][^:]+)(?::([0-9]{{1,5}}))?", host)  # %2F...: a Unix socket
+        if not match:
+            raise ValueError(f"{expected}; {host!r} is not a host" if host else f"{expected}; no host given")
+        if match.group(2) is not None and not 1 <= int(match.group(2)) <= 65535:
+            raise ValueError(f"{expected}; the port of {host!r} is not in 1..65535")
+        if scheme == "mongodb+srv" and (match.group(2) is not None or "," in hosts):
+            raise ValueError(f"{expected}; mongodb+srv:// takes one host name and no port")
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    expected = "expected an http:// or https:// URL with a host (e.g. http://127.0.0.1:8000)"
+    parts = urlsplit(value)
+    match = re.fullmatch(rf"({_HOST})(?::([0-9]{{1,5}}))?", parts.netloc.rpartition("@")[2])
+    if parts.scheme not in ("http", "https") or not match:
+        raise ValueError(expected)
+    if match.group(2) is not None and not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError(f"{expected}; its port is not in 1..65535")
+    return value
+
+
+def consistency_problems(settings: Settings) -> list[str]:
+    """Settings each valid alone but contradicting one another, each naming its variables."""
+    problems = []
+    if settings.kafka_heartbeat_interval_ms >= settings.kafka_session_timeout_ms:
+        problems.append(
+            f"FLEAD_KAFKA_HEARTBEAT_INTERVAL_MS={settings.kafka_heartbeat_interval_ms} must be lower than "
+            f"FLEAD_KAFKA_SESSION_TIMEOUT_MS={settings.kafka_session_timeout_ms} (a third of it or less)"
+        )
+    if settings.dataset_start > settings.dataset_end:
+        problems.append(
+            f"FLEAD_DATASET_START={settings.dataset_start} is after FLEAD_DATASET_END={settings.dataset_end}"
+        )
+    return problems
 
 
 def security_problems(settings: Settings) -> list[str]:
@@ -386,6 +541,101 @@ def _given(value: object) -> bool:
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     return value is not None and value != ""
+
+
+def load_settings(**values: Any) -> Settings:
+    """``Settings(**values)``, or one ``SettingsError`` listing every bad variable at once."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, values)) from None
+
+
+def load_settings_or_exit(**values: Any) -> Settings:
+    """``load_settings()`` for a process's entry point: bad settings print one message, then exit 2."""
+    try:
+        return load_settings(**values)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _explain(exc: ValidationError, values: dict[str, Any]) -> list[str]:
+    """One line per bad field (its variable, the value given, what is allowed), then the combinations."""
+    lines, seen = [], set()
+    for error in exc.errors():
+        reason = error.get("ctx", {}).get("error")
+        if not error["loc"]:  # the model validator: its problems name their variables themselves
+            lines += reason.problems if isinstance(reason, _Problems) else [str(reason or error["msg"])]
+            continue
+        name = str(error["loc"][0])
+        if name in seen or name not in Settings.model_fields:
+            continue
+        seen.add(name)
+        variable, given, source = _given_value(name, values, error.get("input"))
+        if _is_secret(name):
+            given = "********"
+        elif isinstance(given, str):
+            given = _mask_url_password(given)
+        allowed = str(reason) if error["type"] == "value_error" else _expected(name)
+        lines.append(f"{variable}={given!r}{source}: {allowed}")
+    return lines
+
+
+def _given_value(name: str, values: dict[str, Any], fallback: object) -> tuple[str, object, str]:
+    """(the variable or argument, the value given, where it was given) of field `name`."""
+    if name in values:
+        return name, values[name], " (argument)"
+    variable = f"{Settings.model_config.get('env_prefix', '')}{name}".upper()
+    for key, value in os.environ.items():  # the names are case-insensitive
+        if key.upper() == variable:
+            return key, value, ""
+    env_files = Settings.model_config.get("env_file") or ()
+    for env_file in [env_files] if isinstance(env_files, str | os.PathLike) else env_files:
+        if Path(env_file).is_file():
+            from dotenv import dotenv_values  # a dependency of pydantic-settings
+
+            for key, value in dotenv_values(env_file).items():
+                if key.upper() == variable:
+                    return key, value, f" (in {env_file})"
+    return variable, fallback, ""
+
+
+def _field_type(name: str) -> Any:
+    annotation = Settings.model_fields[name].annotation
+    if get_origin(annotation) in (Union, types.UnionType):  # X | None
+        return next(arg for arg in get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def _is_secret(name: str) -> bool:
+    return _field_type(name) is SecretStr
+
+
+def _expected(name: str) -> str:
+    """What field `name` allows, from its type and bounds."""
+    kind = _field_type(name)
+    if kind is bool:
+        return "expected true or false (also 1/0, yes/no, on/off)"
+    if get_origin(kind) is Literal:
+        return f"expected one of {', '.join(map(str, get_args(kind)))}"
+    if kind is date:
+        return "expected a date, YYYY-MM-DD"
+    if kind not in (int, float):
+        return f"expected {getattr(kind, '__name__', kind)}"
+    bounds = {
+        bound: getattr(item, bound)
+        for item in Settings.model_fields[name].metadata
+        for bound in ("ge", "gt", "le", "lt")
+        if getattr(item, bound, None) is not None
+    }
+    what = "an integer" if kind is int else "a finite number"
+    if not bounds:
+        return f"expected {what}"
+    if bounds.keys() == {"ge", "le"}:
+        return f"expected {what} from {bounds['ge']} to {bounds['le']}"
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return f"expected {what} " + " and ".join(f"{signs[bound]} {value}" for bound, value in bounds.items())
 
 
 def _mask_url_password(value: str) -> str:

@@ -19,12 +19,12 @@ from dagster import (
 )
 from pydantic import Field
 
-from flead.config import Settings
+from flead.config import Settings, load_settings
 from flead.datasets import lake, pipeline
 from flead.datasets.inject import ANOMALY_TYPES, InjectionConfig
 from flead.schema import LAKE_SCHEMA
 
-SETTINGS = Settings()
+SETTINGS = load_settings()  # at import: bad settings fail with one clear SettingsError
 DAILY = DailyPartitionsDefinition(
     start_date=SETTINGS.dataset_start.isoformat(),
     end_date=(SETTINGS.dataset_end + timedelta(days=1)).isoformat(),  # exclusive: dataset_end is the last

@@ -2,7 +2,7 @@
 
 from dagster import Definitions
 
-from flead.config import Settings
+from flead.config import load_settings
 from flead_dagster.assets import platform_round_trip
 from flead_dagster.jobs import evaluation_job, global_model_job
 from flead_dagster.pipeline_assets import PIPELINE
@@ -15,5 +15,5 @@ defs = Definitions(
     jobs=[global_model_job, evaluation_job],
     schedules=schedules,
     sensors=[*sensors, report_automation_sensor],
-    resources=default_resources(Settings()),
+    resources=default_resources(load_settings()),
 )

@@ -277,7 +277,7 @@ def test_exchange_option_defaults_from_the_settings(monkeypatch):
     assert chosen == ["local", "http", "local"]
     monkeypatch.setenv("FLEAD_TRAINER_EXCHANGE", "carrier-pigeon")
     refused = runner.invoke(app, ["trainer", "run"])
-    assert refused.exit_code == 2 and "trainer_exchange" in refused.output
+    assert refused.exit_code == 2 and "FLEAD_TRAINER_EXCHANGE='carrier-pigeon'" in refused.output
 
 
 @pytest.mark.parametrize("mu", [0.0, 0.1])
