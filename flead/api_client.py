@@ -1,18 +1,22 @@
 """A small HTTP client for the global model API: what Dagster and the CLI ask of it.
 
 Every call is retried with backoff on connection errors and 5xx answers; a 4xx answer is an
-`ApiError` at once, with the API's own message.
+`ApiError` at once, with the API's own message. Lists are read page by page through their cursors
+(every list answers ``{"items": [...], "limit": N, "next": cursor | null}``).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 
 RETRIES = 4
 BACKOFF_S = 0.5
+MAX_PAGE = 1000  # the API's largest `limit`
 
 
 class ApiError(RuntimeError):
@@ -56,13 +60,28 @@ class GlobalApiClient:
     def aggregate(self) -> dict:
         return self._request("POST", "/api/aggregate").json()
 
+    def items(self, path: str, params: dict | None = None, *, page_size: int = MAX_PAGE) -> Iterator[dict]:
+        """Every item of the list at ``path`` (filtered by ``params``), following its cursors."""
+        after = None
+        while True:
+            query = {**(params or {}), "limit": page_size, **({"after": after} if after else {})}
+            page = self._request("GET", path, params=query).json()
+            yield from page["items"]
+            after = page["next"]
+            if after is None:
+                return
+
     def history(self, limit: int = 100) -> list[dict]:
-        return self._request("GET", "/api/history", params={"limit": limit}).json()["versions"]
+        """The ``limit`` newest global versions, newest first."""
+        versions = self.items("/api/history", page_size=max(1, min(limit, MAX_PAGE)))
+        return list(itertools.islice(versions, limit))
 
     def version(self, version: int) -> dict:
-        for entry in self.history(limit=1000):
+        for entry in self.items("/api/history", page_size=100):  # newest first
             if entry["version"] == version:
                 return entry
+            if entry["version"] < version:
+                break
         raise ApiError(f"version {version} does not exist")
 
     def model_bytes(self, version: int | None = None) -> tuple[int, bytes]:

@@ -107,7 +107,7 @@ def test_an_admin_accepts_a_new_normal_and_the_trainer_recalibrates(services_env
         assert datetime.fromisoformat(done["applied_at"]) >= datetime.fromisoformat(done["requested_at"])
         stats = device_stats(settings)
         assert stats[ACKED]["recalibrating"] is True and stats[TWIN]["recalibrating"] is False
-        served = {d["device_id"]: d["stats"] for d in api.http.get("/api/devices").json()["devices"]}
+        served = {d["device_id"]: d["stats"] for d in api.http.get("/api/devices").json()["items"]}
         assert served[ACKED]["recalibrating"] is True and served[ACKED]["threshold_source"] == "own"
 
         # the recalibration survives a restart from the checkpoint

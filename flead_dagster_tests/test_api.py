@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from flead.api_client import ApiError, GlobalApiClient
 from flead.cli_api import api_app
 from flead.config import Settings
 from flead.federated import LocalUpdate
@@ -136,6 +138,22 @@ def make_update(
     )
 
 
+def all_items(http: httpx.Client, path: str, **params: object) -> list[dict]:
+    """Every item of a list, page by page through its cursors (`after=<next>` until `next` is null)."""
+    items: list[dict] = []
+    after = None
+    while True:
+        response = http.get(path, params={**params, **({"after": after} if after else {})})
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert set(page) >= {"items", "limit", "next"}, page
+        assert len(page["items"]) <= page["limit"]
+        items += page["items"]
+        after = page["next"]
+        if after is None:
+            return items
+
+
 @contextlib.contextmanager
 def api_harness(**overrides: object) -> Iterator[ApiHarness]:
     harness = ApiHarness(api_settings(**overrides))
@@ -237,9 +255,9 @@ def test_full_flow_keys_updates_aggregate_fetch_history(api):
     for name, weights in model.get_weights().items():
         np.testing.assert_array_equal(weights, weights_of(after)[name])
 
-    history = api.http.get("/api/history").json()
-    newest = history["versions"][0]
-    assert history["total"] == base_version + 2
+    history = api.http.get("/api/history", params={"limit": 1000}).json()
+    assert history["next"] is None and len(history["items"]) == base_version + 2
+    newest = history["items"][0]
     assert (newest["version"], newest["parent_version"], newest["n_updates"], newest["n_devices"]) == (
         base_version + 1,
         base_version,
@@ -250,9 +268,14 @@ def test_full_flow_keys_updates_aggregate_fetch_history(api):
     assert newest["metrics"]["mean_loss"] == pytest.approx(
         (100 * 0.4 + 300 * 0.2 + 50 * 1.0 + 150 * 0.3) / 600
     )
-    assert history["versions"][-1]["version"] == 0 and history["versions"][-1]["trigger"] == "init"
+    assert history["items"][-1]["version"] == 0 and history["items"][-1]["trigger"] == "init"
+    assert all_items(api.http, "/api/history", limit=1) == history["items"]  # cursor pages of one
 
-    devices = {d["device_id"]: d for d in api.http.get("/api/devices").json()["devices"]}
+    listed = api.http.get("/api/devices", params={"limit": 1000}).json()
+    assert listed["next"] is None and listed["anomalies_as_of"].endswith("Z")
+    assert all_items(api.http, "/api/devices", limit=1) == listed["items"]
+    devices = {d["device_id"]: d for d in listed["items"]}
+    assert [d["device_id"] for d in listed["items"]] == sorted(devices)
     assert {"mote-01", "mote-02", "mote-03", "mote-04"} <= set(devices)
     assert devices["mote-02"]["n_samples"] == 300 and devices["mote-02"]["status"] == "active"
 
@@ -395,7 +418,7 @@ def test_duplicate_update_is_counted_once(api):
 
     outcome = api.aggregate()
     assert outcome["n_updates"] == 1
-    assert api.http.get("/api/history").json()["versions"][0]["total_samples"] == 77
+    assert api.http.get("/api/history").json()["items"][0]["total_samples"] == 77
     late = api.submit(update, token)
     assert late.status_code == 200 and late.json() == {
         "status": "duplicate",
@@ -463,7 +486,7 @@ def test_config_is_validated_and_persisted(api):
     created = api.aggregate()
     assert api.model()["strategy"] == "median"
     assert api.model()["client"]["proximal_mu"] == 0.01  # served with versions made after the change
-    assert api.http.get("/api/history").json()["versions"][0]["version"] == created["version"]
+    assert api.http.get("/api/history").json()["items"][0]["version"] == created["version"]
     api.configure(strategy="fedavg", proximal_mu=0.0)
 
 
@@ -484,29 +507,36 @@ def test_anomalies_filters_and_pagination(api):
         ]
     )
     page = api.http.get("/api/anomalies", params={"device": "mote-71", "limit": 4}).json()
-    assert page["total"] == 10 and len(page["items"]) == 4 and page["next_offset"] == 4
+    assert set(page) == {"items", "limit", "next"} and len(page["items"]) == 4 and page["next"]
     assert [item["score"] for item in page["items"]] == [28.0, 25.0, 22.0, 19.0]  # newest first
-    assert page["items"][0]["ts"] == (start + timedelta(minutes=28)).isoformat()
-    last = api.http.get("/api/anomalies", params={"device": "mote-71", "limit": 4, "offset": 8}).json()
-    assert len(last["items"]) == 2 and last["next_offset"] is None and last["next"] is None
+    assert page["items"][0]["ts"] == "2004-03-01T00:28:00.000000Z"  # ISO 8601 UTC, one length
+    assert page["items"][0]["id"] == "mote-71:28" and "_id" not in page["items"][0]
     following = api.http.get(
         "/api/anomalies", params={"device": "mote-71", "limit": 4, "after": page["next"]}
-    )
-    assert [item["score"] for item in following.json()["items"]] == [16.0, 13.0, 10.0, 7.0]
+    ).json()
+    assert [item["score"] for item in following["items"]] == [16.0, 13.0, 10.0, 7.0]
+    last = api.http.get(
+        "/api/anomalies", params={"device": "mote-71", "limit": 4, "after": following["next"]}
+    ).json()
+    assert [item["score"] for item in last["items"]] == [4.0, 1.0] and last["next"] is None
 
     window = {
         "since": (start + timedelta(minutes=10)).isoformat(),
         "until": (start + timedelta(minutes=20)).isoformat(),
     }
-    assert api.http.get("/api/anomalies", params=window).json()["total"] == 10
-    assert api.http.get("/api/anomalies", params={**window, "min_score": 15}).json()["total"] == 5
+    assert len(api.http.get("/api/anomalies", params=window).json()["items"]) == 10
+    assert len(api.http.get("/api/anomalies", params={**window, "min_score": 15}).json()["items"]) == 5
+    for cursor in (page["next"], "garbage"):  # an anomaly cursor is no cursor of another list
+        for path in ("/api/history", "/api/devices"):
+            refused = api.http.get(path, params={"after": cursor})
+            assert refused.status_code == 422 and "cursor" in refused.json()["error"], refused.text
     for bad in ({"limit": 0}, {"since": "yesterday"}, {"min_score": "nan"}, {"device": "a b"}):
         response = api.http.get("/api/anomalies", params=bad)
         assert response.status_code == 422, bad
         assert response.json()["error"].startswith("invalid request")
 
     def counted() -> dict | None:
-        device = {d["device_id"]: d for d in api.http.get("/api/devices").json()["devices"]}.get("mote-72")
+        device = {d["device_id"]: d for d in api.http.get("/api/devices").json()["items"]}.get("mote-72")
         return device if device and device["anomalies"]["count"] else None
 
     device = wait_until(counted, 30, "the anomaly summary to count mote-72's anomalies", poll_s=0.05)
@@ -519,7 +549,7 @@ def test_status_health_metrics_and_errors_are_json(api):
     assert status["config"]["auto_aggregate_threshold"] == 1000
     assert status["architecture"]["kind"] == "autoencoder"
     history = api.http.get("/api/history", params={"limit": 1000}).json()
-    assert status["versions"] == status["version"] + 1 == history["total"] == len(history["versions"])
+    assert status["versions"] == status["version"] + 1 == len(history["items"])
 
     health = api.http.get("/health")
     assert health.status_code == 200
@@ -543,3 +573,72 @@ def test_status_health_metrics_and_errors_are_json(api):
     wrong_method = api.http.delete("/api/status")
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
     assert api.http.get("/api/global-model", params={"version": -1}).status_code == 422
+
+
+def test_acknowledgements_are_listed_newest_first_in_cursor_pages(api):
+    device = "mote-90"
+    api.db[api.settings.collection_devices].insert_one({"_id": device, "device_id": device})
+    path = f"/api/devices/{device}/accept-normal"
+    for request_id in ("first", "second"):
+        created = api.http.post(path, json={"request_id": request_id}, headers=api.admin)
+        assert created.status_code == 202, created.text
+    same = datetime(2030, 1, 1, tzinfo=UTC)  # three at one millisecond: ties split across pages
+    api.db[api.settings.collection_normal_acks].insert_many(
+        [
+            {
+                "_id": f"{device}/tie-{i}",
+                "device_id": device,
+                "request_id": f"tie-{i}",
+                "requested_at": same,
+                "requested_by": "admin:x",
+                "key_id": "x",
+                "applied": False,
+            }
+            for i in range(3)
+        ]
+    )
+    everything = api.http.get(path, params={"limit": 1000}).json()
+    assert everything["next"] is None and everything["device_id"] == device
+    ids = [ack["id"] for ack in everything["items"]]
+    assert ids == [f"{device}/tie-{i}" for i in (2, 1, 0)] + [f"{device}/second", f"{device}/first"]
+    assert everything["items"][0]["requested_at"] == "2030-01-01T00:00:00.000000Z"
+    for limit in (1, 2, 4):
+        assert all_items(api.http, path, limit=limit) == everything["items"], limit
+
+
+def test_docs_pages_name_no_other_host(api):
+    """/docs and /redoc load their scripts and style from this API (the browser test renders them)."""
+    pages = {"/docs": "/static/docs/swagger-ui-bundle.js", "/redoc": "/static/docs/redoc.standalone.js"}
+    for page, script in pages.items():
+        html = api.http.get(page)
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        links = re.findall(r'(?:src|href|url|spec-url)\s*[=:]\s*["\']([^"\']+)["\']', html.text)
+        assert script in links and "/openapi.json" in links, links
+        assert all(link.startswith("/") and not link.startswith("//") for link in links), links
+        assert "https:" not in html.text and "http:" not in html.text
+        asset = api.http.get(script)
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith("text/javascript")
+        assert len(asset.content) > 500_000  # the real bundle
+    assert api.http.get("/static/docs/swagger-ui.css").headers["content-type"].startswith("text/css")
+    assert api.http.get("/static/docs/favicon.png").headers["content-type"] == "image/png"
+    for missing in ("/static/docs/nothing.js", "/static/docs/..%2Fapp.py", "/static/docs/core.py"):
+        assert api.http.get(missing).status_code == 404, missing
+
+
+def test_the_api_client_follows_the_cursors(api):
+    token = api.token("trainer")
+    for device in ("mote-95", "mote-96", "mote-97"):
+        assert api.submit(api.update(device), token).status_code == 202
+        api.aggregate()
+    client = GlobalApiClient(api.server.url, ADMIN_KEY)
+    newest = api.version()
+    everything = all_items(api.http, "/api/history", limit=1000)
+    assert client.history(limit=1000) == everything and len(everything) == newest + 1
+    assert client.history(limit=2) == everything[:2]
+    assert [v["version"] for v in client.items("/api/history", page_size=1)] == list(range(newest, -1, -1))
+    assert client.version(0)["trigger"] == "init" and client.version(newest) == everything[0]
+    with pytest.raises(ApiError, match="does not exist"):
+        client.version(newest + 1)
+    assert [d["device_id"] for d in client.items("/api/devices", page_size=2)] == [
+        d["device_id"] for d in all_items(api.http, "/api/devices", limit=1000)
+    ]

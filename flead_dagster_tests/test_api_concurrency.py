@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flead_dagster_tests.test_api import ApiHarness, api_harness
+from flead_dagster_tests.test_api import ApiHarness, all_items, api_harness
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def assert_each_update_counted_once(api: ApiHarness, submitted: int) -> dict[int
         for key in version_keys:
             doc = updates.find_one({"_id": key})
             assert (doc["status"], doc["version"]) == ("aggregated", version)
-    history = api.http.get("/api/history", params={"limit": 1000}).json()["versions"]
+    history = all_items(api.http, "/api/history", limit=1000)
+    assert [entry["version"] for entry in history] == sorted(consumed, reverse=True)
     for entry in history:
         assert entry["parent_version"] == (entry["version"] - 1 if entry["version"] else None)
         assert entry["n_updates"] == len(consumed[entry["version"]])
@@ -101,7 +102,7 @@ def test_automatic_aggregation_at_the_threshold(api):
     body = third.json()
     assert body["aggregation"]["created"] is True
     assert (body["version"], body["pending"], body["aggregation"]["n_updates"]) == (before + 1, 0, 3)
-    newest = api.http.get("/api/history").json()["versions"][0]
+    newest = api.http.get("/api/history").json()["items"][0]
     assert (newest["version"], newest["trigger"], newest["n_updates"]) == (before + 1, "auto", 3)
     metrics = api.http.get("/metrics").text
     assert 'flead_api_aggregations_total{outcome="created",trigger="auto"} 1.0' in metrics

@@ -1,7 +1,11 @@
 """The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, through selenium):
 both Plotly charts render with data, the tables list the devices (with their judged and unjudged
 readings), the latest events (rule alarms told from the model's) and the latest anomalies, and a
-screenshot is saved to artifacts/dashboard.png."""
+screenshot is saved to artifacts/dashboard.png. The interactive API pages, Swagger UI at /docs and
+ReDoc at /redoc, render every operation (screenshots artifacts/docs.png, artifacts/redoc.png).
+
+The browser resolves no host name (``--host-resolver-rules``): only this API, at its IP address, can
+be reached, so a page that needed a CDN would fail here even on a machine with internet access."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 DEVICES = ("mote-01", "mote-02", "mote-03")
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
@@ -92,6 +97,7 @@ def browser(tmp_path_factory):
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1400,1000",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # no CDN: only this API is reachable
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(flag)
@@ -166,3 +172,68 @@ def test_dashboard_shows_the_latest_events_and_judged_counts(api, browser):
     assert "4000 1000 fleet" in device.text
     unjudged = device.find_elements(By.TAG_NAME, "td")[8]
     assert unjudged.get_attribute("title") == "no calibration yet: 1000"
+
+
+def operations(api) -> set[tuple[str, str]]:
+    paths = api.http.get("/openapi.json").json()["paths"]
+    return {(method.upper(), path) for path, methods in paths.items() for method in methods}
+
+
+def at_least(browser, selector: str, n: int) -> list:
+    """The elements ``selector`` finds, once there are ``n`` of them (the page drew them)."""
+    return WebDriverWait(browser, 60).until(
+        lambda b: found if len(found := b.find_elements(By.CSS_SELECTOR, selector)) >= n else None
+    )
+
+
+def loaded_from_elsewhere(browser, url: str) -> list[str]:
+    """Resources the page loaded (or tried to) from anywhere but this API."""
+    names = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    return [name for name in names if not name.startswith(url)]
+
+
+def test_swagger_ui_renders_every_operation_with_no_cdn(api, browser):
+    wanted = operations(api)
+    browser.get(f"{api.server.url}/docs")
+    blocks = at_least(browser, ".opblock", len(wanted))
+    shown = {
+        (
+            block.find_element(By.CSS_SELECTOR, ".opblock-summary-method").text,
+            block.find_element(By.CSS_SELECTOR, ".opblock-summary-path").get_attribute("data-path"),
+        )
+        for block in blocks
+    }
+    assert shown == wanted
+    assert "FLEAD global model API" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
+    # an operation opens with its typed response: the page schema of /api/anomalies
+    anomalies = next(b for b in blocks if "/api/anomalies" in b.text)
+    anomalies.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    example = WebDriverWait(browser, 30).until(
+        lambda b: anomalies.find_elements(By.CSS_SELECTOR, ".responses-table .microlight")
+    )[0]
+    assert all(f'"{field}"' in example.text for field in ("items", "limit", "next", "ts", "score"))
+    assert loaded_from_elsewhere(browser, api.server.url) == []
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "docs.png"))
+
+
+def test_redoc_renders_every_operation_with_no_cdn(api, browser):
+    wanted = operations(api)
+    browser.get(f"{api.server.url}/redoc")
+    sections = at_least(browser, '[data-section-id*="/operation/"]', len(wanted))
+    assert len(sections) == len(wanted)
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "FLEAD global model API" in text and "/api/anomalies" in text
+    # The one thing ReDoc asks of the internet is the logo of its "API docs by Redocly" link, an image
+    # it hides when it does not load (as here): nothing the page needs.
+    assert set(loaded_from_elsewhere(browser, api.server.url)) <= {REDOC_LOGO}
+    errors = [
+        entry
+        for entry in browser.get_log("browser")
+        if entry["level"] == "SEVERE" and REDOC_LOGO not in entry["message"]
+    ]
+    assert errors == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "redoc.png"))

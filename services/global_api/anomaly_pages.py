@@ -139,26 +139,6 @@ def read_events(
     return Walk(docs, None)  # not reached: the last window is open below
 
 
-def count_events(anomalies: Collection, query: dict, scope: Scope, *, cap: int) -> tuple[int, bool]:
-    """(matches counted, True when that is all of them); counting stops at ``cap`` or the budget."""
-    ts_clause = query.get("ts", {})
-    others = {k: v for k, v in query.items() if k != "ts"}
-    since = ts_clause.get("$gte")
-    counted = 0
-    for lo, top, examined in windows(scope, since=since, hi=ts_clause.get("$lt"), want=cap):
-        ts_range = {k: v for k, v in (("$gte", lo), ("$lt", top)) if v is not None}
-        window = {**others, "ts": ts_range} if ts_range else others
-        # A find of ids rather than count_documents: that one is an aggregation, slower on SecantusDB.
-        counted += len(list(anomalies.find(window, {"_id": 1}).limit(cap - counted + 1)))
-        if counted > cap:
-            return cap, False
-        if lo is None or lo == since:
-            return counted, True
-        if examined >= SCAN_BUDGET:
-            return counted, False
-    return counted, False
-
-
 def windows(
     scope: Scope, *, since: datetime | None, hi: datetime | None, want: int
 ) -> Iterator[tuple[datetime | None, datetime | None, float]]:

@@ -15,13 +15,25 @@ from services.global_api.errors import install_error_handlers
 from services.global_api.health import MongoHealth
 from services.global_api.limits import BodyReadTimeout, BodySizeLimit
 from services.global_api.metrics import ApiMetrics, MetricsMiddleware
-from services.global_api.routers import admin, dashboard, models, monitoring, normal_acks, operations, updates
+from services.global_api.routers import (
+    admin,
+    dashboard,
+    docs,
+    models,
+    monitoring,
+    normal_acks,
+    operations,
+    updates,
+)
 from services.global_api.service import GlobalModelService
 
 DESCRIPTION = """\
 Receives authenticated local model updates from devices and the stream trainer, aggregates them
 (automatically at a threshold, or on demand) into versioned global models stored in MongoDB, and
 serves the models, their history, devices, anomalies, metrics and a dashboard at `/`.
+
+Every list answers one shape, `{"items": [...], "limit": N, "next": cursor}`: continue with
+`after=<next>` until `next` is null.
 """
 
 
@@ -48,7 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             health.close()
             service.close()
 
-    app = FastAPI(title="FLEAD global model API", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="FLEAD global model API",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by routers.docs from the installed package, not from a CDN
+        redoc_url=None,
+    )
     app.state.service = service
     app.state.health = health
     app.state.metrics = ApiMetrics(
@@ -56,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pending_updates=_or_nan(service.updates.pending_count),
     )
     install_error_handlers(app)
-    for module in (updates, models, admin, normal_acks, monitoring, operations, dashboard):
+    for module in (updates, models, admin, normal_acks, monitoring, operations, dashboard, docs):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(BodyReadTimeout, timeout_s=settings.api_body_timeout_s)

@@ -13,7 +13,7 @@ import json
 from html import escape
 
 from services.global_api.event_pages import AnomalyEvent, EventFilter
-from services.global_api.monitoring import AnomalyFilter
+from services.global_api.monitoring import Anomaly, AnomalyFilter
 from services.global_api.service import GlobalModelService
 
 MAX_VERSIONS = 500
@@ -25,7 +25,7 @@ REFRESH_SECONDS = 30
 
 def render_dashboard(service: GlobalModelService) -> str:
     versions = [v.summary() for v in reversed(service.registry.history(limit=MAX_VERSIONS))]
-    anomalies = service.monitoring.anomalies(AnomalyFilter(), limit=MAX_ANOMALIES, count=False).items
+    anomalies = service.monitoring.anomalies(AnomalyFilter(), limit=MAX_ANOMALIES).items
     devices, anomalies_as_of = service.monitoring.devices()
     pending = service.updates.pending_count()
     events = service.events.page(EventFilter(), limit=LATEST_EVENTS).items
@@ -90,21 +90,21 @@ def versions_figure(versions: list[dict]) -> dict:
     return {"data": data, "layout": layout}
 
 
-def anomaly_timeline_figure(anomalies: list[dict]) -> dict:
-    by_device: dict[str, list[dict]] = {}
+def anomaly_timeline_figure(anomalies: list[Anomaly]) -> dict:
+    by_device: dict[str, list[Anomaly]] = {}
     for event in anomalies:
-        by_device.setdefault(str(event.get("device_id")), []).append(event)
+        by_device.setdefault(event.device_id, []).append(event)
     data = []
     for device_id in sorted(by_device):
-        events = sorted(by_device[device_id], key=lambda e: str(e.get("ts")))
+        events = sorted(by_device[device_id], key=lambda e: e.ts)
         data.append(
             {
                 "type": "scatter",
                 "mode": "markers",
                 "name": device_id,
-                "x": [e.get("ts") for e in events],
+                "x": [e.ts.isoformat() for e in events],
                 "y": [device_id] * len(events),
-                "customdata": [[e.get("score"), e.get("threshold")] for e in events],
+                "customdata": [[e.score, e.threshold] for e in events],
                 "hovertemplate": "%{y} at %{x}<br>score %{customdata[0]:.3g} "
                 "(threshold %{customdata[1]:.3g})<extra></extra>",
                 "marker": {"size": 9, "opacity": 0.8},
@@ -201,15 +201,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def anomalies_table(anomalies: list[dict]) -> str:
+def anomalies_table(anomalies: list[Anomaly]) -> str:
     if not anomalies:
         return '<p class="empty">no anomalies recorded yet</p>'
     rows = "".join(
         "<tr>"
-        f"<td>{_when(a.get('ts'))}</td>"
-        f"<td>{escape(str(a.get('device_id')))}</td>"
-        f'<td class="num">{_number(a.get("score"))}</td>'
-        f'<td class="num">{_number(a.get("threshold"))}</td>'
+        f"<td>{_when(a.ts.isoformat())}</td>"
+        f"<td>{escape(a.device_id)}</td>"
+        f'<td class="num">{_number(a.score)}</td>'
+        f'<td class="num">{_number(a.threshold)}</td>'
         "</tr>"
         for a in anomalies
     )

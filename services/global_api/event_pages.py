@@ -20,7 +20,8 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 from services.global_api.anomaly_pages import PageKey
-from services.global_api.monitoring import jsonable, utc
+from services.global_api.monitoring import UtcTime, exact_time, jsonable, utc
+from services.global_api.pages import Page
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,8 @@ class TopFeature(BaseModel):
 class AnomalyEvent(BaseModel):
     id: str = Field(description="`{device_id}:{start}`: the event's natural key.")
     device_id: str
-    start: datetime = Field(description="Event time of its first alarm (UTC).")
-    end: datetime = Field(description="Event time of its last alarm so far (UTC).")
-    start_us: int | None = Field(None, description="`start` in microseconds since the epoch.")
-    end_us: int | None = None
+    start: UtcTime = Field(description="Event time of its first alarm (UTC, to the microsecond).")
+    end: UtcTime = Field(description="Event time of its last alarm so far (UTC, to the microsecond).")
     duration_s: float
     open: bool = Field(
         description="True while alarms may still join it (fewer than merge_gap quiet readings)."
@@ -56,19 +55,17 @@ class AnomalyEvent(BaseModel):
     peak_severity: float = Field(
         description="Times over its threshold at its peak (a rule alarm counts >= min_severity)."
     )
-    peak_ts: datetime | None = None
+    peak_ts: UtcTime | None = None
     severity_class: str = Field(description="minor, major or critical.")
     top_features: list[TopFeature] = []
     model_version: int | None = None
     partition: int | None = None
     trainer: str | None = None
-    updated_at: datetime | None = None
+    updated_at: UtcTime | None = None
 
 
-class EventPage(BaseModel):
-    items: list[AnomalyEvent]
-    limit: int
-    next: str | None = Field(description="Cursor of the next page (`after=`), None on the last page.")
+class EventPage(Page[AnomalyEvent]):
+    """A page of events, newest start first."""
 
 
 @dataclass(frozen=True)
@@ -127,5 +124,11 @@ class EventPages:
 
 
 def _fields(doc: dict) -> dict:
+    """The item's fields of an event document: ``start`` and ``end`` to the microsecond from
+    ``start_us`` / ``end_us`` (a BSON date keeps milliseconds), which are not repeated."""
     known = AnomalyEvent.model_fields
-    return {k: v for k, v in doc.items() if k in known and k != "id"}
+    fields = {k: v for k, v in doc.items() if k in known and k != "id"}
+    for name in ("start", "end"):
+        if name in fields:
+            fields[name] = exact_time(doc, name, f"{name}_us")
+    return fields

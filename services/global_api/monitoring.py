@@ -5,18 +5,21 @@ reading with ``device_id``, ``ts``, ``score``, ``threshold``, ...) and the updat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
-from services.global_api.anomaly_pages import PageError, PageKey, count_events, read_events
+from services.global_api.anomaly_pages import EPOCH, PageKey, read_events
 from services.global_api.anomaly_summary import AnomalySummaries
+from services.global_api.pages import KeyCursor, Page
 from services.global_api.update_store import UpdateStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,20 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def utc_text(value: datetime) -> str:
+    """A time as the API writes every time: ISO 8601 in UTC to the microsecond,
+    ``2004-03-01T12:30:00.000000Z`` (one length, so the text sorts as the time; the trainer's form)."""
+    return utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# A time in a response: validated as a datetime, answered as `utc_text`.
+UtcTime = Annotated[
+    datetime,
+    PlainSerializer(utc_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2004-03-01T12:30:00.000000Z"]}),
+]
+
+
 @dataclass(frozen=True)
 class AnomalyFilter:
     device_id: str | None = None
@@ -71,29 +88,102 @@ ANOMALY_INDEXES = (  # serve every anomaly list query's filter and order (anomal
     [("ts", DESCENDING), ("_id", DESCENDING)],
     [("device_id", ASCENDING), ("ts", DESCENDING), ("_id", DESCENDING)],
 )
-MAX_OFFSET = 10_000  # deeper pages continue from a cursor
-COUNT_CAP = 1000  # matches counted for a page's total
 
 
-@dataclass(frozen=True)
-class AnomalyPage:
-    items: list[dict]
-    limit: int
-    offset: int
-    next: PageKey | None
-    total: int
-    total_exact: bool
+class Anomaly(BaseModel):
+    """One anomalous reading, as the stream trainer stored it."""
 
-    def to_dict(self) -> dict:
-        return {
-            "items": self.items,
-            "limit": self.limit,
-            "offset": self.offset,
-            "next": None if self.next is None else self.next.encode(),
-            "next_offset": None if self.next is None else self.offset + len(self.items),
-            "total": self.total,
-            "total_exact": self.total_exact,
-        }
+    id: str = Field(description="`{device_id}:{ts}`: the reading's natural key (the Kafka event's event_id).")
+    device_id: str
+    ts: UtcTime = Field(description="Event time of the reading (UTC, to the microsecond).")
+    score: float | None = None
+    threshold: float | None = Field(None, description="The threshold it was judged against (null: none).")
+    reason: str | None = Field(None, description="`model` or `out_of_range` (a physical limit).")
+    values: dict[str, float | None] | None = Field(None, description="The reading's values by feature.")
+    model_version: int | None = Field(None, description="The global version its device's model came from.")
+    model_lineage: str | None = None
+    partition: int | None = None
+    offset: int | None = Field(None, description="Its record's offset in the partition.")
+    trainer: str | None = None
+    detected_at: UtcTime | None = Field(None, description="Wall-clock time the trainer flagged it (UTC).")
+
+
+class AnomalyPage(Page[Anomaly]):
+    """A page of anomalous readings, newest first."""
+
+
+def anomaly_item(doc: dict) -> Anomaly:
+    """The item of an anomaly document: no storage fields (``_id``, ``ts_text``, ``ts_us``), and ``ts``
+    to the microsecond from ``ts_us`` (a BSON date keeps milliseconds)."""
+    fields = {k: v for k, v in doc.items() if k in Anomaly.model_fields and k != "id"}
+    fields["ts"] = exact_time(doc, "ts", "ts_us")
+    return Anomaly(id=str(doc["_id"]), **jsonable(fields))
+
+
+def exact_time(doc: dict, name: str, micros: str) -> Any:
+    """``doc[name]`` to the microsecond from ``doc[micros]`` (epoch microseconds) when that is there: a
+    BSON date keeps milliseconds."""
+    value = doc.get(micros)
+    if isinstance(value, int) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):
+            return EPOCH + timedelta(microseconds=value)
+    return doc.get(name)
+
+
+class DeviceAnomalies(BaseModel):
+    count: int = Field(description="Anomalous readings stored (as of the page's `anomalies_as_of`).")
+    last_ts: UtcTime | None = Field(None, description="Event time of the latest one.")
+    max_score: float | None = None
+
+
+class DeviceStats(BaseModel):
+    """The stream trainer's statistics of the device, as it last wrote them (other fields it writes
+    are passed on as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    partition: int | None = None
+    readings: int | None = Field(None, description="Readings scored.")
+    buffered: int | None = None
+    anomalies: int | None = None
+    judged: int | None = Field(None, description="Readings judged against a threshold.")
+    unjudged: int | None = Field(None, description="Readings scored before any calibration existed.")
+    unjudged_reasons: dict[str, int] | None = None
+    threshold_source: str | None = Field(None, description="`own`, `fleet` or `none`.")
+    recalibrating: bool | None = Field(None, description="After an accepted new normal, until refitted.")
+    late: int | None = None
+    last_seen: UtcTime | None = None
+    last_score: float | None = None
+    last_threshold: float | None = None
+    model_version: int | None = None
+    model_lineage: str | None = None
+    trainer: str | None = None
+    updated_at: UtcTime | None = Field(None, description="Wall-clock time of the trainer's last write.")
+
+
+class Device(BaseModel):
+    device_id: str
+    status: Literal["active", "idle", "unknown"] = Field(
+        description="`active`: heard from (trainer or update) in the last 10 minutes; else `idle`."
+    )
+    last_contact: UtcTime | None = Field(None, description="Wall-clock time it was last heard from.")
+    last_seen: UtcTime | None = Field(None, description="Event time of its latest reading.")
+    readings: int | None = None
+    n_samples: int = Field(description="Samples its updates federated.")
+    n_updates: int
+    n_refused_updates: int
+    last_update_at: UtcTime | None = None
+    anomalies: DeviceAnomalies
+    stats: DeviceStats
+
+
+class DevicePage(Page[Device]):
+    """A page of devices, by device id."""
+
+    anomalies_as_of: UtcTime = Field(description="Time of the anomaly summary the counts come from.")
+
+
+DEVICE_CURSOR = KeyCursor("device", str)
 
 
 class Monitoring:
@@ -114,28 +204,29 @@ class Monitoring:
             except OperationFailure as exc:
                 log.info("anomaly index %s not created: %s", keys, exc)
 
-    def anomalies(
-        self,
-        where: AnomalyFilter,
-        *,
-        limit: int,
-        offset: int = 0,
-        after: PageKey | None = None,
-        count: bool = True,
-    ) -> AnomalyPage:
-        """A page of anomalies, newest first (after ``after``, skipping ``offset`` <= MAX_OFFSET), and
-        (``count``) how many match, counted up to COUNT_CAP."""
-        if offset > MAX_OFFSET:
-            raise PageError(
-                f"offset {offset} is over {MAX_OFFSET}: page on with `after` (the previous page's `next`)"
-            )
-        query = where.query()
+    def anomalies(self, where: AnomalyFilter, *, limit: int, after: PageKey | None = None) -> AnomalyPage:
+        """A page of anomalies, newest first, after ``after``."""
         scope = self.summaries.get().scope(where.device_id)
-        walk = read_events(self._anomalies, query, scope, after=after, want=offset + limit + 1)
-        page = walk.docs[offset : offset + limit]
-        following = PageKey.of(page[-1]) if len(walk.docs) > offset + limit else walk.resume
-        total, exact = count_events(self._anomalies, query, scope, cap=COUNT_CAP) if count else (0, False)
-        return AnomalyPage([jsonable(doc) for doc in page], limit, offset, following, total, exact)
+        walk = read_events(self._anomalies, where.query(), scope, after=after, want=limit + 1)
+        page = walk.docs[:limit]
+        following = PageKey.of(page[-1]) if len(walk.docs) > limit else walk.resume
+        return AnomalyPage(
+            items=[anomaly_item(doc) for doc in page],
+            limit=limit,
+            next=None if following is None else following.encode(),
+        )
+
+    def device_page(self, *, limit: int, after: str | None = None) -> DevicePage:
+        """A page of `devices` by device id, after the device ``after``."""
+        rows, anomalies_as_of = self.devices()
+        rest = [row for row in rows if after is None or row["device_id"] > after]
+        page = rest[:limit]
+        return DevicePage(
+            items=[Device.model_validate(row) for row in page],
+            limit=limit,
+            next=DEVICE_CURSOR.encode(page[-1]["device_id"]) if len(rest) > limit else None,
+            anomalies_as_of=anomalies_as_of,
+        )
 
     def devices(self, *, now: datetime | None = None) -> tuple[list[dict], datetime]:
         """Every device known from the trainer's statistics, its updates or its anomalies; and the time

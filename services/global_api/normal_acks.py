@@ -13,16 +13,18 @@ import uuid
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from services.global_api.anomaly_pages import PageKey
 from services.global_api.codec import ID_PATTERN
 from services.global_api.keys import Principal
-from services.global_api.monitoring import utc
+from services.global_api.monitoring import UtcTime, utc
+from services.global_api.pages import Page
 
 MAX_REASON_CHARS = 1000
-MAX_LISTED = 1000
+ORDER = [("requested_at", DESCENDING), ("_id", DESCENDING)]
 
 
 class AcceptNormalRequest(BaseModel):
@@ -41,20 +43,21 @@ class NormalAck(BaseModel):
     device_id: str
     request_id: str
     reason: str | None = None
-    requested_at: datetime
+    requested_at: UtcTime
     requested_by: str = Field(description="Role and key of the token that asked (e.g. `admin:1f2e...`).")
     key_id: str
     applied: bool = Field(description="True once a trainer recalibrates the device and checkpointed it.")
-    applied_at: datetime | None = None
+    applied_at: UtcTime | None = None
     applied_by: str | None = Field(None, description="The trainer that applied it.")
     applied_partition: int | None = None
     applied_offset: int | None = Field(None, description="The partition's offset when it was applied.")
     applied_after_readings: int | None = Field(None, description="Readings the device had scored then.")
 
 
-class NormalAckList(BaseModel):
+class NormalAckPage(Page[NormalAck]):
+    """A page of a device's acknowledgements, newest first."""
+
     device_id: str
-    items: list[NormalAck] = Field(description="Newest first.")
 
 
 class NormalAckStore:
@@ -92,9 +95,26 @@ class NormalAckStore:
         except DuplicateKeyError:
             return _ack(self._acks.find_one({"_id": doc["_id"]})), False
 
-    def list(self, device_id: str) -> list[NormalAck]:
-        found = self._acks.find({"device_id": device_id}).sort("requested_at", -1).limit(MAX_LISTED)
-        return [_ack(doc) for doc in found]
+    def page(self, device_id: str, *, limit: int, after: PageKey | None = None) -> NormalAckPage:
+        """A page of the device's acknowledgements, newest first (``(requested_at, _id)`` descending),
+        after ``after``."""
+        query: dict = {"device_id": device_id}
+        docs: list[dict] = []
+        if after is not None:
+            if after.id is not None:
+                ties = {**query, "requested_at": after.ts, "_id": {"$lt": after.id}}
+                docs += self._acks.find(ties).sort([("_id", DESCENDING)]).limit(limit + 1)
+            query["requested_at"] = {"$lt": after.ts}
+        if len(docs) <= limit:
+            docs += self._acks.find(query).sort(ORDER).limit(limit + 1 - len(docs))
+        page = docs[:limit]
+        following = PageKey(utc(page[-1]["requested_at"]), page[-1]["_id"]) if len(docs) > limit else None
+        return NormalAckPage(
+            items=[_ack(doc) for doc in page],
+            limit=limit,
+            next=None if following is None else following.encode(),
+            device_id=device_id,
+        )
 
 
 def _ack(doc: dict) -> NormalAck:

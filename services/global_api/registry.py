@@ -158,17 +158,15 @@ class ModelRegistry:
         doc = self._versions.find_one({"_id": int(version)}, ARRAY_FIELDS)
         return None if doc is None else ModelVersion.from_doc(doc)
 
-    def count(self) -> int:
-        """Versions are consecutive from 0."""
-        latest = self.latest_version()
-        return 0 if latest is None else latest + 1
-
-    def history(self, *, limit: int, offset: int = 0) -> list[ModelVersion]:
-        """Versions newest first: ``offset`` from the newest, at most ``limit`` (looked up by id)."""
+    def history(self, *, limit: int, before: int | None = None) -> list[ModelVersion]:
+        """Versions newest first, at most ``limit``, older than ``before`` if given (looked up by id)."""
         newest = self.latest_version()
-        if newest is None or offset > newest:
+        if newest is None:
             return []
-        ids = list(range(newest - offset, max(-1, newest - offset - limit), -1))
+        top = newest if before is None else min(newest, before - 1)
+        ids = list(range(top, max(-1, top - limit), -1))
+        if not ids:
+            return []
         docs = {doc["_id"]: doc for doc in self._versions.find({"_id": {"$in": ids}}, ARRAY_FIELDS)}
         return [ModelVersion.from_doc(docs[i]) for i in ids if i in docs]
 

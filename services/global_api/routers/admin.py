@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from flead.federated import STRATEGY_NAMES
 from services.global_api.auth import admin, get_service
+from services.global_api.schemas import AggregationResult, RuntimeSettings, Strategy
 from services.global_api.service import GlobalModelService
 
 router = APIRouter(tags=["admin"])
 ADMIN_ONLY = [Depends(admin)]
-
-Strategy = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
 
 
 class ConfigChange(BaseModel):
@@ -32,20 +28,20 @@ class ConfigChange(BaseModel):
 @router.post(
     "/api/aggregate", dependencies=ADMIN_ONLY, summary="Aggregate the pending updates into a new version now"
 )
-def aggregate(request: Request, service: GlobalModelService = Depends(get_service)) -> dict:
+def aggregate(request: Request, service: GlobalModelService = Depends(get_service)) -> AggregationResult:
     outcome = service.aggregator.aggregate(trigger="manual")
     request.app.state.metrics.count_aggregation("manual", outcome.created)
-    return outcome.to_dict()
+    return AggregationResult(**outcome.to_dict())
 
 
 @router.get("/api/config", summary="The runtime configuration")
-def get_config(service: GlobalModelService = Depends(get_service)) -> dict:
-    return service.config.load().to_dict()
+def get_config(service: GlobalModelService = Depends(get_service)) -> RuntimeSettings:
+    return RuntimeSettings(**service.config.load().to_dict())
 
 
 @router.post("/api/config", dependencies=ADMIN_ONLY, summary="Change the runtime configuration (persisted)")
-def set_config(change: ConfigChange, service: GlobalModelService = Depends(get_service)) -> dict:
+def set_config(change: ConfigChange, service: GlobalModelService = Depends(get_service)) -> RuntimeSettings:
     try:
-        return service.config.update(change.model_dump(exclude_none=True)).to_dict()
+        return RuntimeSettings(**service.config.update(change.model_dump(exclude_none=True)).to_dict())
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
+from services.global_api.anomaly_pages import MAX_CURSOR_CHARS
 from services.global_api.auth import get_service
 from services.global_api.codec import MAX_BASE_VERSION as MAX_VERSION
 from services.global_api.model_payload import ModelFormat
+from services.global_api.pages import AFTER_DESCRIPTION, DEFAULT_LIMIT, MAX_LIMIT
 from services.global_api.registry import LATEST_MAX_AGE_S
+from services.global_api.schemas import VERSION_CURSOR, GlobalModelDocument, VersionPage, VersionSummary
 from services.global_api.service import GlobalModelService
 
 router = APIRouter(tags=["models"])
@@ -15,7 +18,13 @@ router = APIRouter(tags=["models"])
 MODEL_RESPONSES = {
     200: {
         "description": "The model as JSON, or the binary container with Accept: application/octet-stream.",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "model": GlobalModelDocument,
+        "content": {
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "`AnomalyModel.to_bytes()`: the flead.model.serialization container.",
+            }
+        },
     },
     304: {"description": "Not modified (If-None-Match matched the ETag)."},
     404: {"description": "No such version."},
@@ -54,16 +63,20 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-@router.get("/api/history", summary="Every global version with its lineage and metrics, newest first")
+@router.get(
+    "/api/history",
+    summary="The global versions with their lineage and metrics, newest first, paginated by cursor",
+)
 def get_history(
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=MAX_VERSION),
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
     service: GlobalModelService = Depends(get_service),
-) -> dict:
-    versions = service.registry.history(limit=limit, offset=offset)
-    return {
-        "versions": [v.summary() for v in versions],
-        "total": service.registry.count(),
-        "limit": limit,
-        "offset": offset,
-    }
+) -> VersionPage:
+    before = None if after is None else int(VERSION_CURSOR.decode(after))
+    versions = service.registry.history(limit=limit, before=before)
+    older = bool(versions) and versions[-1].version > 0  # versions are consecutive from 0
+    return VersionPage(
+        items=[VersionSummary(**v.summary()) for v in versions],
+        limit=limit,
+        next=VERSION_CURSOR.encode(versions[-1].version) if older else None,
+    )

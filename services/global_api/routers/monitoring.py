@@ -10,7 +10,9 @@ from services.global_api.anomaly_pages import MAX_CURSOR_CHARS, PageKey
 from services.global_api.auth import get_service
 from services.global_api.codec import ID_PATTERN
 from services.global_api.event_pages import EventFilter, EventPage
-from services.global_api.monitoring import MAX_OFFSET, AnomalyFilter, utc
+from services.global_api.monitoring import DEVICE_CURSOR, AnomalyFilter, AnomalyPage, DevicePage, utc
+from services.global_api.pages import AFTER_DESCRIPTION, DEFAULT_LIMIT, MAX_LIMIT
+from services.global_api.schemas import RuntimeSettings, Status, UpdateCounts
 from services.global_api.service import GlobalModelService
 
 router = APIRouter(tags=["monitoring"])
@@ -25,26 +27,33 @@ def in_utc(name: str, value: datetime | None) -> datetime | None:
 
 
 @router.get("/api/status", summary="Current version, pending updates, configuration")
-def get_status(service: GlobalModelService = Depends(get_service)) -> dict:
+def get_status(service: GlobalModelService = Depends(get_service)) -> Status:
     latest = service.registry.latest()
-    return {
-        "version": latest.version,
-        "created_at": latest.created_at.isoformat(),
-        "strategy": latest.strategy,
-        "versions": latest.version + 1,  # versions are consecutive from 0
-        "updates": service.updates.status_counts(),
-        "config": service.config.load().to_dict(),
-        "architecture": latest.architecture,
-    }
+    return Status(
+        version=latest.version,
+        created_at=latest.created_at,
+        strategy=latest.strategy,
+        versions=latest.version + 1,  # versions are consecutive from 0
+        updates=UpdateCounts(**service.updates.status_counts()),
+        config=RuntimeSettings(**service.config.load().to_dict()),
+        architecture=latest.architecture,
+    )
 
 
-@router.get("/api/devices", summary="Devices: last seen, samples, updates, anomaly counts, trainer stats")
-def get_devices(service: GlobalModelService = Depends(get_service)) -> dict:
-    devices, anomalies_as_of = service.monitoring.devices()
-    return {"devices": devices, "anomalies_as_of": anomalies_as_of.isoformat()}
+@router.get(
+    "/api/devices",
+    summary="Devices by id, paginated by cursor: last seen, samples, updates, anomaly counts, trainer stats",
+)
+def get_devices(
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
+    service: GlobalModelService = Depends(get_service),
+) -> DevicePage:
+    position = None if after is None else str(DEVICE_CURSOR.decode(after))
+    return service.monitoring.device_page(limit=limit, after=position)
 
 
-@router.get("/api/anomalies", summary="Anomaly events, newest first, filtered, paginated by cursor")
+@router.get("/api/anomalies", summary="Anomalous readings, newest first, filtered, paginated by cursor")
 def get_anomalies(
     device: str | None = Query(None, pattern=ID_PATTERN, description="Only this device."),
     since: datetime | None = Query(
@@ -52,24 +61,20 @@ def get_anomalies(
     ),
     until: datetime | None = Query(None, description="Events before this time."),
     min_score: float | None = Query(None, allow_inf_nan=False, description="Only scores at least this."),
-    limit: int = Query(100, ge=1, le=1000),
-    after: str | None = Query(
-        None, max_length=MAX_CURSOR_CHARS, description="Continue after this cursor (`next` of a page)."
-    ),
-    offset: int = Query(0, ge=0, description=f"Events to skip (at most {MAX_OFFSET}; then use `after`)."),
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
     service: GlobalModelService = Depends(get_service),
-) -> dict:
+) -> AnomalyPage:
     where = AnomalyFilter(
         device_id=device, since=in_utc("since", since), until=in_utc("until", until), min_score=min_score
     )
     position = None if after is None else PageKey.decode(after)
-    return service.monitoring.anomalies(where, limit=limit, offset=offset, after=position).to_dict()
+    return service.monitoring.anomalies(where, limit=limit, after=position)
 
 
 @router.get(
     "/api/events",
     summary="Anomaly events (runs of alarms), newest start first, filtered, paginated by cursor",
-    response_model=EventPage,
 )
 def get_events(
     device: str | None = Query(None, pattern=ID_PATTERN, description="Only this device."),
@@ -81,10 +86,8 @@ def get_events(
         None, ge=0, allow_inf_nan=False, description="Only events whose peak severity is at least this."
     ),
     open: bool | None = Query(None, description="true: only open events; false: only closed ones."),
-    limit: int = Query(100, ge=1, le=1000),
-    after: str | None = Query(
-        None, max_length=MAX_CURSOR_CHARS, description="Continue after this cursor (`next` of a page)."
-    ),
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
     service: GlobalModelService = Depends(get_service),
 ) -> EventPage:
     where = EventFilter(

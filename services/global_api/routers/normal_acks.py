@@ -3,12 +3,14 @@ word that a device's present behaviour is normal, applied by the trainer that ow
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response
 
 from flead.schema import DEVICE_ID_PATTERN
+from services.global_api.anomaly_pages import MAX_CURSOR_CHARS, PageKey
 from services.global_api.auth import admin, get_service
 from services.global_api.keys import Principal
-from services.global_api.normal_acks import AcceptNormalRequest, NormalAck, NormalAckList
+from services.global_api.normal_acks import AcceptNormalRequest, NormalAck, NormalAckPage
+from services.global_api.pages import AFTER_DESCRIPTION, DEFAULT_LIMIT, MAX_LIMIT
 from services.global_api.service import GlobalModelService
 
 router = APIRouter(tags=["admin"])
@@ -20,7 +22,9 @@ DeviceId = Path(pattern=DEVICE_ID_PATTERN, description="The device whose behavio
     status_code=202,
     response_model=NormalAck,
     summary="Accept a device's present behaviour as its new normal (its thresholds recalibrate)",
-    responses={200: {"description": "This request id was recorded before: the recorded one."}},
+    responses={
+        200: {"model": NormalAck, "description": "This request id was recorded before: the recorded one."}
+    },
 )
 def accept_normal(
     response: Response,
@@ -39,10 +43,15 @@ def accept_normal(
 
 @router.get(
     "/api/devices/{device_id}/accept-normal",
-    response_model=NormalAckList,
-    summary="A device's new-normal acknowledgements, newest first: who asked, when, applied or not",
+    response_model=NormalAckPage,
+    summary="A device's new-normal acknowledgements, newest first, paginated by cursor: who asked, when, "
+    "applied or not",
 )
 def list_normal_acks(
-    device_id: str = DeviceId, service: GlobalModelService = Depends(get_service)
-) -> NormalAckList:
-    return NormalAckList(device_id=device_id, items=service.normal_acks.list(device_id))
+    device_id: str = DeviceId,
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
+    service: GlobalModelService = Depends(get_service),
+) -> NormalAckPage:
+    position = None if after is None else PageKey.decode(after)
+    return service.normal_acks.page(device_id, limit=limit, after=position)

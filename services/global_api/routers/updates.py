@@ -10,6 +10,7 @@ from flead.federated import UpdateRefused
 from services.global_api.auth import authenticated, get_service
 from services.global_api.codec import UpdateBody, UpdateFormatError, decode_binary_update, decode_json_update
 from services.global_api.keys import Principal
+from services.global_api.schemas import SubmitResult
 from services.global_api.service import GlobalModelService
 from services.global_api.submission import SubmitStatus
 
@@ -26,8 +27,8 @@ REQUEST_BODY = {
     },
 }
 RESPONSES = {
-    200: {"description": "Already received: a duplicate, counted once."},
-    202: {"description": "Accepted and pending aggregation."},
+    200: {"model": SubmitResult, "description": "Already received: a duplicate, counted once."},
+    202: {"model": SubmitResult, "description": "Accepted and pending aggregation."},
     401: {"description": "Missing or invalid token."},
     403: {"description": "A device token submitting for another device."},
     413: {"description": "Body over the size limit."},
@@ -39,6 +40,7 @@ RESPONSES = {
 @router.post(
     "/api/local-update",
     status_code=202,
+    response_model=SubmitResult,
     openapi_extra={"requestBody": REQUEST_BODY},
     responses=RESPONSES,
     summary="Submit a local model update",

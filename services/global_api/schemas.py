@@ -1,0 +1,139 @@
+"""The typed answers of the endpoints that have no module of their own to hold them: versions, status,
+configuration, aggregation, submissions, health and the JSON global model (the lists' items are typed
+beside what reads them: `monitoring`, `event_pages`, `normal_acks`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flead.federated import STRATEGY_NAMES
+from services.global_api.monitoring import UtcTime
+from services.global_api.pages import KeyCursor, Page
+
+Strategy = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
+
+
+class ClientSettings(BaseModel):
+    """The `flead.federated.ClientConfig` a version was made with."""
+
+    proximal_mu: float | None = Field(None, description="FedProx weight.")
+    personal_mix: float | None = Field(None, description="Personalisation mix.")
+
+
+class VersionSummary(BaseModel):
+    version: int
+    created_at: UtcTime
+    parent_version: int | None = None
+    strategy: str | None = Field(None, description="null for the initial version.")
+    trigger: str = Field(description="`init`, `manual` or `auto`.")
+    n_updates: int
+    n_devices: int
+    total_samples: int
+    metrics: dict[str, int | float | None] = Field(
+        description="Aggregation counts and the sample-weighted means of the updates' metrics (`mean_loss`)."
+    )
+    client: ClientSettings
+
+
+class VersionPage(Page[VersionSummary]):
+    """A page of global versions, newest first."""
+
+
+VERSION_CURSOR = KeyCursor("version", int)
+
+
+class UpdateCounts(BaseModel):
+    pending: int
+    aggregated: int
+    refused: int
+
+
+class RuntimeSettings(BaseModel):
+    """The runtime configuration (`GET /api/config`)."""
+
+    strategy: Strategy
+    auto_aggregate_threshold: int = Field(description="Pending updates that make a submission aggregate.")
+    max_staleness: int = Field(description="Versions an update's base may lag.")
+    proximal_mu: float = Field(description="Served with the versions made from now on.")
+    personal_mix: float = Field(description="Served with the versions made from now on.")
+
+
+class Status(BaseModel):
+    version: int = Field(description="The latest global version.")
+    created_at: UtcTime
+    strategy: str | None = None
+    versions: int = Field(description="How many versions exist (consecutive from 0).")
+    updates: UpdateCounts
+    config: RuntimeSettings
+    architecture: dict[str, Any] = Field(description="The model's `ModelConfig.to_dict()`.")
+
+
+class RefusedUpdate(BaseModel):
+    device_id: str
+    update_id: str
+    reason: str
+
+
+class AggregationResult(BaseModel):
+    created: bool = Field(description="Whether a new version was made.")
+    version: int = Field(description="The new version, or the current one when none was made.")
+    parent_version: int | None = None
+    reason: str | None = Field(None, description="Why no version was made.")
+    n_updates: int = 0
+    n_devices: int = 0
+    refused: list[RefusedUpdate] = []
+    attempts: int = Field(1, description="Tries, counting those lost to concurrent aggregations.")
+
+
+class SubmitResult(BaseModel):
+    status: Literal["accepted", "duplicate"]
+    pending: int = Field(description="Updates pending aggregation.")
+    version: int = Field(description="The latest global version after this submission.")
+    aggregation: AggregationResult | None = Field(
+        None, description="Present when this submission triggered the automatic aggregation."
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    mongodb: bool
+    version: int | None = Field(None, description="The latest global version (when MongoDB is up).")
+    error: str | None = Field(None, description="Why MongoDB counts as down (when it does).")
+
+
+class ArrayLayout(BaseModel):
+    name: str
+    shape: list[int]
+
+
+class ModelDocument(BaseModel):
+    """`AnomalyModel.to_json_dict()` (read it with `AnomalyModel.from_json_dict`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str = Field(description="`flead-model`.")
+    format_version: int
+    architecture: dict[str, Any]
+    layers: list[dict[str, Any]]
+    features: list[str]
+    normalizer: dict[str, Any] = Field(description="Fresh: each device keeps its own.")
+    n_samples_seen: int
+    metadata: dict[str, Any]
+    dtype: str = Field(description="`float32`.")
+    arrays: list[ArrayLayout]
+    weights: dict[str, Any] = Field(description="Every weight array by name, as nested lists.")
+
+
+class GlobalModelDocument(BaseModel):
+    """`GET /api/global-model` as JSON: the model's wire format, shared with the stream trainer (its
+    times as Python's `isoformat`, e.g. `2026-11-28T10:38:40.882000+00:00`)."""
+
+    version: int
+    created_at: datetime
+    parent_version: int | None = None
+    strategy: str | None = None
+    model: ModelDocument
+    client: ClientSettings
