@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     # Data set
     fleet_schema: str = Field(
         "intel_lab",
-        description="The fleet's sensors: a preset (intel_lab, nasa_smap_msl) or a TOML schema file.",
+        description="The fleet's sensors: a preset (intel_lab, nasa_smap, nasa_msl) or a TOML schema file.",
     )
     intel_lab_data_url: str = Field(
         "http://db.csail.mit.edu/labdata/data.txt.gz", description="The Intel Lab readings (34 MB gzip)."

@@ -4,8 +4,9 @@ A schema names the features a device reports (unit, the physical limits outside 
 impossible, the sensor's resolution), optional inputs that explain a signal without being scored
 (a command sent to a module, a setpoint), and where a table of readings keeps its device id and its
 time. The lake's columns, the Kafka message's feature map, the detector's features and resolutions,
-the out-of-range rule and the reports all come from it. Two presets ship (`PRESETS`): the Intel
-Berkeley Lab motes and the NASA SMAP / MSL telemetry; a user's fleet is a small TOML file:
+the out-of-range rule and the reports all come from it. Three presets ship (`PRESETS`): the Intel
+Berkeley Lab motes, and the NASA SMAP and MSL telemetry (their command counts differ); a user's fleet
+is a small TOML file:
 
     name = "plant-a"
     version = 1
@@ -172,16 +173,22 @@ INTEL_LAB = FleetSchema(
     ),
 )
 
-NASA_SMAP_MSL = FleetSchema(
-    name="nasa_smap_msl",
-    description="NASA SMAP / MSL telemetry channels (Hundman et al., KDD 2018): one channel per device, "
-    "its value scaled to -1..1, one-hot commands as inputs (SMAP uses the first 24)",
-    time=TimeColumn(column="t", kind="index", step_seconds=60.0),
-    features=(Feature(name="value", min=-1.0, max=1.0),),
-    inputs=tuple(Feature(name=f"cmd_{i:02d}", min=0.0, max=1.0) for i in range(1, 55)),
-)
 
-PRESETS: dict[str, FleetSchema] = {s.name: s for s in (INTEL_LAB, NASA_SMAP_MSL)}
+def _nasa(craft: str, commands: int, description: str) -> FleetSchema:
+    return FleetSchema(
+        name=f"nasa_{craft}",
+        description=f"{description} telemetry channels (Hundman et al., KDD 2018): one channel per "
+        "device, its value scaled to -1..1, the one-hot commands of its module as inputs; t counts readings",
+        time=TimeColumn(column="t", kind="index", step_seconds=60.0),
+        features=(Feature(name="value", min=-1.0, max=1.0),),
+        inputs=tuple(Feature(name=f"cmd_{i:02d}", min=0.0, max=1.0) for i in range(1, commands + 1)),
+    )
+
+
+NASA_SMAP = _nasa("smap", 24, "NASA Soil Moisture Active Passive satellite")
+NASA_MSL = _nasa("msl", 54, "NASA Mars Science Laboratory rover")
+
+PRESETS: dict[str, FleetSchema] = {s.name: s for s in (INTEL_LAB, NASA_SMAP, NASA_MSL)}
 
 
 def load_fleet(spec: str | Path) -> FleetSchema:

@@ -18,7 +18,7 @@ from flead.bus.replay import lake_readings, replay
 from flead.config import Settings
 from flead.datasets import lake, pipeline
 from flead.datasets.tabular import parse_table_files
-from flead.fleet import INTEL_LAB, NASA_SMAP_MSL, FleetSchemaError, load_fleet
+from flead.fleet import INTEL_LAB, NASA_MSL, NASA_SMAP, FleetSchemaError, load_fleet
 from flead.schema import LAKE_SCHEMA, lake_schema
 from flead_dagster_tests.test_trainer_stream import (
     Trainer,
@@ -89,7 +89,8 @@ def test_a_schema_file_declares_features_inputs_and_columns(plant):
     assert fleet.resolutions["pressure"] == 0.01
     assert list(lake_schema(fleet))[3:6] == ["pressure", "vibration", "valve_open"]
     assert lake_schema(INTEL_LAB) == LAKE_SCHEMA
-    assert NASA_SMAP_MSL.feature_names == ("value",) and len(NASA_SMAP_MSL.inputs) == 54
+    assert NASA_SMAP.feature_names == NASA_MSL.feature_names == ("value",)
+    assert (len(NASA_SMAP.inputs), len(NASA_MSL.inputs)) == (24, 54)
 
 
 @pytest.mark.parametrize(
@@ -190,13 +191,13 @@ def test_an_index_timed_parquet_fleet_gets_times_a_step_apart(tmp_path):
             "device_id": ["P-1"] * 3 + ["M-6"] * 2,
             "t": [0, 1, 2, 0, 1],
             "value": [0.1, -0.2, 3.0, 0.0, None],
-            **{f"cmd_{i:02d}": [0.0] * 5 for i in range(1, 55)},
+            **{f"cmd_{i:02d}": [0.0] * 5 for i in range(1, 25)},
         }
     )
     frame.write_parquet(tmp_path / "channels.parquet")
-    parsed = parse_table_files([tmp_path / "channels.parquet"], NASA_SMAP_MSL)
+    parsed = parse_table_files([tmp_path / "channels.parquet"], NASA_SMAP)
     rows = parsed.rows.sort("device_id", "ts")
-    origin = NASA_SMAP_MSL.time.origin
+    origin = NASA_SMAP.time.origin
     assert rows.filter(pl.col("device_id") == "P-1")["ts"].to_list() == [
         origin + timedelta(minutes=m) for m in range(3)
     ]
@@ -254,3 +255,54 @@ def test_a_users_fleet_runs_from_its_csv_through_kafka_and_the_trainer(plant, se
     assert alarm is not None and set(alarm["values"]) == {"pressure", "vibration", "valve_open"}
     [letter] = read_all(settings, settings.topic_dlq, 1)
     assert b"is not this deployment's fleet schema 'plant_a@2'" in dict(letter.headers)["flead.error"]
+
+
+SHARED_NASA = Path(__file__).resolve().parents[2] / "shared/data/nasa_smap_msl"
+
+
+@pytest.mark.skipif(
+    not SHARED_NASA.is_dir(), reason="the shared NASA SMAP / MSL folder is not beside the repo"
+)
+def test_the_nasa_smap_preset_runs_real_channels_through_kafka_and_the_trainer(services_env, tmp_path):
+    channels = (
+        pl.read_parquet(SHARED_NASA / "smap_test.parquet")
+        .filter(pl.col("device_id").is_in(["P-1", "E-1", "T-1"]) & (pl.col("t") < 400))
+        .drop("label")
+    )
+    channels.write_parquet(tmp_path / "smap.parquet")
+    env = isolated_env(services_env, FLEAD_HOME=str(tmp_path / "home"), FLEAD_FLEET_SCHEMA="nasa_smap")
+    settings = settings_for(env)
+    ingest = subprocess.run(
+        [FLEAD, "data", "ingest", str(tmp_path / "smap.parquet")],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    assert "1,200 rows, 0 rejects" in ingest.stdout
+    create_topics(settings)
+    frame = lake_readings(settings)
+    assert frame.height == 1200 and frame["ts"].min() == NASA_SMAP.time.origin
+    replay(settings, frame)
+    trainer = Trainer(env, tmp_path, "--flush-idle", "0.5")
+    health = trainer.wait_for(
+        lambda h: offsets_total(h, "checkpointed_offsets") == frame.height and h["buffered"] == 0,
+        120,
+        "every reading consumed, scored and checkpointed",
+    )
+    assert health["counters"]["scored"] == 1200 and health["counters"]["dlq"] == 0
+    assert trainer.stop() == 0, trainer.tail()
+    assert {d: stats[0] for d, stats in device_table(settings).items()} == {
+        "P-1": 400,
+        "E-1": 400,
+        "T-1": 400,
+    }
+
+
+def test_the_module_examples_run():
+    import doctest
+
+    import flead.fleet
+
+    assert doctest.testmod(flead.fleet).failed == 0
