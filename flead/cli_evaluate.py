@@ -12,6 +12,7 @@ from rich.table import Table
 
 from flead.cli_output import console, fail
 from flead.config import Settings
+from flead.datasets import lake
 from flead.evaluation.loader import LabelledSeries, load_labelled, load_train_test
 from flead.evaluation.references import REFERENCES
 from flead.evaluation.runner import (
@@ -136,6 +137,8 @@ def evaluate_command(
         else:
             series, dropped = load_lake_benchmark(Path(settings.labelled_dir))
             source = f"labelled benchmark {settings.labelled_dir}"
+            if inputs is None:  # the fleet schema's inputs explain its features: read, not scored
+                inputs = ",".join(lake.lake_fleet(Path(settings.labelled_dir)).input_names) or None
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
 

@@ -306,3 +306,28 @@ def test_the_module_examples_run():
     import flead.fleet
 
     assert doctest.testmod(flead.fleet).failed == 0
+
+
+def test_a_users_fleet_is_labelled_and_evaluated_with_its_own_features(plant, tmp_path):
+    home = tmp_path / "home"
+    assert run(home, plant, "ingest", str(plant_csv(tmp_path / "plant.csv", rows=1500))).returncode == 0
+    inject = run(home, plant, "inject", "--seed", "3", "--rate-scale", "20")
+    assert inject.returncode == 0, inject.stdout + inject.stderr
+    events = pl.read_parquet(home / "labelled" / "events.parquet")
+    assert set(events["feature"].drop_nulls()) <= {"pressure", "vibration"}  # never the input
+    assert events.height > 0 and lake.lake_fleet(home / "labelled") == load_fleet(plant)
+
+    out = tmp_path / "evaluation.json"
+    env = {**os.environ, "FLEAD_HOME": str(home), "FLEAD_FLEET_SCHEMA": str(plant), "COLUMNS": "200"}
+    evaluate = subprocess.run(
+        [FLEAD, "evaluate", "-m", "local", "-m", "pca", "--train-fraction", "0.3", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert evaluate.returncode == 0, evaluate.stdout + evaluate.stderr
+    result = json.loads(out.read_text())
+    assert result["setup"]["features"] == ["pressure", "vibration"]
+    assert result["setup"]["inputs"] == ["valve_open"]  # the schema's input: read, not scored
+    assert result["results"]["local"]["readings_scored"] > 0

@@ -273,10 +273,12 @@ def test_rejects_bad_config_and_input(source: pl.DataFrame) -> None:
         InjectionConfig(spike_rate=-1)
     with pytest.raises(ValueError):
         InjectionConfig(drift_length=(10, 5))
+    with pytest.raises(ValueError, match=r"features \['pressure'\] are not features of the fleet schema"):
+        inject_anomalies(source, InjectionConfig(features=("pressure",)))
+    with pytest.raises(ValueError, match=r"max_features must be within 1\.\.4"):
+        inject_anomalies(source, InjectionConfig(max_features=5))
     with pytest.raises(ValueError):
-        InjectionConfig(features=("pressure",))
-    with pytest.raises(ValueError):
-        InjectionConfig(max_features=5)
+        InjectionConfig(features=("temperature",), max_features=2)
     with pytest.raises(ValueError):
         inject_anomalies(source.drop("out_of_range"))
 
@@ -304,7 +306,9 @@ def test_labelled_set_is_written_beside_the_untouched_lake(source: pl.DataFrame,
     result = inject_lake(lake, days, out, BUSY, seed=4)
 
     assert digest(lake) == before
-    assert sorted(p.name for p in out.iterdir()) == sorted([EVENTS_FILE, *(f"date={d}" for d in days)])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [EVENTS_FILE, "_fleet", *(f"date={d}" for d in days)]
+    )  # _fleet: its schema
     for d in days:
         assert [p.name for p in (out / f"date={d}").iterdir()] == ["part-0.parquet"]
         part = pl.read_parquet(out / f"date={d}" / "part-0.parquet")

@@ -36,25 +36,32 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from flead.datasets.lake import conform_to_lake, partition_path, write_parquet_atomic
-from flead.fleet import INTEL_LAB
-from flead.schema import LAKE_SCHEMA, MEASUREMENTS
+from flead.datasets.lake import claim_lake, conform_to_lake, lake_fleet, partition_path, write_parquet_atomic
+from flead.fleet import INTEL_LAB, FleetSchema
+from flead.schema import lake_schema
 
 ANOMALY_TYPES = ("spike", "stuck_at", "drift", "noise_burst", "dropout", "bias", "noise_increase")
 # The faults that last: a detector that learns them away, or caps its alarms, misses most of them.
 SUSTAINED_TYPES = ("stuck_at", "drift", "bias", "noise_increase")
 
-LABELLED_SCHEMA: dict[str, pl.DataType] = {
-    **LAKE_SCHEMA,
-    "label": pl.Int8(),  # 1 = part of an injected event
-    "anomaly_type": pl.String(),  # one of ANOMALY_TYPES; null when label == 0
-    "event_id": pl.Int64(),  # EVENTS_SCHEMA.event_id; null when label == 0
-}
+
+
+def labelled_schema(fleet: FleetSchema) -> dict[str, pl.DataType]:
+    """The labelled set's columns: the fleet's lake columns and the ground truth."""
+    return {
+        **lake_schema(fleet),
+        "label": pl.Int8(),  # 1 = part of an injected event
+        "anomaly_type": pl.String(),  # one of ANOMALY_TYPES; null when label == 0
+        "event_id": pl.Int64(),  # EVENTS_SCHEMA.event_id; null when label == 0
+    }
+
+
+LABELLED_SCHEMA = labelled_schema(INTEL_LAB)
 EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.Int64(),
     "device_id": pl.String(),
     "anomaly_type": pl.String(),
-    "feature": pl.String(),  # comma-separated MEASUREMENTS hit, in MEASUREMENTS order; null for dropout
+    "feature": pl.String(),  # comma-separated features hit, in the schema's order; null for dropout
     "start_ts": pl.Datetime("us", "UTC"),
     "end_ts": pl.Datetime("us", "UTC"),
     "n_points": pl.Int64(),  # readings changed (dropout: removed)
@@ -62,9 +69,6 @@ EVENTS_SCHEMA: dict[str, pl.DataType] = {
 }
 EVENTS_FILE = "events.parquet"
 
-# The std of a feature that barely moves (a dark room's light) is floored at the sensor's resolution,
-# so that an event always changes the values.
-MIN_SCALE = INTEL_LAB.resolutions
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class InjectionConfig:
     bias_magnitude: tuple[float, float] = (2.0, 4.0)
     noise_increase_magnitude: tuple[float, float] = (2.0, 4.0)
 
-    features: tuple[str, ...] = MEASUREMENTS
+    features: tuple[str, ...] = ()  # the features events may hit; () = every feature of the fleet
     max_features: int = 1  # each event hits 1..max_features of `features`
     min_separation: int = 10  # untouched readings between two events of a device
 
@@ -107,13 +111,22 @@ class InjectionConfig:
                 raise ValueError(f"{f.name} must be a range (low, high) with 0 <= low <= high, got {value}")
             if f.name.endswith("_length") and value[0] < 1:
                 raise ValueError(f"{f.name} must start at 1 or more, got {value}")
-        unknown = set(self.features) - set(MEASUREMENTS)
-        if unknown or not self.features:
-            raise ValueError(f"features must be a non-empty subset of {MEASUREMENTS}, got {self.features}")
-        if not 1 <= self.max_features <= len(self.features):
+        if self.features and not 1 <= self.max_features <= len(self.features):
             raise ValueError(f"max_features must be within 1..{len(self.features)}, got {self.max_features}")
+        if self.max_features < 1:
+            raise ValueError(f"max_features must be >= 1, got {self.max_features}")
         if self.min_separation < 0:
             raise ValueError("min_separation must be >= 0")
+
+    def features_of(self, fleet: FleetSchema) -> tuple[str, ...]:
+        """The features events may hit, checked against the fleet's (in the fleet's order)."""
+        chosen = self.features or fleet.feature_names
+        unknown = sorted(set(chosen) - set(fleet.feature_names))
+        if unknown:
+            raise ValueError(f"features {unknown} are not features of the fleet schema {fleet.ref}")
+        if self.max_features > len(chosen):
+            raise ValueError(f"max_features must be within 1..{len(chosen)}, got {self.max_features}")
+        return tuple(f for f in fleet.feature_names if f in chosen)
 
     def rate(self, kind: str) -> float:
         return getattr(self, f"{kind}_rate")
@@ -127,31 +140,35 @@ class InjectionConfig:
 
 @dataclass(frozen=True)
 class LabelledData:
-    readings: pl.DataFrame  # LABELLED_SCHEMA, in the input's row order, dropout rows removed
+    readings: pl.DataFrame  # `labelled_schema`, in the input's row order, dropout rows removed
     events: pl.DataFrame  # EVENTS_SCHEMA, by device_id then start_ts; event_id = row number
 
 
-def feature_scales(frame: pl.DataFrame) -> pl.DataFrame:
-    """Per device, the std of each measurement over its readings not flagged out_of_range, floored at
-    MIN_SCALE: the unit of the injected magnitudes. Columns: device_id, *MEASUREMENTS."""
+def feature_scales(frame: pl.DataFrame, fleet: FleetSchema = INTEL_LAB) -> pl.DataFrame:
+    """Per device, the std of each feature over its readings not flagged out_of_range: the unit of the
+    injected magnitudes. Floored at the sensor's resolution (a dark room's light barely moves), and at
+    1e-9 where none is given, so that an event always changes the values. Columns: device_id, features."""
+    features = fleet.feature_names
+    floors = {f: max(fleet.resolutions[f], 1e-9) for f in features}
     normal = frame.filter(~pl.col("out_of_range").fill_null(False))
-    scales = normal.group_by("device_id").agg(pl.col(f).std() for f in MEASUREMENTS)
+    scales = normal.group_by("device_id").agg(pl.col(f).std() for f in features)
     every = frame.select(pl.col("device_id").unique())
     return every.join(scales, on="device_id", how="left").select(
         "device_id",
-        *(pl.max_horizontal(pl.col(f).fill_null(0.0), pl.lit(MIN_SCALE[f])).alias(f) for f in MEASUREMENTS),
+        *(pl.max_horizontal(pl.col(f).fill_null(0.0), pl.lit(floors[f])).alias(f) for f in features),
     )
 
 
 def inject_anomalies(
-    frame: pl.DataFrame, config: InjectionConfig | None = None, seed: int = 0
+    frame: pl.DataFrame, config: InjectionConfig | None = None, seed: int = 0, fleet: FleetSchema = INTEL_LAB
 ) -> LabelledData:
-    """Labelled copy of `frame` (LAKE_SCHEMA rows of any days and devices) with anomalies injected.
+    """Labelled copy of `frame` (lake rows of `fleet`, any days and devices) with anomalies injected.
 
     `frame` itself is never changed; rows no event touches come out bit-identical.
     """
     config = config or InjectionConfig()
-    frame = conform_to_lake(frame)
+    hittable = config.features_of(fleet)
+    frame = conform_to_lake(frame, fleet)
     n = frame.height
     order = frame.with_row_index("_row").sort("device_id", "ts", "_row")
     rows = order["_row"].to_numpy().astype(np.int64)
@@ -159,14 +176,14 @@ def inject_anomalies(
     first_of_device = np.flatnonzero(device_sorted.ne_missing(device_sorted.shift(1)).to_numpy())
     bounds = [*first_of_device.tolist(), n]
 
-    values = {f: frame[f].to_numpy() for f in config.features}  # read-only views; nulls become NaN
-    usable = {f: frame[f].is_not_null().to_numpy() for f in config.features}
+    values = {f: frame[f].to_numpy() for f in hittable}  # read-only views; nulls become NaN
+    usable = {f: frame[f].is_not_null().to_numpy() for f in hittable}
     out_of_range = frame["out_of_range"].fill_null(False).to_numpy()
     ts = frame["ts"]
     day = frame["ts"].dt.date().to_physical().to_numpy()
-    scales = {row[0]: row[1:] for row in feature_scales(frame).iter_rows()}
+    scales = {row[0]: row[1:] for row in feature_scales(frame, fleet).iter_rows()}
 
-    changes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {f: [] for f in config.features}
+    changes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {f: [] for f in hittable}
     event_of_row = np.full(n, -1, dtype=np.int64)
     removed = np.zeros(n, dtype=bool)
     events: list[dict] = []
@@ -174,9 +191,9 @@ def inject_anomalies(
         device = device_sorted[a]
         device_rows = rows[a:b]
         rng = np.random.default_rng([seed, zlib.crc32(device.encode())])
-        device_scale = dict(zip(MEASUREMENTS, scales[device], strict=True))
+        device_scale = dict(zip(fleet.feature_names, scales[device], strict=True))
         placed = _place_device(
-            rng, config, device_rows, out_of_range, usable, np.unique(day[device_rows]).size
+            rng, config, hittable, device_rows, out_of_range, usable, np.unique(day[device_rows]).size
         )
         for kind, features, span in placed:
             magnitude_range = config.magnitude(kind)
@@ -218,12 +235,13 @@ def inject_anomalies(
         anomaly_type=events_frame["anomaly_type"].gather(event_ids),
         event_id=event_ids,
     ).filter(pl.Series(~removed))
-    return LabelledData(readings=labelled.select(list(LABELLED_SCHEMA)), events=events_frame)
+    return LabelledData(readings=labelled.select(list(labelled_schema(fleet))), events=events_frame)
 
 
 def _place_device(
     rng: np.random.Generator,
     config: InjectionConfig,
+    features_allowed: tuple[str, ...],
     device_rows: np.ndarray,
     out_of_range: np.ndarray,
     usable: dict[str, np.ndarray],
@@ -241,8 +259,8 @@ def _place_device(
             span = length + 1  # the removed readings and the reading after them, which gets the label
         else:
             count = int(rng.integers(1, config.max_features + 1))
-            chosen = set(rng.choice(config.features, size=count, replace=False).tolist())
-            features = tuple(f for f in MEASUREMENTS if f in chosen)
+            chosen = set(rng.choice(features_allowed, size=count, replace=False).tolist())
+            features = tuple(f for f in features_allowed if f in chosen)
             span = length
         free = ~taken & ~out_of_range[device_rows]
         for feature in features:
@@ -285,14 +303,15 @@ def _anomalous(rng: np.random.Generator, kind: str, original: np.ndarray, step: 
 
 
 def read_lake_days(root: Path | str, days: Iterable[date | str]) -> pl.DataFrame:
-    """The LAKE_SCHEMA rows of the given days of the lake at `root`."""
+    """The lake rows (`lake_schema` of the fleet the lake holds) of the given days of the lake at `root`."""
+    schema = lake_schema(lake_fleet(Path(root)))
     frames = [
         pl.read_parquet(partition_path(root, date.fromisoformat(d) if isinstance(d, str) else d)).select(
-            list(LAKE_SCHEMA)
+            list(schema)
         )
         for d in days
     ]
-    return pl.concat(frames) if frames else pl.DataFrame(schema=LAKE_SCHEMA)
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
 def write_labelled(
@@ -329,6 +348,8 @@ def inject_lake(
     if Path(out_root).resolve() == Path(lake_root).resolve():
         raise ValueError("the labelled set must go to its own root, never over the lake it comes from")
     days = list(days)
-    labelled = inject_anomalies(read_lake_days(lake_root, days), config, seed)
+    fleet = lake_fleet(Path(lake_root))
+    labelled = inject_anomalies(read_lake_days(lake_root, days), config, seed, fleet)
+    claim_lake(Path(out_root), fleet)
     write_labelled(labelled, out_root, days)
     return labelled

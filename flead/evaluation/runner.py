@@ -30,7 +30,6 @@ from flead.federated.simulate import MODES as DETECTOR_MODES
 from flead.federated.simulate import SimulationConfig, simulate
 from flead.model.config import ModelConfig
 from flead.model.events import EventConfig, group_events
-from flead.schema import MEASUREMENTS
 
 EVALUATION_MODES = (*DETECTOR_MODES, *REFERENCES)
 ANOMALY_TYPE = "anomaly_type"
@@ -114,15 +113,16 @@ def load_lake_benchmark(labelled_dir: Path) -> tuple[LabelledSeries, int]:
         raise FileNotFoundError(
             f"no labelled benchmark under {labelled_dir}: run `flead data ingest` then `flead data inject`"
         )
+    columns = lake.lake_fleet(labelled_dir).columns
     frame = pl.read_parquet([lake.partition_path(labelled_dir, d) for d in days])
     dropped = int(frame["out_of_range"].sum())
     frame = (
         frame.filter(~pl.col("out_of_range"))
-        .select(DEVICE, TS, *MEASUREMENTS, pl.col("label").cast(pl.Int8).alias(LABEL), EVENT, ANOMALY_TYPE)
+        .select(DEVICE, TS, *columns, pl.col("label").cast(pl.Int8).alias(LABEL), EVENT, ANOMALY_TYPE)
         .sort(DEVICE, TS, maintain_order=True)
     )
     files = (*(lake.partition_path(labelled_dir, d) for d in days), labelled_dir / EVENTS_FILE)
-    return LabelledSeries(frame=frame, features=MEASUREMENTS, files=files), dropped
+    return LabelledSeries(frame=frame, features=columns, files=files), dropped
 
 
 def split(series: LabelledSeries, plan: EvaluationPlan) -> tuple[pl.DataFrame, pl.DataFrame | None]:
