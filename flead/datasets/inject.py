@@ -45,7 +45,6 @@ ANOMALY_TYPES = ("spike", "stuck_at", "drift", "noise_burst", "dropout", "bias",
 SUSTAINED_TYPES = ("stuck_at", "drift", "bias", "noise_increase")
 
 
-
 def labelled_schema(fleet: FleetSchema) -> dict[str, pl.DataType]:
     """The labelled set's columns: the fleet's lake columns and the ground truth."""
     return {
@@ -68,7 +67,6 @@ EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "magnitude": pl.Float64(),  # in device stds; null for stuck_at and dropout
 }
 EVENTS_FILE = "events.parquet"
-
 
 
 @dataclass(frozen=True)
