@@ -28,12 +28,13 @@ import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
 from flead.config import Settings
+from flead.datasets import lake
 from flead.evaluation.batch_scoring import (
     DEVICE,
     TS,
     canonical_order,
     lake_sources,
-    model_features,
+    model_columns,
     score_table,
     source_columns,
 )
@@ -110,13 +111,15 @@ def score_lake_spark(
     if not 0.0 < quantile < 1.0:  # checked on the driver too, before any Spark work
         raise ValueError(f"quantile must be within (0, 1), got {quantile}")
     paths, labelled = lake_sources(lake_dir, days, labelled_dir)
-    columns = source_columns(model_features(model_bytes), labelled)
+    columns = source_columns(model_columns(model_bytes), labelled)
     readings = spark.read.parquet(*(str(p) for p in paths)).select(*columns)
+    ranges = lake.lake_fleet(Path(lake_dir)).valid_ranges
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # model_bytes travels in this closure (a global model is tens of kB).
         for table in _devices(batches):
-            yield from score_table(table, model_bytes, quantile=quantile, train=train).to_batches()
+            scored = score_table(table, model_bytes, quantile=quantile, train=train, ranges=ranges)
+            yield from scored.to_batches()
 
     frame = (
         readings.repartition(DEVICE).sortWithinPartitions(DEVICE, TS).mapInArrow(score_partition, SCORED_DDL)

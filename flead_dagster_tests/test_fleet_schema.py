@@ -18,7 +18,10 @@ from flead.bus.replay import lake_readings, replay
 from flead.config import Settings
 from flead.datasets import lake, pipeline
 from flead.datasets.tabular import parse_table_files
+from flead.evaluation.batch_scoring import score_lake
 from flead.fleet import INTEL_LAB, NASA_MSL, NASA_SMAP, FleetSchemaError, load_fleet
+from flead.model.anomaly_model import AnomalyModel
+from flead.model.config import model_for_fleet
 from flead.schema import LAKE_SCHEMA, lake_schema
 from flead_dagster_tests.test_trainer_stream import (
     Trainer,
@@ -331,3 +334,19 @@ def test_a_users_fleet_is_labelled_and_evaluated_with_its_own_features(plant, tm
     assert result["setup"]["features"] == ["pressure", "vibration"]
     assert result["setup"]["inputs"] == ["valve_open"]  # the schema's input: read, not scored
     assert result["results"]["local"]["readings_scored"] > 0
+
+
+def test_batch_scoring_reads_a_fleets_inputs_and_judges_its_limits(plant, tmp_path):
+    fleet = load_fleet(plant)
+    spike = "2024-05-02T03:00:30Z,pump-1,25.0,0.2,1,north"  # beyond the sensor's 16 bar
+    parsed = parse_table_files([plant_csv(tmp_path / "plant.csv", rows=600, extra=[spike])], fleet)
+    root = tmp_path / "lake"
+    lake.claim_lake(root, fleet)
+    lake.write_days(parsed.rows, root, fleet)
+    model = AnomalyModel(model_for_fleet(fleet, window=4, hidden=(8, 2)), seed=0)
+    scored = score_lake(root, lake.list_partitions(root), model.to_bytes(), quantile=0.99)
+    assert scored.height == 1201
+    flagged = scored.filter(pl.col("out_of_range"))
+    assert flagged.select("device_id", "ts").rows() == [
+        ("pump-1", datetime(2024, 5, 2, 3, 0, 30, tzinfo=UTC))
+    ]

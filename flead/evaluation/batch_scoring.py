@@ -13,8 +13,8 @@ the global model (``process_many(learn=False)``, micro-batches of ``TrainConfig.
   compare how well versions *rank* the labelled anomalies, which is what the version check needs.
   (An online-style adaptive threshold was tried first: its ~1,500-reading warm-up left 39 % of a
   3-day evaluation unjudged and it alarmed on 9 % of the rest.)
-- readings outside the sensors' physical limits (`flead.model.rules`) ORed into the alarm, as the
-  stream trainer does.
+- readings outside the sensors' physical limits (the lake's fleet schema, `flead.model.rules`) ORed
+  into the alarm, as the stream trainer does.
 
 A device's results depend only on its own readings (sorted by time, ties broken by the values), so
 they are the same whatever the row order of the input or how devices are split across batches or
@@ -28,7 +28,7 @@ device's), is_anomaly, out_of_range, label (null without labels).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
 
@@ -38,6 +38,7 @@ import pyarrow as pa
 
 from flead.datasets import lake
 from flead.evaluation.metrics import point_scores
+from flead.fleet import INTEL_LAB
 from flead.model import rules
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import TrainConfig
@@ -65,24 +66,31 @@ SCORE_QUANTILE = 0.99  # score_p99
 
 
 def score_table(
-    table: pa.Table, model_bytes: bytes, *, quantile: float, train: TrainConfig | None = None
+    table: pa.Table,
+    model_bytes: bytes,
+    *,
+    quantile: float,
+    train: TrainConfig | None = None,
+    ranges: Mapping[str, tuple[float, float]] = INTEL_LAB.valid_ranges,
 ) -> pa.Table:
     """Score every reading of `table` with the frozen model `model_bytes` (`AnomalyModel.to_bytes`).
 
-    `table` needs device_id, ts and the model's feature columns; ``label`` (bool or 0/1) is carried
-    over when present. Rows come back in `SCORED_SCHEMA`, one per input row, sorted by device and
-    time. `train` sets the detector's micro-batch size and warm-up (default `TrainConfig()`, as the
-    stream trainer runs); its learning settings are unused, nothing is learned.
+    `table` needs device_id, ts and the model's columns (features and inputs); ``label`` (bool or
+    0/1) is carried over when present. `ranges`: the fleet schema's physical limits. Rows come back
+    in `SCORED_SCHEMA`, one per input row, sorted by device and time. `train` sets the detector's
+    micro-batch size and warm-up (default `TrainConfig()`, as the stream trainer runs); its learning
+    settings are unused, nothing is learned.
     """
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be within (0, 1), got {quantile}")
     model = AnomalyModel.from_bytes(model_bytes)
-    frame = _prepare(table, model.features)
+    columns = model.config.columns
+    frame = _prepare(table, columns)
     n = frame.height
     scores = np.zeros(n)
     thresholds = np.full(n, np.nan)
     alarms = np.zeros(n, bool)
-    values = frame.select(model.features).to_numpy().astype(np.float64, copy=False)
+    values = frame.select(columns).to_numpy().astype(np.float64, copy=False)
     ts = frame.get_column(TS).dt.replace_time_zone(None).to_numpy()
     device = frame.get_column(DEVICE)
     starts = np.flatnonzero(device.ne_missing(device.shift(1)).to_numpy()).tolist()
@@ -94,7 +102,7 @@ def score_table(
         if finite.any():
             thresholds[lo:hi] = np.quantile(scores[lo:hi][finite], quantile)
             alarms[lo:hi] = scores[lo:hi] > thresholds[lo:hi]
-    out_of_range = rules.out_of_range(values, model.features)
+    out_of_range = rules.out_of_range(values, columns, ranges)
     return pa.table(
         [
             frame.get_column(DEVICE).cast(pl.String).to_arrow().cast(pa.string()),
@@ -144,7 +152,7 @@ def _device_detector(model: AnomalyModel, values: np.ndarray, train: TrainConfig
     device's readings first (batch evaluation knows the device's history; the global model's
     normaliser is an average of nobody in particular)."""
     own = copy.deepcopy(model)
-    own.normalizer = RunningNormalizer(own.config.n_features, own.config.min_std)
+    own.normalizer = RunningNormalizer(own.config.n_columns, own.config.min_std)
     own.normalizer.update(values)
     return OnlineDetector(model=own, train=train)
 
@@ -180,8 +188,9 @@ def source_columns(features: Iterable[str], labelled: bool) -> list[str]:
     return [DEVICE, TS, *features, *([LABEL] if labelled else [])]
 
 
-def model_features(model_bytes: bytes) -> tuple[str, ...]:
-    return AnomalyModel.from_bytes(model_bytes).features
+def model_columns(model_bytes: bytes) -> tuple[str, ...]:
+    """What the model reads of each reading: its features, then its inputs."""
+    return AnomalyModel.from_bytes(model_bytes).config.columns
 
 
 def score_lake(
@@ -195,9 +204,10 @@ def score_lake(
 ) -> pl.DataFrame:
     """Score `days` of the lake (or of its labelled copy, see `lake_sources`) in-process."""
     paths, labelled = lake_sources(lake_dir, days, labelled_dir)
-    columns = source_columns(model_features(model_bytes), labelled)
+    columns = source_columns(model_columns(model_bytes), labelled)
     table = pl.read_parquet(paths, columns=columns).to_arrow()
-    scored = pl.from_arrow(score_table(table, model_bytes, quantile=quantile, train=train))
+    ranges = lake.lake_fleet(Path(lake_dir)).valid_ranges
+    scored = pl.from_arrow(score_table(table, model_bytes, quantile=quantile, train=train, ranges=ranges))
     assert isinstance(scored, pl.DataFrame)
     return canonical_order(scored)
 
