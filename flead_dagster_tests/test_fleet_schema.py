@@ -18,10 +18,11 @@ from flead.bus.replay import lake_readings, replay
 from flead.config import Settings
 from flead.datasets import lake, pipeline
 from flead.datasets.tabular import parse_table_files
-from flead.evaluation.batch_scoring import score_lake
+from flead.evaluation.batch_scoring import score_lake, write_scored
 from flead.fleet import INTEL_LAB, NASA_MSL, NASA_SMAP, FleetSchemaError, load_fleet
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import model_for_fleet
+from flead.reporting.anomaly_report import build_report
 from flead.schema import LAKE_SCHEMA, lake_schema
 from flead_dagster_tests.test_trainer_stream import (
     Trainer,
@@ -350,3 +351,9 @@ def test_batch_scoring_reads_a_fleets_inputs_and_judges_its_limits(plant, tmp_pa
     assert flagged.select("device_id", "ts").rows() == [
         ("pump-1", datetime(2024, 5, 2, 3, 0, 30, tzinfo=UTC))
     ]
+
+    # The anomaly report reads the lake's flags and the scores, whatever the fleet measures.
+    write_scored(scored, tmp_path / "evaluations", 0, lake.list_partitions(root))
+    report = build_report(root, tmp_path / "evaluations", tmp_path / "report")
+    assert report.per_device["device_id"].sort().to_list() == ["pump-1", "pump-2"]
+    assert report.totals["readings"] == 1201 and report.totals["out_of_range"] == 1
