@@ -46,6 +46,10 @@ def test_federated_run_makes_consecutive_versions_with_stale_updates(streams):
     assert versions == list(range(1, len(versions) + 1)) and len(versions) >= 5
     assert any(h["mean_staleness"] > 0 for h in result.history)  # delayed updates arrive late
     assert sum(h["samples"] for h in result.history) == sum(f.height for f in train.values())
+    # Each version reports its updates' training loss, which falls as the fleet learns.
+    losses = [h["mean_loss"] for h in result.history]
+    assert all(loss is not None and loss > 0 for loss in losses)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
     # Every device ends on the last version, personalised: close to each other, not identical.
     weights = [c.get_weights() for c in result.detectors.values()]
     assert all(set(w) == set(weights[0]) for w in weights)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pytest
 from kafka.structs import TopicPartition
@@ -84,6 +85,10 @@ def test_devices_federate_through_the_api(api):
         assert stats["delivered"] == stats["pushed"] >= 2 and stats["refused"] == stats["failed"] == 0
         newer = wait_until(lambda: exchange.latest(start.version), 30, "the aggregated version")
         assert newer.version > start.version
+        # the devices' training loss travels with their updates into the version's history entry
+        history = httpx.get(f"{settings.api_url}/api/history", timeout=10).json()["items"]
+        made = next(h for h in history if h["version"] == newer.version)
+        assert made["metrics"]["mean_loss"] > 0, made["metrics"]
         wait_until(lambda: exchange.stats()["not_modified"], 10, "a revalidation answered 304 (ETag)")
         feed(federation, slots, "dev-a", 64, seed=3)
         assert slots["dev-a"].client.base_version == newer.version  # adopted

@@ -76,6 +76,7 @@ class DeviceClient:
         samples = self.detector.n_samples_seen
         if self.base_version is None or samples == 0 or (samples < self.push_every and not force):
             return None
+        loss = self.detector.model.mean_loss
         current = self.detector.get_weights()
         delta = weight_delta(current, self.reported)
         self.reported = current
@@ -88,6 +89,7 @@ class DeviceClient:
             n_samples=samples,
             arrays=delta,
             kind="delta",
+            metrics={} if loss is None else {"loss": loss},
         )
 
 

@@ -266,6 +266,7 @@ class _Run:
                 "devices": s.n_devices,
                 "samples": s.total_samples,
                 "mean_staleness": s.mean_staleness,
+                "mean_loss": s.mean_loss,  # the updates' training loss, sample-weighted
                 "refused": s.n_refused,
                 "step": self.step,
             }

@@ -21,7 +21,8 @@ class AnomalyModel:
     Weights are float32 and named ``<layer>.W`` (fan_in x fan_out) and ``<layer>.b``, with layers
     ``net.0 .. net.k`` for a forecaster and ``enc.0 .. enc.k, dec.0 .. dec.k`` for an autoencoder.
     `n_samples_seen` counts the readings learned since `reset_sample_counter()`: the weight of this
-    model's update in federated averaging.
+    model's update in federated averaging; `loss_sum` adds up their training loss (each batch's loss
+    before its step, times the readings it learned), so `mean_loss` is what the update reports.
     """
 
     def __init__(self, config: ModelConfig | None = None, seed: int = 0) -> None:
@@ -30,6 +31,7 @@ class AnomalyModel:
         self.network.initialise(seed)
         self.normalizer = RunningNormalizer(self.config.n_columns, self.config.min_std)
         self.n_samples_seen = 0
+        self.loss_sum = 0.0
         self.metadata: dict = {}
 
     @property
@@ -46,8 +48,14 @@ class AnomalyModel:
         """Adopt `weights` (e.g. the global model's); the normaliser stays this device's own."""
         self.network.set_weights(weights)
 
+    @property
+    def mean_loss(self) -> float | None:
+        """The mean training loss per reading learned since the counter was reset (None: none learned)."""
+        return self.loss_sum / self.n_samples_seen if self.n_samples_seen else None
+
     def reset_sample_counter(self) -> None:
         self.n_samples_seen = 0
+        self.loss_sum = 0.0
 
     # -------------------------------------------------------------------------------- formats
 
@@ -62,6 +70,7 @@ class AnomalyModel:
             "features": list(self.config.features),
             "normalizer": self.normalizer.state_dict(),
             "n_samples_seen": self.n_samples_seen,
+            "loss_sum": self.loss_sum,
             "metadata": self.metadata,
         }
 
@@ -123,6 +132,10 @@ class AnomalyModel:
         if not isinstance(samples, int) or samples < 0:
             raise ValueError(f"n_samples_seen must be an integer >= 0, got {samples!r}")
         model.n_samples_seen = samples
+        loss_sum = header.get("loss_sum", 0.0)  # absent from models saved before the loss was kept
+        if not isinstance(loss_sum, int | float) or isinstance(loss_sum, bool) or not loss_sum >= 0:
+            raise ValueError(f"loss_sum must be a number >= 0, got {loss_sum!r}")
+        model.loss_sum = float(loss_sum)
         metadata = header.get("metadata") or {}
         if not isinstance(metadata, dict):
             raise ValueError("metadata must be a JSON object")

@@ -541,8 +541,9 @@ class OnlineDetector:
             mask = np.isfinite(target) * entry_weights
         target = np.clip(np.nan_to_num(target, nan=0.0), -cfg.input_clip, cfg.input_clip)
         forward = run.forward
+        first_loss = None
         for _ in range(self.train.steps_per_batch):
-            _, grad = loss_and_gradient(
+            loss, grad = loss_and_gradient(
                 net,
                 run.x,
                 target,
@@ -552,11 +553,14 @@ class OnlineDetector:
                 anchor=anchor,
                 forward=forward,
             )
+            first_loss = loss if first_loss is None else first_loss
             forward = None  # the weights moved: later steps need a fresh forward pass
             clip_by_global_norm(grad, self.train.clip_norm)
             self.optimizer.step(net.flat, grad)
-        learned = np.isfinite(chunk.values[:, : cfg.n_features]).any(axis=1) & (weights > 0)
-        self.model.n_samples_seen += int(learned.sum())
+        learned = int((np.isfinite(chunk.values[:, : cfg.n_features]).any(axis=1) & (weights > 0)).sum())
+        self.model.n_samples_seen += learned
+        if learned and first_loss is not None and np.isfinite(first_loss):
+            self.model.loss_sum += float(first_loss) * learned
 
     def _adapt(self, chunk: _Chunk, bootstrap: bool) -> None:
         """Move the normaliser with the chunk, winsorised so that a wild reading cannot drag it. With

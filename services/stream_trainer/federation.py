@@ -53,6 +53,7 @@ class Federation:
         if update is not None:
             finite = chunk.score[np.isfinite(chunk.score)]
             metrics = {
+                **update.metrics,  # the training loss
                 "mean_score": float(finite.mean()) if finite.size else 0.0,
                 "anomaly_rate": float(chunk.is_anomaly.mean()) if len(chunk.is_anomaly) else 0.0,
             }
