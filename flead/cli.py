@@ -75,7 +75,7 @@ def local_up() -> None:
 
 @local_app.command("down")
 def local_down() -> None:
-    """Stop the processes `flead local up` started (SIGTERM, then SIGKILL after the grace period)."""
+    """Stop the processes that flead local up started (SIGTERM, then SIGKILL after the grace period)."""
     for result in _services().down():
         pid = f" (PID {result.pid})" if result.pid else ""
         console.print(f"{result.name}{pid}: {result.outcome}")

@@ -133,7 +133,7 @@ def list_keys() -> None:
 
 
 @api_app.command("revoke-key")
-def revoke_key(key_id: str = typer.Argument(..., help="The key id (see `flead api list-keys`).")) -> None:
+def revoke_key(key_id: str = typer.Argument(..., help="The key id (see flead api list-keys).")) -> None:
     """Revoke a key: its token is refused from the next request on."""
     service = _service()
     try:

@@ -256,7 +256,8 @@ def _print_lake_summary(settings: Settings) -> None:
     if all_rejects.height:
         console.print(
             _table(
-                "rejected lines by reason", all_rejects.group_by("reason").len().sort("len", descending=True)
+                "rejected lines by reason",
+                all_rejects.group_by("reason").len(name="lines").sort("lines", descending=True),
             )
         )
     console.print(

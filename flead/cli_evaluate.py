@@ -56,11 +56,25 @@ def evaluate_command(
         "are always evaluated too (naming only references evaluates just them).",
     ),
     separator: str = typer.Option(
-        None, "--sep", help="CSV field separator (default ','; '\\t' = tab); any file extension is then CSV."
+        None,
+        "--sep",
+        help="CSV field separator (default ',', tab for .tsv; '\\t' or tab = tab); any file extension is "
+        "then CSV. A header holding another separator (; tab | ,) but not this one is refused with a hint.",
     ),
     time_column: str = typer.Option(None, "--time", help="Time column (default: row order is time order)."),
     time_format: str = typer.Option(None, help="strftime format of the time column (default: inferred)."),
-    device_column: str = typer.Option(None, "--device", help="Device column (default: one device per file)."),
+    device_column: str = typer.Option(
+        None,
+        "--device",
+        help="Device column. Without it every file is one device, and a file with a column that looks "
+        "like a device id (device, device_id, sensor, mote, node, id, ... with several values) is "
+        "refused rather than read as one device: pass its name, or --one-device-per-file.",
+    ),
+    one_device_per_file: bool = typer.Option(
+        False,
+        "--one-device-per-file",
+        help="Read every file as one device even when a column looks like a device id.",
+    ),
     label_column: str = typer.Option("label", "--label", help="Label column; non-zero = anomaly."),
     features: str = typer.Option(
         None,
@@ -123,6 +137,7 @@ def evaluate_command(
         "time": time_column,
         "time_format": time_format,
         "device": device_column,
+        "one_device_per_file": one_device_per_file,
         "features": [*_names(features), *_names(inputs)] if features else None,
     }
     unmatched: list[str] = []

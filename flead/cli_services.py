@@ -24,7 +24,8 @@ STATE_STYLE = {
 
 @services_app.command("status")
 def status() -> None:
-    """A table of the supervised services: state, PID, whether the supervisor started it, detail, log."""
+    """A table of the supervised services: state, PID, whether the supervisor started it, detail, log;
+    exits 1 when any is not healthy (as flead local status does)."""
     with Supervisor(Settings(), log_dir=dagster_log_dir()) as supervisor:
         statuses = supervisor.status()
     table = Table(title="FLEAD supervised services")
@@ -40,6 +41,8 @@ def status() -> None:
             str(s.log_file),
         )
     console.print(table)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
 
 
 @services_app.command("stop")

@@ -4,10 +4,17 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from flead.config import Settings
 from flead.roundtrip import run_round_trip
+from flead_dagster.asset_metadata import OWNERS
 from flead_dagster.resources import KafkaResource, MongoResource
 
 
-@asset(group_name="platform", description="One reading through Kafka (consumer group) into MongoDB and back.")
+@asset(
+    group_name="platform",
+    kinds={"kafka", "mongodb"},
+    owners=OWNERS,
+    code_version="1",
+    description="One reading through Kafka (consumer group) into MongoDB and back.",
+)
 def platform_round_trip(
     context: AssetExecutionContext, kafka: KafkaResource, mongo: MongoResource
 ) -> MaterializeResult:

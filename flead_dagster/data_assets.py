@@ -23,6 +23,7 @@ from flead.config import Settings, load_settings
 from flead.datasets import lake, pipeline
 from flead.datasets.inject import ANOMALY_TYPES, InjectionConfig
 from flead.schema import LAKE_SCHEMA
+from flead_dagster.asset_metadata import LABELLED_COLUMNS, LAKE_COLUMNS, OWNERS, frame_table
 
 SETTINGS = load_settings()  # at import: bad settings fail with one clear SettingsError
 DAILY = DailyPartitionsDefinition(
@@ -50,6 +51,9 @@ class LabelConfig(Config):
 
 @asset(
     group_name="data",
+    kinds={"python", "polars"},
+    owners=OWNERS,
+    code_version="1",
     description="The raw readings (Intel Lab download, a local path, or a synthetic fleet), parsed once.",
 )
 def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> MaterializeResult:
@@ -84,6 +88,10 @@ def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> Ma
 @asset(
     group_name="data",
     deps=[raw_intel_lab],
+    kinds={"polars", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    metadata=LAKE_COLUMNS,
     partitions_def=DAILY,
     backfill_policy=BackfillPolicy.single_run(),
     check_specs=[
@@ -145,6 +153,9 @@ def lake_checks(frame: pl.DataFrame, flag_rate_warn: float) -> list[AssetCheckRe
 @asset(
     group_name="data",
     deps=[readings_lake],
+    kinds={"polars", "parquet"},
+    owners=OWNERS,
+    code_version="1",
     description="Devices seen in the lake, with locations when known.",
 )
 def device_registry(context: AssetExecutionContext) -> MaterializeResult:
@@ -157,7 +168,7 @@ def device_registry(context: AssetExecutionContext) -> MaterializeResult:
             "devices": registry.height,
             "with_location": int(registry["x"].is_not_null().sum()),
             "path": MetadataValue.path(str(pipeline.registry_path(settings))),
-            "preview": MetadataValue.md(markdown_table(preview)),
+            "preview": frame_table(preview, bar="readings"),
         }
     )
 
@@ -165,7 +176,11 @@ def device_registry(context: AssetExecutionContext) -> MaterializeResult:
 @asset(
     group_name="data",
     deps=[readings_lake],
-    description="The lake with injected, labelled anomalies (a separate data set).",
+    kinds={"polars", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    metadata=LABELLED_COLUMNS,
+    description="The lake with injected, labelled anomalies (a separate data set), one Parquet file per day.",
 )
 def labelled_benchmark(context: AssetExecutionContext, config: LabelConfig) -> MaterializeResult:
     settings = Settings()
@@ -192,13 +207,3 @@ def labelled_benchmark(context: AssetExecutionContext, config: LabelConfig) -> M
             "path": MetadataValue.path(str(settings.labelled_dir)),
         }
     )
-
-
-def markdown_table(frame: pl.DataFrame) -> str:
-    """A frame as a Markdown table for Dagster metadata (floats to 4 significant digits)."""
-    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * frame.width
-    cells = [
-        " | ".join("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row)
-        for row in frame.iter_rows()
-    ]
-    return "\n".join([header, *(f"| {row} |" for row in cells)])

@@ -1,12 +1,15 @@
 """The README's main job: local services, the long-running services, then the whole asset graph.
 
-Every step is a Dagster run in the instance at ``DAGSTER_HOME`` (default ``<FLEAD_HOME>/dagster``), so
-`flead up` (``dagster dev``) shows them afterwards.
+Every step is a Dagster run of a named job (`flead_dagster.jobs`) in the instance at ``DAGSTER_HOME``
+(default ``<FLEAD_HOME>/dagster``), so `flead up` (``dagster dev``) shows them afterwards, tagged
+``flead/trigger`` (``demo`` for `flead demo`), ``flead/source`` (the source asked for: auto, download,
+path or synthetic) and ``flead/main_job`` (one id for all the runs of one main job, to filter by).
 """
 
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,23 +17,30 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, JobDefinition
 
 from flead.config import Settings
 from flead.local.services import LocalServices
 from flead.local.supervisor import SERVICES, Outcome, State, Supervisor
-from flead_dagster.data_assets import DAILY, device_registry, labelled_benchmark, raw_intel_lab, readings_lake
-from flead_dagster.pipeline_assets import (
-    PIPELINE,
-    anomaly_report,
-    global_model,
-    global_model_evaluation,
-    stream_replay,
+from flead_dagster.data_assets import DAILY
+from flead_dagster.jobs import (
+    MAIN_JOB_JOBS,
+    benchmark_job,
+    evaluation_job,
+    global_model_job,
+    lake_job,
+    raw_data_job,
+    replay_job,
+    report_job,
 )
+from flead_dagster.pipeline_assets import PIPELINE
 from flead_dagster.resources import default_resources
 from flead_dagster.schedules import range_tags
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+TRIGGER_TAG = "flead/trigger"
+SOURCE_TAG = "flead/source"
+MAIN_JOB_TAG = "flead/main_job"
 STEPS = (
     "local services",
     "global API and stream trainer",
@@ -44,6 +54,10 @@ STEPS = (
 )
 
 
+class MainJobError(RuntimeError):
+    """A step's Dagster run failed; the message names the job and the run (its log is in the UI)."""
+
+
 @dataclass
 class MainJobResult:
     source: str
@@ -55,6 +69,8 @@ class MainJobResult:
     alarms: int = 0
     report: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    main_job_id: str = ""  # the flead/main_job tag of its runs
+    runs: dict[str, str] = field(default_factory=dict)  # job name -> run id
 
 
 def dagster_home(settings: Settings) -> Path:
@@ -75,11 +91,18 @@ def run_main_job(
     synthetic_devices: int = 54,
     path: Path | None = None,
     on_step: Callable[[int, str], None] = lambda _i, _name: None,
+    trigger: str = "demo",
+    quiet: dict | None = None,
+    capture_output: bool = True,
 ) -> MainJobResult:
     """Run every step; `days` None means every day of the data set. A synthetic fleet (the fallback
     offline) has `synthetic_devices` devices; `path` is the data of source "path" (a data.txt(.gz) or
-    a folder of Node*.txt files)."""
+    a folder of Node*.txt files). `trigger` is the runs' ``flead/trigger`` tag; `quiet` the runs'
+    logger config (default: Dagster's console logger at WARNING). `capture_output` False keeps the
+    steps' stdout and stderr out of the runs' compute logs (see `_instance`)."""
     timings: dict[str, float] = {}
+    main_job_id = uuid.uuid4().hex[:12]
+    runs: dict[str, str] = {}
     steps = iter(enumerate(STEPS))
 
     @contextmanager
@@ -96,22 +119,26 @@ def run_main_job(
 
     with step():
         home = dagster_home(settings)
-        instance = DagsterInstance.get()
+        instance = _instance(home, capture_output)
         with Supervisor(settings, log_dir=home / "flead" / "logs") as supervisor:
             for service in SERVICES:
                 ensure_healthy(supervisor, service)
-    resources = default_resources(settings)
+    # The jobs bound to this call's settings (`definitions.defs` binds them to the environment's).
+    defs = Definitions(assets=PIPELINE, jobs=list(MAIN_JOB_JOBS), resources=default_resources(settings))
+    tags = {TRIGGER_TAG: trigger, SOURCE_TAG: source, MAIN_JOB_TAG: main_job_id}
 
-    def run(selection, partitions: list[date] | None = None, run_config: dict | None = None):
-        tags = range_tags(partitions[0].isoformat(), partitions[-1].isoformat()) if partitions else None
-        return materialize(
-            PIPELINE,
-            selection=selection,
-            instance=instance,
-            resources=resources,
-            tags=tags,
-            run_config={**QUIET, **(run_config or {})},
-        )
+    def run(job: JobDefinition, partitions: list[date] | None = None, run_config: dict | None = None):
+        days = range_tags(partitions[0].isoformat(), partitions[-1].isoformat()) if partitions else {}
+        run_id = runs[job.name] = str(uuid.uuid4())
+        try:
+            return defs.resolve_job_def(job.name).execute_in_process(
+                instance=instance,
+                run_id=run_id,
+                tags={**tags, **days},
+                run_config={**(QUIET if quiet is None else quiet), **(run_config or {})},
+            )
+        except Exception as exc:
+            raise MainJobError(f"{job.name} failed (run {run_id}): {type(exc).__name__}: {exc}") from exc
 
     with step():
         synthetic = {
@@ -119,24 +146,22 @@ def run_main_job(
             "days": days or (settings.dataset_end - settings.dataset_start).days + 1,
         }
         raw_config = {"source": source, **synthetic, **({"path": str(path)} if path else {})}
-        raw = run([raw_intel_lab], run_config={"ops": {"raw_intel_lab": {"config": raw_config}}})
+        raw = run(raw_data_job, run_config={"ops": {"raw_intel_lab": {"config": raw_config}}})
         staged = _metadata(raw, "raw_intel_lab")
         first, last = (date.fromisoformat(staged[k]) for k in ("first_day", "last_day"))
         chosen = _choose_days(first, last, days)
         result = MainJobResult(staged["source"], "" if staged["note"] == "-" else staged["note"], chosen)
+        result.main_job_id, result.runs = main_job_id, runs
 
     with step():
-        run([readings_lake], chosen)
+        run(lake_job, chosen)
 
     with step():
         window = {"start": chosen[0].isoformat(), "end": chosen[-1].isoformat()}
-        run(
-            [device_registry, labelled_benchmark],
-            run_config={"ops": {"labelled_benchmark": {"config": window}}},
-        )
+        run(benchmark_job, run_config={"ops": {"labelled_benchmark": {"config": window}}})
 
     with step():  # fails when the trainer does not train every replayed reading
-        replayed = _metadata(run([stream_replay], chosen), "stream_replay")
+        replayed = _metadata(run(replay_job, chosen), "stream_replay")
         if replayed["trained"] != replayed["readings"]:
             raise RuntimeError(
                 f"{replayed['readings']:,} readings replayed but {replayed['trained']:,} trained"
@@ -144,17 +169,29 @@ def run_main_job(
         result.readings = replayed["trained"]
 
     with step():
-        result.version = _metadata(run([global_model]), "global_model")["version"]
+        result.version = _metadata(run(global_model_job), "global_model")["version"]
 
     with step():
-        evaluated = _metadata(run([global_model_evaluation], chosen), "global_model_evaluation")
+        evaluated = _metadata(run(evaluation_job, chosen), "global_model_evaluation")
         result.f1 = None if math.isnan(evaluated["f1"]) else evaluated["f1"]  # NaN: no labels
         result.alarms = evaluated["alarms"]
 
     with step():
-        result.report = Path(_metadata(run([anomaly_report]), "anomaly_report")["path"])
+        result.report = Path(_metadata(run(report_job), "anomaly_report")["path"])
     result.seconds = timings
     return result
+
+
+def _instance(home: Path, capture_output: bool) -> DagsterInstance:
+    """The Dagster instance at `home`. Without `capture_output` its compute log manager is the no-op
+    one: Dagster's local one mirrors each step's output through a ``tail`` and a watcher process of
+    ours, and a terminal's Ctrl-C reaches those too, which then print their own tracebacks."""
+    if capture_output:
+        return DagsterInstance.get()
+    from dagster._core.instance.ref import InstanceRef  # the documented dagster.yaml, one key overridden
+
+    noop = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+    return DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides={"compute_logs": noop}))
 
 
 def _metadata(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:

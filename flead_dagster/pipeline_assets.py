@@ -25,13 +25,13 @@ from flead.bus import lag
 from flead.bus.replay import lake_readings, replay
 from flead.config import Settings
 from flead.evaluation import batch_scoring, store
-from flead.reporting.anomaly_report import build_report
+from flead.reporting.anomaly_report import AnomalyReport, build_report
 from flead.storage.mongo import get_database
+from flead_dagster.asset_metadata import EVALUATION_COLUMNS, OWNERS, frame_table
 from flead_dagster.data_assets import (
     DAILY,
     device_registry,
     labelled_benchmark,
-    markdown_table,
     raw_intel_lab,
     readings_lake,
 )
@@ -65,6 +65,9 @@ def partition_days(context: AssetExecutionContext) -> list[date]:
 @asset(
     group_name="stream",
     deps=[readings_lake],
+    kinds={"kafka", "polars"},
+    owners=OWNERS,
+    code_version="1",
     partitions_def=DAILY,
     backfill_policy=BackfillPolicy.single_run(),
     description="The days' lake readings replayed into the readings topic, keyed by device, in event-time "
@@ -137,6 +140,9 @@ def _not_trained(settings: Settings, config: ReplayConfig, waited: lag.GroupWait
 @asset(
     group_name="model",
     deps=[stream_replay],
+    kinds={"fastapi", "mongodb", "numpy"},
+    owners=OWNERS,
+    code_version="1",
     description="The global model: pending local updates aggregated through the global API.",
 )
 def global_model(context: AssetExecutionContext, global_api: GlobalApiResource) -> MaterializeResult:
@@ -169,6 +175,10 @@ def global_model(context: AssetExecutionContext, global_api: GlobalApiResource) 
 @asset(
     group_name="model",
     deps=[global_model, readings_lake, labelled_benchmark],
+    kinds={"spark", "parquet", "mongodb"},
+    owners=OWNERS,
+    code_version="1",
+    metadata=EVALUATION_COLUMNS,
     partitions_def=DAILY,
     backfill_policy=BackfillPolicy.single_run(),
     check_specs=[
@@ -232,7 +242,7 @@ def global_model_evaluation(
             "precision": overall.get("precision") if overall.get("precision") is not None else float("nan"),
             "recall": overall.get("recall") if overall.get("recall") is not None else float("nan"),
             "labelled": f1 is not None,
-            "per_device": MetadataValue.md(markdown_table(per_device.head(60))),
+            "per_device": frame_table(per_device.head(60), bar="alarm_rate"),
             "path": MetadataValue.path(str(paths[0].parent.parent) if paths else settings.evaluations_dir),
         },
         check_results=[f1_check(f1, previous, settings.evaluation_f1_tolerance)],
@@ -267,6 +277,9 @@ REPORT_AFTER_EVALUATION = (
 @asset(
     group_name="model",
     deps=[global_model_evaluation],
+    kinds={"duckdb", "matplotlib", "markdown"},
+    owners=OWNERS,
+    code_version="1",
     automation_condition=REPORT_AFTER_EVALUATION,
     description="DuckDB over the lake and the newest evaluation: per-device and per-day summaries, charts.",
 )
@@ -274,21 +287,39 @@ def anomaly_report(context: AssetExecutionContext) -> MaterializeResult:
     settings = Settings()
     report = build_report(Path(settings.lake_dir), Path(settings.evaluations_dir), Path(settings.reports_dir))
     context.log.info(f"report of version {report.version} at {report.markdown_path}")
-    charts = {
-        name: MetadataValue.md(
-            f"![{name}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-        )
-        for name, path in report.png.items()
-    }
-    return MaterializeResult(
-        metadata={
-            "version": report.version,
-            **{k: v for k, v in report.totals.items() if v is not None},
-            "report": MetadataValue.md(report.markdown),
-            "path": MetadataValue.path(str(report.markdown_path)),
-            **{f"chart_{name}": value for name, value in charts.items()},
-        }
+    return MaterializeResult(metadata=report_metadata(report))
+
+
+REPORT_DAYS = 60  # rows of the per-day table on the asset page
+REPORT_DEVICES = 20  # rows of the per-device table (highest alarm rate first)
+
+
+def report_metadata(report: AnomalyReport) -> dict[str, object]:
+    """The report on the asset page: totals, then the charts as tables drawn inline (each with a
+    column of text bars), the PNG files' paths, and the Markdown report and the PNGs themselves
+    (Markdown this long stays behind "[Show Markdown]" in Dagster 1.13)."""
+    per_day = report.per_day.select(
+        "date", "scored", "alarms", "alarms_out_of_range", "out_of_range_without_alarm", "alarm_rate"
     )
+    per_device = report.per_device.filter(pl.col("scored") > 0).select(
+        "device_id", "scored", "alarms", "alarm_rate", "days_with_alarms", "max_score"
+    )
+    top = report.top_device_days.select("device_id", "date", "scored", "alarms", "alarm_rate", "max_score")
+    images = "\n\n".join(
+        f"![{name}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+        for name, path in report.png.items()
+    )
+    return {
+        "version": report.version,
+        **{k: v for k, v in report.totals.items() if v is not None},
+        "alarms_per_day": frame_table(per_day.tail(REPORT_DAYS), bar="alarms"),
+        "alarm_rate_per_device": frame_table(per_device.head(REPORT_DEVICES), bar="alarm_rate"),
+        "top_device_days": frame_table(top, bar="alarms"),
+        **{f"chart_{name}": MetadataValue.path(str(path)) for name, path in report.png.items()},
+        "path": MetadataValue.path(str(report.markdown_path)),
+        "report": MetadataValue.md(report.markdown),
+        "chart_images": MetadataValue.md(images),
+    }
 
 
 # The data set and model assets, in graph order (the main job materialises them step by step).

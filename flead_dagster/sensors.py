@@ -33,6 +33,7 @@ from pymongo.errors import PyMongoError
 from flead.config import Settings
 from flead.local.supervisor import API, TRAINER, EnsureResult, Supervisor, dagster_log_dir
 from flead.storage.mongo import make_mongo_client
+from flead_dagster.asset_metadata import OWNERS
 from flead_dagster.jobs import global_model_job
 from services.global_api.update_store import UpdateStatus, UpdateStore
 
@@ -44,6 +45,8 @@ service_assets = [
         TRAINER,
         group_name="services",
         kinds={"python", "kafka"},
+        owners=OWNERS,
+        code_version="1",
         description=(
             "The stream trainer (`flead trainer run`): consumes the readings topic, trains one detector "
             "per device, scores every reading and federates through the global API. Observed by "
@@ -54,6 +57,8 @@ service_assets = [
         API,
         group_name="services",
         kinds={"python", "fastapi"},
+        owners=OWNERS,
+        code_version="1",
         description=(
             "The global model API (`flead api run`): receives local updates, aggregates them and serves "
             "every global model version. Observed by `global_api_sensor`, which keeps it running."

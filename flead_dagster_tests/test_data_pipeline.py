@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -182,6 +183,11 @@ def test_cli_ingest_of_a_damaged_copy_accounts_for_every_line(tmp_path):
     rows = lake.scan_lake(tmp_path / "home" / "lake").collect()
     assert rows.height + rejects.height == expected
     assert rows.filter(pl.col("missing_fields")).height == 1
+    # The summary's rejects table: a named count column (not polars' "len"), one row per reason.
+    table = result.stdout[result.stdout.index("rejected lines by reason") :]
+    header = next(line for line in table.splitlines() if "reason" in line and "┃" in line)
+    assert [cell.strip() for cell in header.strip("┃ ").split("┃")] == ["reason", "lines"], header
+    assert re.search(r"│ blank line\s+│\s+1 │", table), table
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the shared 9-mote Intel Lab folder is not beside the repo")

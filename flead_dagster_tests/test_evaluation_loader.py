@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from flead.evaluation.loader import load_labelled, load_train_test, split_series
+from flead.evaluation.loader import device_like_columns, load_labelled, load_train_test, split_series
 
 
 def write(path: Path, text: str) -> Path:
@@ -250,6 +251,49 @@ def test_a_semicolon_file_read_with_the_default_separator_gets_a_hint(tmp_path: 
     tabs = write(tmp_path / "tabs.csv", "x\ty\tlabel\n1\t2\t0\n")
     with pytest.raises(ValueError, match=r"pass --sep '\\t'"):
         load_labelled([tabs])
+
+
+def test_the_header_is_checked_before_reading_also_gzipped(tmp_path: Path) -> None:
+    """A ';' file with decimal commas reads with ',' as ragged rows (a polars error): the header says
+    what it is before polars reads a line."""
+    ragged = write(tmp_path / "dec.csv", "x;y;label\n1,5;2,5;0\n3;4;1\n")
+    with pytest.raises(ValueError, match=r"holds no ',' but 2 ';'; it looks ';'-separated: pass --sep ';'"):
+        load_labelled([ragged])
+    packed = tmp_path / "pipes.csv.gz"
+    packed.write_bytes(gzip.compress(b"x|y|label\n1|2|0\n"))
+    with pytest.raises(ValueError, match=r"pass --sep '\|'"):
+        load_labelled([packed])
+    with pytest.raises(ValueError, match="decimal comma"):
+        load_labelled([ragged], separator=";")
+    with pytest.raises(ValueError, match="cannot separate fields"):
+        load_labelled([ragged], separator='"')
+
+
+def test_device_like_columns_are_named_like_a_device_and_repeat() -> None:
+    frame = pl.DataFrame(
+        {
+            "Device-ID": ["a", "b"] * 5,  # case and punctuation ignored
+            "mote": [1] * 10,  # one device: nothing hidden
+            "id": list(range(10)),  # a row number
+            "sensor_name": ["s1", "s2", None, "s3", "s1", "s2", "s3", "s1", "s2", "s3"],
+            "temperature": [1.0, 2.0] * 5,  # repeats, but is not named like a device
+        }
+    )
+    assert device_like_columns(frame) == {"Device-ID": ["a", "b"], "sensor_name": ["s1", "s2", "s3"]}
+    assert device_like_columns(frame, exclude={"Device-ID"}) == {"sensor_name": ["s1", "s2", "s3"]}
+
+
+def test_a_file_of_several_devices_needs_a_device_column_or_one_device_per_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "fleet.csv", "node_id,x,label\n" + "".join(f"n{i % 2},{i},0\n" for i in range(8)))
+    with pytest.raises(
+        ValueError, match=r"column 'node_id' looks like a device id \(2 distinct values: n0, n1\)"
+    ):
+        load_labelled([path])
+    assert load_labelled([path], device="node_id").frame["device_id"].n_unique() == 2
+    per_file = load_labelled([path], one_device_per_file=True)
+    assert per_file.frame["device_id"].unique().to_list() == ["fleet"] and per_file.features == ("x",)
+    with pytest.raises(ValueError, match="not both"):
+        load_labelled([path], device="node_id", one_device_per_file=True)
 
 
 def test_a_split_column_marks_the_train_part(tmp_path: Path) -> None:

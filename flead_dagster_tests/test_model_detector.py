@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +341,56 @@ def test_an_autoencoder_judges_a_flagged_reading_by_its_reconstruction_not_its_j
     judged = detector.process_many(test, learn=False)
     assert np.flatnonzero(judged["is_anomaly"].to_numpy()).tolist() == [k]
     np.testing.assert_allclose(judged["score"].to_numpy()[: k + 1], unjudged[: k + 1], rtol=1e-5)
+
+
+def test_the_learn_one_docstring_example_runs() -> None:
+    """The River-style example in `OnlineDetector.learn_one` (the project runs no --doctest-modules)."""
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = [t for t in finder.find(OnlineDetector, "OnlineDetector") if t.name.endswith(".learn_one")]
+    assert len(tests) == 1 and len(tests[0].examples) >= 5
+    runner.run(tests[0])
+    assert runner.summarize(verbose=False) == (0, len(tests[0].examples))
+
+
+def test_one_reading_at_a_time_is_the_batch_api_over_batches_of_one() -> None:
+    values = stream(200)
+    one, many = OnlineDetector(SMALL, seed=3), OnlineDetector(SMALL, seed=3)
+    for row in values[:150]:
+        reading = dict(zip(ABC, row, strict=True))
+        before = one.score_one(reading)
+        assert one.score_one(reading) == before  # scoring changes nothing
+        one.learn_one({**reading, "device_id": "mote-07", "label": 0})  # other keys are ignored
+        many.learn_many(row[None, :])
+    for a, b in zip(one.get_weights().values(), many.get_weights().values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    probe = values[150]
+    assert one.score_one(dict(zip(ABC, probe, strict=True))) == many.score_many(probe[None, :])[0]
+    # A missing key, None and NaN are the same missing value.
+    gaps = [
+        one.score_one({"a": probe[0], "b": probe[1]}),
+        one.score_one({"a": probe[0], "b": probe[1], "c": None}),
+    ]
+    gaps.append(one.score_one({"a": probe[0], "b": probe[1], "c": float("nan")}))
+    assert gaps[0] == gaps[1] == gaps[2] == many.score_many(np.array([[probe[0], probe[1], np.nan]]))[0]
+    with pytest.raises(ValueError, match="none of the model's columns"):
+        one.learn_one({"temperature": 20.0})
+    with pytest.raises(TypeError, match="mapping"):
+        one.score_one([1.0, 2.0, 3.0])
+
+
+def test_one_reading_with_its_time_of_day() -> None:
+    config = ModelConfig(features=("x",), window=4, hidden=(8, 2))  # the time of day is an input
+    aware, naive = OnlineDetector(config, seed=1), OnlineDetector(config, seed=1)
+    start = datetime(2004, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))  # 10:00 UTC
+    for i in range(50):
+        when = start + timedelta(minutes=i)
+        aware.learn_one({"x": float(i % 3)}, ts=when)
+        naive.learn_one(
+            {"x": float(i % 3)}, ts=np.datetime64(when.astimezone(UTC).replace(tzinfo=None), "us")
+        )
+    assert aware.score_one({"x": 1.0}, ts=start) == naive.score_one(
+        {"x": 1.0}, ts=np.datetime64("2004-03-01T10:00")
+    )
+    assert aware.score_one({"x": 1.0}, ts=start) != aware.score_one({"x": 1.0}, ts=start + timedelta(hours=6))
+    with pytest.raises(ValueError, match="pass ts"):
+        aware.learn_one({"x": 1.0})

@@ -15,6 +15,8 @@ from dagster import (
     AssetMaterialization,
     AssetRecordsFilter,
     DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
     build_schedule_context,
     evaluate_automation_conditions,
     materialize,
@@ -23,9 +25,11 @@ from dagster import (
 from flead.config import Settings
 from flead.local.supervisor import Supervisor
 from flead.storage.mongo import get_database, make_mongo_client
+from flead_dagster.asset_metadata import COLUMN_SCHEMA
 from flead_dagster.data_assets import readings_lake
 from flead_dagster.definitions import defs
-from flead_dagster.main_job import run_main_job
+from flead_dagster.jobs import MAIN_JOB_JOBS
+from flead_dagster.main_job import MAIN_JOB_TAG, SOURCE_TAG, TRIGGER_TAG, run_main_job
 from flead_dagster.pipeline_assets import PIPELINE, f1_check, global_model_evaluation, stream_replay
 from flead_dagster.resources import default_resources
 from flead_dagster.schedules import (
@@ -119,6 +123,32 @@ def test_main_job_then_a_two_day_backfill(pipeline_env: Settings):
     assert result.readings == lake.height > 0
     assert result.version >= 1, "the trainer's updates were aggregated into a new global version"
     assert result.report is not None and result.report.is_file()
+
+    # Every step ran as its named job, tagged with the trigger, the source and the main job's id.
+    runs = DagsterInstance.get().get_runs(filters=RunsFilter(tags={MAIN_JOB_TAG: result.main_job_id}))
+    assert sorted(r.job_name for r in runs) == sorted(job.name for job in MAIN_JOB_JOBS)
+    assert {r.run_id for r in runs} == set(result.runs.values())
+    for run in runs:
+        assert run.status == DagsterRunStatus.SUCCESS, run.job_name
+        assert (run.tags[TRIGGER_TAG], run.tags[SOURCE_TAG]) == ("demo", "synthetic"), run.job_name
+    evaluation = next(r for r in runs if r.job_name == "evaluation_job")
+    assert evaluation.tags["flead/spark"] == "evaluation"  # the job's own tag, beside the run's
+    assert evaluation.tags[RANGE_START_TAG] == DAYS[0].isoformat()
+
+    # The column schemas the lake and evaluation assets declare are the files' columns.
+    declared = {
+        node.key.to_user_string(): [c.name for c in node.metadata[COLUMN_SCHEMA].value.columns]
+        for node in defs.get_repository_def().asset_graph.asset_nodes
+        if COLUMN_SCHEMA in node.metadata
+    }
+    day = f"date={DAYS[0]}/part-0.parquet"
+    assert declared == {
+        "readings_lake": pl.read_parquet(settings.lake_dir / day).columns,
+        "labelled_benchmark": pl.read_parquet(settings.labelled_dir / day).columns,
+        "global_model_evaluation": pl.read_parquet(
+            settings.evaluations_dir / f"version={result.version}" / day
+        ).columns,
+    }
 
     client = make_mongo_client(settings)
     db = get_database(client, settings)

@@ -18,14 +18,21 @@ that holds numbers is read as numbers.
 
 Without a device column every file is one device, named by its path below the files' common folder
 without the extension, so ``site-a/0.csv`` and ``site-b/0.csv`` stay two devices. With one, the
-files' rows are pooled and the column names the device (files split by day are one series).
+files' rows are pooled and the column names the device (files split by day are one series). A file
+read without a device column that has a column looking like one (named device, device_id, sensor,
+mote, node, id, ... holding a few distinct values, `device_like_columns`) is refused: its devices
+would silently become one series. `one_device_per_file=True` reads such files as one device each.
+A CSV whose header holds another common separator (``;``, tab, ``|``, ``,``) but not the one it is
+read with is refused with the separator to pass.
 Every problem is a ValueError naming the file.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +51,14 @@ CSV_SUFFIXES = (".csv.gz", ".csv", ".tsv.gz", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 DEFAULT_SEPARATOR = ","
 _QUOTES = "'\""
+# Separators a header is checked for, and how to type them after --sep.
+_SEPARATORS = {";": ";", "\t": "\\t", "|": "|", ",": ","}
+# Column names (lower case, letters and digits only) that name a device: device, device_id, sensor,
+# mote_id, node, machine, unit, station, meter, asset, channel, chan_id, host, id, serial, ...
+_DEVICE_NAME = re.compile(
+    r"(?:device|dev|sensor|mote|node|machine|unit|station|meter|asset|channel|chan|equipment|entity|host)"
+    r"(?:id|name|no|nr|number)?|id|uid|serial|serialnumber"
+)
 _SPLIT_WORDS = {"train": True, "test": False}
 NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 _BOOLEAN_WORDS = {
@@ -76,14 +91,32 @@ class LabelledSeries:
 
 
 def parse_separator(separator: str | None) -> str | None:
-    """One character; ``\\t`` (backslash-t as typed in a shell) or ``tab`` is a tab; None = not given."""
+    """One character; ``\\t`` (backslash-t as typed in a shell) or ``tab`` (any case) is a tab;
+    None = not given."""
     if separator is None:
         return None
-    if separator in ("\\t", "tab"):
+    if separator == "\\t" or separator.lower() == "tab":
         return "\t"
     if len(separator.encode()) != 1:
-        raise ValueError(f"the separator must be one character (or \\t for tab), got {separator!r}")
+        raise ValueError(f"the separator must be one character (or \\t or tab for a tab), got {separator!r}")
+    if separator in ('"', "\n", "\r"):
+        raise ValueError(f"{separator!r} cannot separate fields (a quote or a line end)")
     return separator
+
+
+def device_like_columns(table: pl.DataFrame, exclude: Iterable[str] = ()) -> dict[str, list]:
+    """The columns of `table` that look like a device id: named like one (device, device_id, sensor,
+    mote, node, id, ...; case, ``_`` and ``-`` ignored) and holding between 2 and half as many distinct
+    values as the table has rows (a row number is not a device). Column -> its first distinct values."""
+    found: dict[str, list] = {}
+    skip = set(exclude)
+    for name in table.columns:
+        if name in skip or not _DEVICE_NAME.fullmatch(re.sub(r"[^a-z0-9]", "", name.lower())):
+            continue
+        values = table[name].drop_nulls().unique(maintain_order=True)
+        if 2 <= values.len() <= table.height // 2:
+            found[name] = values.to_list()
+    return found
 
 
 def find_files(paths: Iterable[Path | str], *, separator_given: bool = False) -> list[Path]:
@@ -139,6 +172,7 @@ def load_labelled(
     features: Sequence[str] | None = None,
     event: str | None = None,
     split: str | None = None,
+    one_device_per_file: bool = False,
 ) -> LabelledSeries:
     """Read labelled readings from CSV / Parquet files or folders.
 
@@ -150,16 +184,22 @@ def load_labelled(
     (and other than the output column names), in order of first appearance over the files.
     `features` may hold shell-style patterns (``cmd_*``), matched against those numeric columns.
     `event`: an integer event id column, null outside events. `split`: the train/test column.
+    Without `device`, a file with a column that looks like a device id (`device_like_columns`) is
+    refused unless `one_device_per_file`.
     """
+    if device is not None and one_device_per_file:
+        raise ValueError("give either a device column or one device per file, not both")
     separator = parse_separator(separator)
     files = find_files(paths, separator_given=separator is not None)
     roles = {c for c in (label, time, device, event, split) if c is not None}
     tables = {file: read_table(file, separator, roles) for file in files}
+    if device is None and not one_device_per_file:
+        _refuse_hidden_devices(tables, roles)
     numeric = _default_features(tables.values(), roles)
     if features is None:
         features = numeric
         if not features:
-            raise ValueError(f"no numeric feature columns in {[str(f) for f in files]}")
+            raise ValueError(_no_features(tables, roles))
     else:
         features = _expand_features(features, numeric)
         clash = [f for f in features if f in OUTPUT_COLUMNS or f in roles]
@@ -263,6 +303,65 @@ def load_train_test(
     return series, sorted(test_devices - train_devices)
 
 
+def _refuse_hidden_devices(tables: dict[Path, pl.DataFrame], roles: set[str]) -> None:
+    for file, table in tables.items():
+        for name, values in device_like_columns(table, roles).items():
+            shown = ", ".join(map(str, values[:5])) + (", ..." if len(values) > 5 else "")
+            raise ValueError(
+                f"{file}: column {name!r} looks like a device id ({len(values)} distinct values: {shown}), "
+                "but no device column is given, so they would be read as one device: pass --device "
+                f"{name} to judge each device apart, or --one-device-per-file to read every file as one"
+            )
+
+
+def _no_features(tables: dict[Path, pl.DataFrame], roles: set[str]) -> str:
+    """Why no column is a feature: the columns and their types, and a hint for decimal commas."""
+    columns: dict[str, pl.DataType] = {}
+    for table in tables.values():
+        for name, dtype in table.schema.items():
+            columns.setdefault(name, dtype)
+    shown = ", ".join(f"{name} ({dtype})" for name, dtype in columns.items())
+    message = f"no numeric feature columns in {[str(f) for f in tables]} (columns: {shown})"
+    for table in tables.values():
+        for name, dtype in table.schema.items():
+            if dtype == pl.String and name not in roles:
+                text = table[name].drop_nulls().str.strip_chars()
+                comma = text.str.contains(",")
+                if comma.any() and text.str.contains(r"^[-+]?\d*(,\d+)?$").all():
+                    example = text.filter(comma)[0]
+                    return (
+                        f"{message}; {name!r} holds numbers with a decimal comma (e.g. {example!r}): "
+                        "write them with a decimal point"
+                    )
+    return message
+
+
+def _header(path: Path) -> str:
+    """The first line of a (gzipped) text file, without the line end and a byte-order mark."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            line = handle.readline(1 << 16)
+    except (OSError, EOFError):
+        return ""  # unreadable here: the CSV reader says why
+    return line.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+
+
+def _check_header(path: Path, separator: str) -> None:
+    """Refuse a CSV whose header lacks `separator` but holds another common one (``;``, tab, ``|``, ``,``)."""
+    header = _header(path)
+    if not header or separator in header:
+        return
+    others = {s: header.count(s) for s in _SEPARATORS if s != separator and s in header}
+    if others:
+        likely = max(others, key=others.get)
+        flag = _SEPARATORS[likely]
+        raise ValueError(
+            f"{path}: the header {header[:60]!r} holds no {separator!r} but {others[likely]} {likely!r}; "
+            f"it looks '{flag}'-separated: pass --sep '{flag}'"
+        )
+
+
 def _suffix(path: Path, known: Sequence[str] = CSV_SUFFIXES + PARQUET_SUFFIXES) -> str | None:
     name = path.name.lower()
     return next((s for s in known if name.endswith(s) and len(name) > len(s)), None)
@@ -281,6 +380,8 @@ def read_table(path: Path, separator: str | None, roles: set[str]) -> pl.DataFra
     is_csv = _suffix(path, PARQUET_SUFFIXES) is None
     if separator is None:
         separator = "\t" if _suffix(path, (".tsv", ".tsv.gz")) else DEFAULT_SEPARATOR
+    if is_csv:
+        _check_header(path, separator)
     try:
         if is_csv:
             # A full-file schema scan, so a column that turns fractional late is not refused.

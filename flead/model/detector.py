@@ -19,7 +19,9 @@ anomalous ones would lock a device whose normal range has moved into flagging it
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
@@ -36,6 +38,7 @@ from flead.model.training import loss_and_gradient
 from flead.model.windows import autoencoder_targets, build_inputs, hour_of_day, row_windows
 
 Batch = pl.DataFrame | np.ndarray
+Reading = Mapping[str, float | int | None]  # one reading: feature name -> value (None or NaN: missing)
 
 DETECTOR_FORMAT = "flead-detector"
 DETECTOR_FORMAT_VERSION = 1
@@ -187,6 +190,51 @@ class OnlineDetector:
         if not len(values):
             return np.zeros(0)
         return self._judge(self._chunk(values, ts_us)).raw
+
+    def learn_one(self, x: Reading, *, ts: datetime | np.datetime64 | None = None) -> None:
+        """Train on one reading (River's ``learn_one``): `x` maps feature names to values.
+
+        A thin wrapper of `learn_many` over a batch of one: a feature missing from `x`, None or NaN
+        is a missing value; other keys (a device id, a label) are ignored. `ts` is the reading's
+        time, needed when the model uses the time of day. Calls of one reading are much slower per
+        reading than `learn_many` / `process_many` over a batch (docs/model.md, Throughput).
+
+        >>> import random
+        >>> from flead.model import ModelConfig, OnlineDetector
+        >>> detector = OnlineDetector(ModelConfig(features=("temperature", "humidity"), time_features=False))
+        >>> rng = random.Random(0)
+        >>> for _ in range(500):
+        ...     detector.learn_one({"temperature": rng.gauss(21.0, 0.2), "humidity": rng.gauss(40.0, 0.5)})
+        >>> normal = detector.score_one({"temperature": 21.1, "humidity": 40.1})
+        >>> spike = detector.score_one({"temperature": 30.0, "humidity": 40.1})
+        >>> normal < 1.0 < 10.0 < spike
+        True
+        """
+        values, stamps = self._one(x, ts)
+        self.learn_many(values, ts=stamps)
+
+    def score_one(self, x: Reading, *, ts: datetime | np.datetime64 | None = None) -> float:
+        """The score of one reading (River's ``score_one``) from the current state, which is not
+        changed: `score_many` over a batch of one (see `learn_one` for `x` and `ts`), the readings
+        learned before it as its context. A float >= 0, higher is more anomalous, the ``score`` that
+        `process_many` would give it; `process_many` also judges it against the threshold."""
+        values, stamps = self._one(x, ts)
+        return float(self.score_many(values, ts=stamps)[0])
+
+    def _one(self, x: Reading, ts: datetime | np.datetime64 | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """One reading as a (1, columns) array (NaN where missing) and its time as a datetime64 array."""
+        if not isinstance(x, Mapping):
+            raise TypeError(f"a reading is a mapping of feature name to value, got {type(x).__name__}")
+        columns = self.config.columns
+        if not any(c in x for c in columns):
+            raise ValueError(f"the reading has none of the model's columns {columns}: got {sorted(x)}")
+        row = np.array([[math.nan if x.get(c) is None else float(x[c]) for c in columns]])
+        if ts is None:
+            return row, None
+        if isinstance(ts, datetime):
+            naive = ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
+            ts = np.datetime64(naive, "us")
+        return row, np.array([ts], dtype="datetime64[us]")
 
     def calibrate(
         self, normal: Batch, *, ts: np.ndarray | None = None, exclude: np.ndarray | None = None
