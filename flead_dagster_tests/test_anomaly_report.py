@@ -441,7 +441,7 @@ def test_cli_builds_the_report_with_settings_defaults_and_options(dirs, monkeypa
     assert f"evaluation version {NEW}" in result.output
     assert str((dirs["out"] / REPORT_FILE).absolute()) in result.output
     alarms = int(read_evaluation(dirs["evaluations"], NEW)["is_anomaly"].sum())
-    assert f"model alarms {alarms}" in " ".join(result.output.replace("│", " ").split())
+    assert f"alarms (model or rule) {alarms}" in " ".join(result.output.replace("│", " ").split())
     assert (dirs["out"] / REPORT_FILE).is_file()
 
     elsewhere = tmp_path / "elsewhere"

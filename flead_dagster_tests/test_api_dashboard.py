@@ -55,6 +55,9 @@ def api(services_env):
                     "ts": start + timedelta(hours=7 * i + d),
                     "score": 3.0 + i + d,
                     "threshold": 2.5,
+                    # one rule alarm (a physical limit broken) among the model's
+                    "reason": "out_of_range" if (d, i) == (2, 5) else "model",
+                    "values": {"temperature": 122.0 if (d, i) == (2, 5) else 20.5},
                 }
                 for d, device in enumerate(DEVICES)
                 for i in range(6 + 2 * d)
@@ -130,7 +133,9 @@ def test_dashboard_renders_charts_and_tables_in_chromium(api, browser):
     assert "active" in rows[0].text and "5000" in rows[0].text
     latest = browser.find_elements(By.CSS_SELECTOR, "#anomalies-table tbody tr")
     assert len(latest) == 20
-    assert latest[0].text.startswith("2004-03-03 17:00:00 mote-03")
+    assert latest[0].text.startswith("2004-03-03 17:00:00 mote-03 model")
+    rule = browser.find_elements(By.CSS_SELECTOR, "#anomalies-table tbody tr.anomaly-rule")
+    assert [r.text for r in rule] == ["2004-03-02 13:00:00 mote-03 out_of_range 10 2.5 temperature 122"]
     assert "version 4" in browser.find_element(By.ID, "subtitle").text
 
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]

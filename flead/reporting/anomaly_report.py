@@ -461,8 +461,9 @@ def _markdown(
         f"- readings in the lake on these days: {totals['readings']:,}, "
         f"of them out of range: {totals['out_of_range']:,}",
         f"- scored readings: {totals['scored']:,}",
-        f"- model alarms: {totals['alarms']:,} (alarm rate {format_cell(totals['alarm_rate'], 'rate')}), "
-        f"{totals['alarms_out_of_range']:,} of them on out-of-range readings",
+        f"- alarms: {totals['alarms']:,} (alarm rate {format_cell(totals['alarm_rate'], 'rate')}): "
+        f"{totals['alarms'] - totals['alarms_out_of_range']:,} by the model on in-range readings, "
+        f"{totals['alarms_out_of_range']:,} by the rule on out-of-range readings",
     ]
     if labelled:
         summary.append(
@@ -486,7 +487,7 @@ def _markdown(
         f"# Anomaly report: global model version {version}",
         f"Generated {generated_at.strftime('%Y-%m-%d %H:%M:%S')} UTC from the lake and the batch evaluation "
         f"`version={version}`. Readings and out-of-range flags come from the lake, scores and alarms from "
-        "the evaluation; alarm rate = model alarms / scored readings.",
+        "the evaluation; alarm rate = alarms (the model's and the out-of-range rule's) / scored readings.",
         "\n".join(summary),
         "## Charts",
         f"![Alarms per day]({CHARTS['alarms_per_day']})",

@@ -205,15 +205,18 @@ def anomalies_table(anomalies: list[Anomaly]) -> str:
     if not anomalies:
         return '<p class="empty">no anomalies recorded yet</p>'
     rows = "".join(
-        "<tr>"
+        f'<tr class="anomaly-{_kind(a.reason)}">'
         f"<td>{_when(a.ts.isoformat())}</td>"
         f"<td>{escape(a.device_id)}</td>"
+        f'<td><span class="reason reason-{_kind(a.reason)}">{escape(a.reason or "model")}</span></td>'
         f'<td class="num">{_number(a.score)}</td>'
         f'<td class="num">{_number(a.threshold)}</td>'
+        f"<td>{escape(_values(a.values))}</td>"
         "</tr>"
         for a in anomalies
     )
-    head = "<tr><th>time (UTC)</th><th>device</th><th>score</th><th>threshold</th></tr>"
+    columns = ("time (UTC)", "device", "reason", "score", "threshold", "values")
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
     return f'<table id="anomalies-table"><thead>{head}</thead><tbody>{rows}</tbody></table>'
 
 
@@ -222,6 +225,15 @@ def _when(value: object) -> str:
     if not isinstance(value, str) or len(value) < 19:
         return "-"
     return escape(value[:19].replace("T", " "))
+
+
+def _kind(reason: str | None) -> str:
+    """A rule alarm (a physical limit broken) or the model's, for the reason badge."""
+    return "model" if reason in (None, "model") else "rule"
+
+
+def _values(values: dict[str, float | None] | None) -> str:
+    return ", ".join(f"{name} {_number(v)}" for name, v in (values or {}).items())
 
 
 def _number(value: object) -> str:
