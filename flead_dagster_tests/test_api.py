@@ -642,3 +642,14 @@ def test_the_api_client_follows_the_cursors(api):
     assert [d["device_id"] for d in client.items("/api/devices", page_size=2)] == [
         d["device_id"] for d in all_items(api.http, "/api/devices", limit=1000)
     ]
+
+
+def test_the_fleet_schema_is_served_as_the_readings_name_it(api):
+    fleet = api.http.get("/api/fleet")
+    assert fleet.status_code == 200
+    body = fleet.json()
+    assert f"{body['name']}@{body['version']}" == api.settings.fleet.ref == "intel_lab@1"
+    assert [f["name"] for f in body["features"]] == ["temperature", "humidity", "light", "voltage"]
+    assert body["features"][0]["unit"] == "°C" and body["features"][3]["low_battery_below"] == 2.4
+    schema = api.http.get("/openapi.json").json()["components"]["schemas"]["FleetSchema"]
+    assert {"name", "version", "features", "inputs", "time"} <= set(schema["properties"])

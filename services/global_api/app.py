@@ -19,6 +19,7 @@ from services.global_api.routers import (
     admin,
     dashboard,
     docs,
+    fleet,
     models,
     monitoring,
     normal_acks,
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pending_updates=_or_nan(service.updates.pending_count),
     )
     install_error_handlers(app)
-    for module in (updates, models, admin, normal_acks, monitoring, operations, dashboard, docs):
+    for module in (updates, models, fleet, admin, normal_acks, monitoring, operations, dashboard, docs):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(BodyReadTimeout, timeout_s=settings.api_body_timeout_s)
