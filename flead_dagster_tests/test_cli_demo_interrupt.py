@@ -5,7 +5,6 @@ are left. A failed step ends as one message naming its job and run."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -14,11 +13,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from flead_dagster_tests.conftest import free_port, service_env
+from flead_dagster_tests.test_flead_up import SessionLeader, alive
 from flead_dagster_tests.test_trainer_stream import wait_until
 
 FLEAD = str(Path(sys.executable).parent / "flead")
@@ -26,55 +25,16 @@ READY_WITHIN_S = 300.0  # services, data, replay and aggregation on a loaded two
 STOPPED_WITHIN_S = 90.0
 
 
-class Demo:
-    """One `flead demo` process, leader of its own session like a shell's foreground job."""
+class Demo(SessionLeader):
+    """One `flead demo` process on a one-day synthetic fleet."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                [FLEAD, "demo", "--source", "synthetic", "--days", "1"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.seen: dict[int, psutil.Process] = {}  # every descendant seen, for the assertion and clean-up
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def descendants(self) -> list[psutil.Process]:
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.popen.pid).children(recursive=True):
-                self.seen.setdefault(child.pid, child)
-        return list(self.seen.values())
+        super().__init__(["demo", "--source", "synthetic", "--days", "1"], env, log)
 
     def running(self, part: str) -> bool:
         if self.popen.poll() is not None:
             pytest.fail(f"flead demo exited with {self.popen.returncode}:\n{self.output[-3000:]}")
-        return any(part in " ".join(p.cmdline()) for p in self.descendants() if _alive(p))
-
-    def left_behind(self) -> list[str]:
-        return [f"PID {p.pid}: {' '.join(p.cmdline())[:160]}" for p in self.seen.values() if _alive(p)]
-
-    def kill_leftovers(self) -> None:
-        for process in self.seen.values():
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        return any(part in " ".join(p.cmdline()) for p in self.descendants() if alive(p))
 
 
 @pytest.fixture
@@ -107,7 +67,7 @@ def test_ctrl_c_in_the_demo_prints_one_line_exits_130_and_stops_what_it_started(
         # Ready: the aggregation is done, so the Spark evaluation's run has started; then its JVM.
         wait_until(lambda: "done: global model" in demo.output, READY_WITHIN_S, "the demo's global model")
         wait_until(lambda: demo.running("java"), READY_WITHIN_S, "the evaluation's Spark JVM")
-        commands = [" ".join(p.cmdline()) for p in demo.descendants() if _alive(p)]
+        commands = [" ".join(p.cmdline()) for p in demo.descendants() if alive(p)]
         for part in ("tansu", "secantus", "api run", "trainer run", "java"):
             assert any(part in c for c in commands), (part, commands)
 

@@ -24,21 +24,22 @@ UP_WITHIN_S = 240.0  # services, then dagster dev, on a loaded two-core machine
 STOPPED_WITHIN_S = 90.0
 
 
-class FleadUp:
-    """One `flead up` process, leader of its own session like a shell's foreground job."""
+class SessionLeader:
+    """A `flead` command as a real process, leader of its own session like a shell's foreground job;
+    every descendant it is seen with is remembered, for the assertions and the clean-up."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.env, self.log = env, log
         with log.open("wb") as out:
             self.popen = subprocess.Popen(
-                [FLEAD, "up"],
+                [FLEAD, *args],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.seen: dict[int, psutil.Process] = {}  # every descendant seen, for the assertion and clean-up
+        self.seen: dict[int, psutil.Process] = {}
 
     @property
     def output(self) -> str:
@@ -49,6 +50,32 @@ class FleadUp:
             for child in psutil.Process(self.popen.pid).children(recursive=True):
                 self.seen.setdefault(child.pid, child)
         return list(self.seen.values())
+
+    def left_behind(self) -> list[str]:
+        return [f"PID {p.pid}: {' '.join(p.cmdline())[:160]}" for p in self.seen.values() if alive(p)]
+
+    def kill_leftovers(self) -> None:
+        for process in self.seen.values():
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class FleadUp(SessionLeader):
+    """One `flead up` process."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        super().__init__(["up"], env, log)
 
     def wait_for_dagster(self) -> None:
         url = f"http://127.0.0.1:{self.env['FLEAD_DAGSTER_PORT']}/server_info"
@@ -75,23 +102,6 @@ class FleadUp:
             return self.popen.wait(STOPPED_WITHIN_S)
         except subprocess.TimeoutExpired:
             pytest.fail(f"flead up did not stop within {STOPPED_WITHIN_S:.0f} s:\n{self.output[-3000:]}")
-
-    def left_behind(self) -> list[str]:
-        alive = []
-        for process in self.seen.values():
-            with contextlib.suppress(psutil.Error):
-                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(f"PID {process.pid}: {' '.join(process.cmdline())[:160]}")
-        return alive
-
-    def kill_leftovers(self) -> None:
-        for process in self.seen.values():
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
 
 
 @pytest.fixture
