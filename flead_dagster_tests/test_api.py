@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flead.api_client import ApiError, GlobalApiClient
+from flead.bus.codec import decode_batch
 from flead.cli_api import api_app
 from flead.config import Settings
 from flead.federated import LocalUpdate
@@ -653,3 +655,26 @@ def test_the_fleet_schema_is_served_as_the_readings_name_it(api):
     assert body["features"][0]["unit"] == "°C" and body["features"][3]["low_battery_below"] == 2.4
     schema = api.http.get("/openapi.json").json()["components"]["schemas"]["FleetSchema"]
     assert {"name", "version", "features", "inputs", "time"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize(
+    ("device_id", "valid"), [("m" * 64, True), ("m" * 65, False), ("mote@site", False), ("mote+1", False)]
+)
+def test_a_device_id_is_valid_at_the_api_exactly_when_it_is_on_kafka(api, device_id, valid):
+    """One pattern (`flead.schema.DEVICE_ID_PATTERN`) at both edges: a device whose updates the API
+    takes never has its readings dead-lettered for its id, and the other way round."""
+    token = api.token("trainer")
+    answer = api.submit(api.update(device_id), token)
+    assert answer.status_code == (202 if valid else 422), answer.text
+    message = json.dumps(
+        {
+            "schema_version": 2,
+            "fleet": "intel_lab@1",
+            "device_id": device_id,
+            "ts": "2004-03-01T00:00:00Z",
+            "values": {"temperature": 20.0},
+        }
+    ).encode()
+    record = SimpleNamespace(topic="t", partition=0, offset=0, key=device_id.encode(), value=message)
+    decoded, rejected = decode_batch([record], 65536)
+    assert (decoded.height, len(rejected)) == ((1, 0) if valid else (0, 1))

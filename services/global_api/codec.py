@@ -17,8 +17,10 @@ from flead.federated import LocalUpdate
 from flead.federated.wire import UPDATE_FORMAT, local_update, read_binary_update
 from flead.federated.wire import encode_binary_update as encode_binary_update  # for the API's clients
 from flead.federated.wire import encode_json_update as encode_json_update
+from flead.schema import DEVICE_ID_PATTERN
 
-# Device and update ids: printable, no spaces, at most 128 characters (e.g. mote-01, mote-01:17, a uuid).
+# Update and request ids: printable, no spaces, at most 128 characters (e.g. mote-01:1f2e3d4c:17, a uuid).
+# Device ids are `flead.schema.DEVICE_ID_PATTERN`, the same as on Kafka.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}$"
 METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 MAX_METRICS = 32
@@ -37,7 +39,7 @@ class UpdateFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    device_id: str = Field(pattern=ID_PATTERN, description="The device the update was trained on.")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="The device the update was trained on.")
     update_id: str = Field(
         pattern=ID_PATTERN, description="Unique per device; resubmitting the same id is a no-op."
     )

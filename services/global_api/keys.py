@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from pymongo.collection import Collection
 
-from services.global_api.codec import ID_PATTERN
+from flead.schema import DEVICE_ID_PATTERN
 
 TOKEN_PREFIX = "flead"
 MAX_TOKEN_LENGTH = 256
@@ -68,8 +68,8 @@ class KeyStore:
         if role is Role.DEVICE:
             if not device_id:
                 raise ValueError("a device key is bound to one device: give its id (--device mote-01)")
-            if not re.fullmatch(ID_PATTERN, device_id):
-                raise ValueError(f"device id {device_id!r} does not match {ID_PATTERN}")
+            if not re.fullmatch(DEVICE_ID_PATTERN, device_id):
+                raise ValueError(f"device id {device_id!r} does not match {DEVICE_ID_PATTERN}")
         elif device_id is not None:
             raise ValueError(f"a {role} key is not bound to a device; drop the device id")
         key_id = secrets.token_hex(8)

@@ -6,9 +6,9 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
+from flead.schema import DEVICE_ID_PATTERN
 from services.global_api.anomaly_pages import MAX_CURSOR_CHARS, PageKey
 from services.global_api.auth import get_service
-from services.global_api.codec import ID_PATTERN
 from services.global_api.event_pages import EventFilter, EventPage
 from services.global_api.monitoring import DEVICE_CURSOR, AnomalyFilter, AnomalyPage, DevicePage, utc
 from services.global_api.pages import AFTER_DESCRIPTION, DEFAULT_LIMIT, MAX_LIMIT
@@ -55,7 +55,7 @@ def get_devices(
 
 @router.get("/api/anomalies", summary="Anomalous readings, newest first, filtered, paginated by cursor")
 def get_anomalies(
-    device: str | None = Query(None, pattern=ID_PATTERN, description="Only this device."),
+    device: str | None = Query(None, pattern=DEVICE_ID_PATTERN, description="Only this device."),
     since: datetime | None = Query(
         None, description="Events at or after this time (ISO 8601; UTC if naive)."
     ),
@@ -77,7 +77,7 @@ def get_anomalies(
     summary="Anomaly events (runs of alarms), newest start first, filtered, paginated by cursor",
 )
 def get_events(
-    device: str | None = Query(None, pattern=ID_PATTERN, description="Only this device."),
+    device: str | None = Query(None, pattern=DEVICE_ID_PATTERN, description="Only this device."),
     since: datetime | None = Query(
         None, description="Events still going at or after this time (ISO 8601; UTC if naive)."
     ),
