@@ -14,9 +14,10 @@ from collections.abc import Mapping
 import polars as pl
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
-from flead.datasets.inject import LABELLED_SCHEMA
+from flead.datasets.inject import labelled_schema
 from flead.evaluation.batch_scoring import DATE, SCORED_SCHEMA
-from flead.schema import LAKE_SCHEMA
+from flead.fleet import FleetSchema
+from flead.schema import lake_schema
 
 OWNERS = ["team:flead"]
 COLUMN_SCHEMA = "dagster/column_schema"
@@ -24,14 +25,10 @@ COLUMN_SCHEMA = "dagster/column_schema"
 COLUMN_DESCRIPTIONS = {
     "device_id": "the device, e.g. mote-01",
     "ts": "time of the reading (UTC)",
-    "epoch": "the mote's sequence number of the reading",
-    "temperature": "degrees C",
-    "humidity": "% RH (temperature-corrected)",
-    "light": "lux",
-    "voltage": "volts",
+    "epoch": "the source's sequence number of the reading (the Intel Lab mote's epoch), if it has one",
     "out_of_range": "a value outside what the sensor can physically read",
-    "low_battery": "voltage below the level where readings stay trustworthy",
-    "missing_fields": "the raw line lacked one or more measurements",
+    "low_battery": "below the level where the device's readings stay trustworthy (a battery's voltage)",
+    "missing_fields": "the source row lacked one or more of the values",
     "label": "ground truth, part of an injected anomaly: 1 / 0 (evaluation: true / false, null unlabelled)",
     "anomaly_type": "the injected anomaly's type (spike, stuck_at, drift, ...); null when label is 0",
     "event_id": "the injected event the reading belongs to; null when label is 0",
@@ -47,24 +44,39 @@ def _type_name(dtype: pl.DataType) -> str:
     return {pl.String: "string", pl.Boolean: "bool"}.get(dtype.base_type(), str(dtype).lower())
 
 
-def table_schema(schema: Mapping[str, pl.DataType]) -> TableSchema:
-    """A polars schema as a Dagster table schema, each column with its description."""
+def table_schema(schema: Mapping[str, pl.DataType], fleet: FleetSchema | None = None) -> TableSchema:
+    """A polars schema as a Dagster table schema, each column with its description (a fleet schema's
+    values described by their kind, unit and limits)."""
+    described = dict(COLUMN_DESCRIPTIONS)
+    if fleet is not None:
+        for kind, values in (("feature", fleet.features), ("input, not scored", fleet.inputs)):
+            for v in values:
+                limits = "" if v.min is None and v.max is None else f", limits {v.min} .. {v.max}"
+                described[v.name] = f"{kind} of {fleet.ref}" + (f", {v.unit}" if v.unit else "") + limits
     return TableSchema(
         columns=[
-            TableColumn(name, _type_name(dtype), description=COLUMN_DESCRIPTIONS[name])
+            TableColumn(name, _type_name(dtype), description=described[name])
             for name, dtype in schema.items()
         ]
     )
 
 
-def column_schema(schema: Mapping[str, pl.DataType]) -> dict[str, MetadataValue]:
+def column_schema(
+    schema: Mapping[str, pl.DataType], fleet: FleetSchema | None = None
+) -> dict[str, MetadataValue]:
     """Definition metadata declaring the columns of the Parquet files an asset writes."""
-    return {COLUMN_SCHEMA: MetadataValue.table_schema(table_schema(schema))}
+    return {COLUMN_SCHEMA: MetadataValue.table_schema(table_schema(schema, fleet))}
 
 
-# The columns of each day's Parquet file (the day itself is the folder, date=YYYY-MM-DD).
-LAKE_COLUMNS = column_schema(LAKE_SCHEMA)
-LABELLED_COLUMNS = column_schema(LABELLED_SCHEMA)
+def lake_columns(fleet: FleetSchema) -> dict[str, MetadataValue]:
+    """The columns of each day's lake file (the day itself is the folder, date=YYYY-MM-DD)."""
+    return column_schema(lake_schema(fleet), fleet)
+
+
+def labelled_columns(fleet: FleetSchema) -> dict[str, MetadataValue]:
+    return column_schema(labelled_schema(fleet), fleet)
+
+
 _SCORED = pl.from_arrow(SCORED_SCHEMA.empty_table()).schema
 EVALUATION_COLUMNS = column_schema({name: dtype for name, dtype in _SCORED.items() if name != DATE})
 

@@ -22,8 +22,10 @@ from pydantic import Field
 from flead.config import Settings, load_settings
 from flead.datasets import lake, pipeline
 from flead.datasets.inject import ANOMALY_TYPES, InjectionConfig
-from flead.schema import LAKE_SCHEMA
-from flead_dagster.asset_metadata import LABELLED_COLUMNS, LAKE_COLUMNS, OWNERS, frame_table
+from flead.evaluation.loader import parse_separator
+from flead.fleet import FleetSchema
+from flead.schema import lake_schema
+from flead_dagster.asset_metadata import OWNERS, frame_table, labelled_columns, lake_columns
 
 SETTINGS = load_settings()  # at import: bad settings fail with one clear SettingsError
 DAILY = DailyPartitionsDefinition(
@@ -35,7 +37,12 @@ LAKE_KEY = AssetKey("readings_lake")
 
 class RawSourceConfig(Config):
     source: str = Field("auto", description="auto (download, else synthetic), download, path or synthetic")
-    path: str | None = Field(None, description="data.txt(.gz) or a folder of Node*.txt files (source=path)")
+    path: str | None = Field(
+        None,
+        description="source=path: CSV / Parquet files of the fleet schema (FLEAD_FLEET_SCHEMA), or the Intel "
+        "Lab's data.txt(.gz) or a folder of Node*.txt files",
+    )
+    sep: str | None = Field(None, description="the CSV separator of a path source's files (default ,)")
     max_mote: int = Field(54, ge=1, description="highest valid mote id in a path source's files")
     n_devices: int = Field(54, ge=1, description="synthetic fleet size")
     days: int = Field(38, ge=1, description="synthetic fleet days from the data set's first day")
@@ -54,7 +61,8 @@ class LabelConfig(Config):
     kinds={"python", "polars"},
     owners=OWNERS,
     code_version="1",
-    description="The raw readings (Intel Lab download, a local path, or a synthetic fleet), parsed once.",
+    description="The raw readings (Intel Lab download, a synthetic fleet, or a local path: the Intel Lab "
+    "format or the fleet schema's CSV / Parquet files), parsed once.",
 )
 def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> MaterializeResult:
     settings = Settings()
@@ -64,6 +72,7 @@ def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> Ma
         Path(config.path) if config.path else None,
         pipeline.SyntheticSpec(config.n_devices, config.days, config.seed),
         mote_ids=range(1, config.max_mote + 1),
+        separator=parse_separator(config.sep),
     )
     if raw.note:
         context.log.warning(raw.note)
@@ -91,7 +100,7 @@ def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> Ma
     kinds={"polars", "parquet"},
     owners=OWNERS,
     code_version="1",
-    metadata=LAKE_COLUMNS,
+    metadata=lake_columns(SETTINGS.fleet),
     partitions_def=DAILY,
     backfill_policy=BackfillPolicy.single_run(),
     check_specs=[
@@ -124,18 +133,20 @@ def readings_lake(context: AssetExecutionContext) -> MaterializeResult:
             "missing_fields": sum(s.flags.missing_fields for s in written),
             "path": MetadataValue.path(str(written[0].path if len(written) == 1 else settings.lake_dir)),
         },
-        check_results=lake_checks(frame, settings.flag_rate_warn),
+        check_results=lake_checks(frame, settings.flag_rate_warn, settings.fleet),
     )
 
 
-def lake_checks(frame: pl.DataFrame, flag_rate_warn: float) -> list[AssetCheckResult]:
-    """Schema, uniqueness of (device_id, epoch) and the out-of-range share of one day of the lake."""
-    duplicates = frame.height - frame.select("device_id", "epoch").n_unique() if frame.height else 0
+def lake_checks(frame: pl.DataFrame, flag_rate_warn: float, fleet: FleetSchema) -> list[AssetCheckResult]:
+    """Schema, uniqueness of (device_id, epoch) — (device_id, ts) for readings without an epoch — and
+    the out-of-range share of one day of the lake."""
+    key = pl.coalesce(pl.col("epoch").cast(pl.String), pl.col("ts").cast(pl.String)) if frame.height else None
+    duplicates = frame.height - frame.select("device_id", key).n_unique() if frame.height else 0
     rate = float(frame["out_of_range"].mean() or 0.0) if frame.height else 0.0
     return [
         AssetCheckResult(
             check_name="schema",
-            passed=dict(frame.schema) == LAKE_SCHEMA,
+            passed=dict(frame.schema) == lake_schema(fleet),
             metadata={"columns": MetadataValue.json({n: str(t) for n, t in frame.schema.items()})},
         ),
         AssetCheckResult(
@@ -179,7 +190,7 @@ def device_registry(context: AssetExecutionContext) -> MaterializeResult:
     kinds={"polars", "parquet"},
     owners=OWNERS,
     code_version="1",
-    metadata=LABELLED_COLUMNS,
+    metadata=labelled_columns(SETTINGS.fleet),
     description="The lake with injected, labelled anomalies (a separate data set), one Parquet file per day.",
 )
 def labelled_benchmark(context: AssetExecutionContext, config: LabelConfig) -> MaterializeResult:

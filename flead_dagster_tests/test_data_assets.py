@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -10,6 +10,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, PartitionKeyRange, materialize
 
 from flead.datasets import lake
+from flead.fleet import INTEL_LAB
 from flead.schema import LAKE_SCHEMA
 from flead_dagster.data_assets import (
     DAILY,
@@ -87,11 +88,42 @@ def test_lake_checks_catch_duplicates_and_high_flag_rates():
         },
         schema=LAKE_SCHEMA,
     )
-    results = {r.check_name: r for r in lake_checks(frame, flag_rate_warn=0.25)}
+    results = {r.check_name: r for r in lake_checks(frame, flag_rate_warn=0.25, fleet=INTEL_LAB)}
     assert results["schema"].passed
     assert (
         not results["unique_device_epoch"].passed
         and results["unique_device_epoch"].metadata["duplicates"].value == 1
     )
     assert not results["flag_rates"].passed
-    assert not lake_checks(frame.drop("light"), 0.25)[0].passed
+    assert not lake_checks(frame.drop("light"), 0.25, INTEL_LAB)[0].passed
+    # readings without a sequence number (a user's CSV) are keyed by their time
+    timed = frame.with_columns(
+        epoch=pl.lit(None, pl.Int64), ts=pl.Series([ts, ts + timedelta(seconds=1), ts])
+    )
+    assert lake_checks(timed, 0.25, INTEL_LAB)[1].passed
+
+
+def test_a_users_fleet_materialises_through_the_data_assets(home, tmp_path, monkeypatch):
+    """The same assets on the fleet schema's CSV (its days inside the data set's partitions)."""
+    (tmp_path / "plant.toml").write_text(
+        'name = "plant_a"\ndevice_column = "sensor"\n[time]\ncolumn = "timestamp"\n'
+        '[[features]]\nname = "pressure"\nmin = 0.0\nmax = 16.0\n'
+    )
+    monkeypatch.setenv("FLEAD_FLEET_SCHEMA", str(tmp_path / "plant.toml"))
+    start = datetime(2004, 3, 1, tzinfo=UTC)
+    rows = [f"{(start + timedelta(minutes=i)).isoformat()};pump-{i % 2};{5 + i % 3}" for i in range(300)]
+    (tmp_path / "plant.csv").write_text("timestamp;sensor;pressure\n" + "\n".join(rows) + "\n")
+    instance = DagsterInstance.ephemeral()
+    config = {
+        "ops": {
+            "raw_intel_lab": {"config": {"source": "path", "path": str(tmp_path / "plant.csv"), "sep": ";"}}
+        }
+    }
+    assert materialize([raw_intel_lab], instance=instance, run_config=config).success
+    result = materialize(ASSETS, selection=[readings_lake], partition_key="2004-03-01", instance=instance)
+    assert result.success
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "schema"]
+    assert check.passed
+    written = lake.scan_lake(home / "lake").collect()
+    assert written.height == 300 and set(written["device_id"]) == {"pump-0", "pump-1"}
+    assert lake.lake_fleet(home / "lake").ref == "plant_a@1"
