@@ -274,7 +274,13 @@ def test_the_nasa_smap_preset_runs_real_channels_through_kafka_and_the_trainer(s
         .drop("label")
     )
     channels.write_parquet(tmp_path / "smap.parquet")
-    env = isolated_env(services_env, FLEAD_HOME=str(tmp_path / "home"), FLEAD_FLEET_SCHEMA="nasa_smap")
+    env = isolated_env(
+        services_env,
+        FLEAD_HOME=str(tmp_path / "home"),
+        FLEAD_FLEET_SCHEMA="nasa_smap",
+        FLEAD_TRAINER_PUSH_EVERY="100",  # the three channels federate: updates, aggregations, versions
+        FLEAD_AUTO_AGGREGATE_THRESHOLD="3",
+    )
     settings = settings_for(env)
     ingest = subprocess.run(
         [FLEAD, "data", "ingest", str(tmp_path / "smap.parquet")],
@@ -296,12 +302,34 @@ def test_the_nasa_smap_preset_runs_real_channels_through_kafka_and_the_trainer(s
         "every reading consumed, scored and checkpointed",
     )
     assert health["counters"]["scored"] == 1200 and health["counters"]["dlq"] == 0
+    assert health["exchange"]["aggregations"] >= 1 and health["exchange"]["global_version"] >= 1
     assert trainer.stop() == 0, trainer.tail()
     assert {d: stats[0] for d, stats in device_table(settings).items()} == {
         "P-1": 400,
         "E-1": 400,
         "T-1": 400,
     }
+
+    # and the same channels evaluated on their own train / test split, the readings counted
+    pick = pl.col("device_id").is_in(["P-1", "E-1"])
+    train = pl.read_parquet(SHARED_NASA / "smap_train.parquet").filter(pick)
+    test = pl.read_parquet(SHARED_NASA / "smap_test.parquet").filter(pick)
+    train.write_parquet(tmp_path / "train.parquet")
+    test.write_parquet(tmp_path / "test.parquet")
+    out = tmp_path / "smap.json"
+    split = ["--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet")]
+    options = ["--device", "device_id", "--features", "value", "-m", "federated", "--out", str(out)]
+    evaluate = subprocess.run(
+        [FLEAD, "evaluate", *split, *options],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert evaluate.returncode == 0, evaluate.stdout + evaluate.stderr
+    federated = json.loads(out.read_text())["results"]["federated"]
+    assert (federated["readings_trained"], federated["readings_scored"]) == (train.height, test.height)
+    assert federated["global_versions"] >= 1
 
 
 def test_the_module_examples_run():
