@@ -22,9 +22,9 @@ from rich.table import Table
 from flead.cli_output import console, fail
 from flead.config import Settings
 from flead.datasets import intel_lab, lake, pipeline
+from flead.datasets.files import parse_separator
 from flead.datasets.inject import ANOMALY_TYPES, EVENTS_FILE, InjectionConfig
 from flead.datasets.synthetic import generate_fleet
-from flead.evaluation.loader import parse_separator
 
 data_app = typer.Typer(
     help="Fetch, generate, ingest, label and inspect the sensor data set.", no_args_is_help=True

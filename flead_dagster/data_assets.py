@@ -21,8 +21,8 @@ from pydantic import Field
 
 from flead.config import Settings, load_settings
 from flead.datasets import lake, pipeline
+from flead.datasets.files import parse_separator
 from flead.datasets.inject import ANOMALY_TYPES, InjectionConfig
-from flead.evaluation.loader import parse_separator
 from flead.fleet import FleetSchema
 from flead.schema import lake_schema
 from flead_dagster.asset_metadata import OWNERS, frame_table, labelled_columns, lake_columns

@@ -21,9 +21,9 @@ import polars as pl
 
 from flead.config import Settings
 from flead.datasets import intel_lab, lake, tabular
+from flead.datasets.files import CSV_SUFFIXES, PARQUET_SUFFIXES, find_files
 from flead.datasets.inject import InjectionConfig, LabelledData, inject_lake
 from flead.datasets.synthetic import generate_fleet
-from flead.evaluation.loader import CSV_SUFFIXES, PARQUET_SUFFIXES, find_files
 
 Progress = Callable[[int, int | None], None]
 

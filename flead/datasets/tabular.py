@@ -22,12 +22,10 @@ from pathlib import Path
 
 import polars as pl
 
+from flead.datasets.files import PARQUET_SUFFIXES, QUOTES, read_table
 from flead.datasets.intel_lab import REJECT_SCHEMA, ParseResult
-from flead.evaluation.loader import PARQUET_SUFFIXES, read_table
 from flead.fleet import FleetSchema
 from flead.schema import DEVICE_ID_PATTERN, lake_flags, lake_schema
-
-_QUOTES = "'\""
 
 
 def parse_table_files(paths: Iterable[Path], fleet: FleetSchema, separator: str | None = None) -> ParseResult:
@@ -131,7 +129,7 @@ def _times(column: pl.Series, index: pl.Series, fleet: FleetSchema) -> pl.Series
     elif column.dtype == pl.Date:
         parsed = column.cast(pl.Datetime("us"))
     else:
-        text = column.cast(pl.String).str.strip_chars(" ").str.strip_chars(_QUOTES)
+        text = column.cast(pl.String).str.strip_chars(" ").str.strip_chars(QUOTES)
         try:
             parsed = text.str.to_datetime(time.format, time_unit="us", strict=False)
         except pl.exceptions.ComputeError:  # no value to infer an ISO-8601 format from: none is a time
@@ -142,7 +140,7 @@ def _times(column: pl.Series, index: pl.Series, fleet: FleetSchema) -> pl.Series
 
 
 def _number(column: pl.Series) -> pl.Series:
-    return column.str.strip_chars(" ").str.strip_chars(_QUOTES).cast(pl.Float64, strict=False)
+    return column.str.strip_chars(" ").str.strip_chars(QUOTES).cast(pl.Float64, strict=False)
 
 
 def _bad_time(fleet: FleetSchema) -> str:

@@ -10,11 +10,7 @@ The split comes from a split column (`split`: ``train`` / ``test`` in any case, 
 1 = test, booleans as 0/1; anything else is refused) or from separate train and test files
 (`load_train_test`: within a device the train file's rows come first, then the test file's).
 
-Files: ``.csv``, ``.tsv`` (tab-separated by default) and ``.parquet`` / ``.pq`` are recognised by
-name (folders yield those); once a separator is given, a file named explicitly is read as CSV whatever
-its extension (``.txt``, ``.dat``, ...). ``\\t`` (backslash-t, as typed in a shell) means tab. Values
-wrapped in quotes (``'2004-02-29T00:00:18'`` or ``"..."``) are unwrapped: a column quoted throughout
-that holds numbers is read as numbers.
+Files are found and read by `flead.datasets.files` (CSV of any separator, quotes unwrapped, or Parquet).
 
 Without a device column every file is one device, named by its path below the files' common folder
 without the extension, so ``site-a/0.csv`` and ``site-b/0.csv`` stay two devices. With one, the
@@ -22,15 +18,12 @@ files' rows are pooled and the column names the device (files split by day are o
 read without a device column that has a column looking like one (named device, device_id, sensor,
 mote, node, id, ... holding a few distinct values, `device_like_columns`) is refused: its devices
 would silently become one series. `one_device_per_file=True` reads such files as one device each.
-A CSV whose header holds another common separator (``;``, tab, ``|``, ``,``) but not the one it is
-read with is refused with the separator to pass.
 Every problem is a ValueError naming the file.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import gzip
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -38,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+
+from flead.datasets.files import QUOTES, extension_of, find_files, parse_separator, read_table
 
 DEVICE = "device_id"
 TS = "ts"
@@ -47,12 +42,6 @@ EVENT = "event_id"
 IS_TRAIN = "is_train"
 OUTPUT_COLUMNS = (DEVICE, TS, ROW, LABEL, EVENT, IS_TRAIN)
 
-CSV_SUFFIXES = (".csv.gz", ".csv", ".tsv.gz", ".tsv")
-PARQUET_SUFFIXES = (".parquet", ".pq")
-DEFAULT_SEPARATOR = ","
-_QUOTES = "'\""
-# Separators a header is checked for, and how to type them after --sep.
-_SEPARATORS = {";": ";", "\t": "\\t", "|": "|", ",": ","}
 # Column names (lower case, letters and digits only) that name a device: device, device_id, sensor,
 # mote_id, node, machine, unit, station, meter, asset, channel, chan_id, host, id, serial, ...
 _DEVICE_NAME = re.compile(
@@ -60,7 +49,6 @@ _DEVICE_NAME = re.compile(
     r"(?:id|name|no|nr|number)?|id|uid|serial|serialnumber"
 )
 _SPLIT_WORDS = {"train": True, "test": False}
-NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 _BOOLEAN_WORDS = {
     "true": True,
     "t": True,
@@ -90,20 +78,6 @@ class LabelledSeries:
         return IS_TRAIN in self.frame.columns
 
 
-def parse_separator(separator: str | None) -> str | None:
-    """One character; ``\\t`` (backslash-t as typed in a shell) or ``tab`` (any case) is a tab;
-    None = not given."""
-    if separator is None:
-        return None
-    if separator == "\\t" or separator.lower() == "tab":
-        return "\t"
-    if len(separator.encode()) != 1:
-        raise ValueError(f"the separator must be one character (or \\t or tab for a tab), got {separator!r}")
-    if separator in ('"', "\n", "\r"):
-        raise ValueError(f"{separator!r} cannot separate fields (a quote or a line end)")
-    return separator
-
-
 def device_like_columns(table: pl.DataFrame, exclude: Iterable[str] = ()) -> dict[str, list]:
     """The columns of `table` that look like a device id: named like one (device, device_id, sensor,
     mote, node, id, ...; case, ``_`` and ``-`` ignored) and holding between 2 and half as many distinct
@@ -119,43 +93,13 @@ def device_like_columns(table: pl.DataFrame, exclude: Iterable[str] = ()) -> dic
     return found
 
 
-def find_files(paths: Iterable[Path | str], *, separator_given: bool = False) -> list[Path]:
-    """The CSV / Parquet files among `paths`, folders searched recursively (hidden entries skipped).
-
-    With `separator_given`, a file named explicitly is a CSV whatever its extension (a folder still
-    yields only CSV / Parquet files: it may hold notes).
-    """
-    found: dict[Path, None] = {}
-    known = CSV_SUFFIXES + PARQUET_SUFFIXES
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            for file in sorted(path.rglob("*")):
-                relative = file.relative_to(path).parts
-                listed = _suffix(file, known) is not None
-                if file.is_file() and listed and not any(p.startswith(".") for p in relative):
-                    found.setdefault(file.resolve())
-        elif path.is_file():
-            if not separator_given and not _suffix(path, known):
-                raise ValueError(
-                    f"{path}: not a CSV or Parquet file (want {CSV_SUFFIXES + PARQUET_SUFFIXES}; "
-                    "a CSV with another extension is read as one once a separator is given, e.g. --sep ',')"
-                )
-            found.setdefault(path.resolve())
-        else:
-            raise ValueError(f"{path}: no such file or folder")
-    if not found:
-        raise ValueError(f"no CSV or Parquet files in {[str(p) for p in paths]}")
-    return list(found)
-
-
 def device_names(files: Sequence[Path]) -> dict[Path, str]:
     """Each file's path below the files' common folder, without extension, with '/' separators."""
     root = Path(os.path.commonpath([f.parent for f in files]))
     files_by_name: dict[str, Path] = {}
     for file in files:
         relative = file.relative_to(root).as_posix()
-        name = relative[: len(relative) - len(_extension(file))]
+        name = relative[: len(relative) - len(extension_of(file))]
         if (twin := files_by_name.setdefault(name, file)) != file:
             raise ValueError(f"{file}: names the same device {name!r} as {twin}; pass a device column")
     return {file: name for name, file in files_by_name.items()}
@@ -336,104 +280,6 @@ def _no_features(tables: dict[Path, pl.DataFrame], roles: set[str]) -> str:
     return message
 
 
-def _header(path: Path) -> str:
-    """The first line of a (gzipped) text file, without the line end and a byte-order mark."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            line = handle.readline(1 << 16)
-    except (OSError, EOFError):
-        return ""  # unreadable here: the CSV reader says why
-    return line.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
-
-
-def _check_header(path: Path, separator: str) -> None:
-    """Refuse a CSV whose header lacks `separator` but holds another common one (``;``, tab, ``|``, ``,``)."""
-    header = _header(path)
-    if not header or separator in header:
-        return
-    others = {s: header.count(s) for s in _SEPARATORS if s != separator and s in header}
-    if others:
-        likely = max(others, key=others.get)
-        flag = _SEPARATORS[likely]
-        raise ValueError(
-            f"{path}: the header {header[:60]!r} holds no {separator!r} but {others[likely]} {likely!r}; "
-            f"it looks '{flag}'-separated: pass --sep '{flag}'"
-        )
-
-
-def _suffix(path: Path, known: Sequence[str] = CSV_SUFFIXES + PARQUET_SUFFIXES) -> str | None:
-    name = path.name.lower()
-    return next((s for s in known if name.endswith(s) and len(name) > len(s)), None)
-
-
-def _extension(path: Path) -> str:
-    """What a device name leaves out: a known suffix, else the last one (with a trailing .gz)."""
-    if known := _suffix(path):
-        return known
-    return "".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix
-
-
-def read_table(path: Path, separator: str | None, roles: set[str]) -> pl.DataFrame:
-    """A CSV or Parquet file (by its name; CSV when a separator is given), quotes unwrapped outside
-    `roles`; a ValueError naming the file when it cannot be read, is empty or has the wrong separator."""
-    is_csv = _suffix(path, PARQUET_SUFFIXES) is None
-    if separator is None:
-        separator = "\t" if _suffix(path, (".tsv", ".tsv.gz")) else DEFAULT_SEPARATOR
-    if is_csv:
-        _check_header(path, separator)
-    try:
-        if is_csv:
-            # A full-file schema scan, so a column that turns fractional late is not refused.
-            table = pl.read_csv(path, separator=separator, infer_schema_length=None, null_values=NULL_VALUES)
-        else:
-            table = pl.read_parquet(path)
-    except pl.exceptions.NoDataError as error:
-        raise ValueError(f"{path}: the file is empty") from error
-    except (pl.exceptions.PolarsError, OSError) as error:
-        raise ValueError(f"{path}: cannot read it as {'CSV' if is_csv else 'Parquet'}: {error}") from error
-    if is_csv:
-        _check_separator(table, path, separator)
-    if table.height == 0:
-        raise ValueError(f"{path}: the file has a header but no rows")
-    return _unquote(table, roles) if is_csv else table
-
-
-def _check_separator(table: pl.DataFrame, path: Path, separator: str) -> None:
-    """One column whose name holds another common separator: the file was read with the wrong one."""
-    if table.width != 1:
-        return
-    header = table.columns[0]
-    for other, flag in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ","), (" ", " ")):
-        if other != separator and other in header.strip():
-            raise ValueError(
-                f"{path}: read with the separator {separator!r} the file has one column {header[:60]!r}; "
-                f"it looks '{flag}'-separated: pass --sep '{flag}'"
-            )
-
-
-def _unquote(table: pl.DataFrame, roles: set[str]) -> pl.DataFrame:
-    """Strip quotes wrapping every value of a text column (an export quirk); such a column holding
-    numbers becomes a number column, unless it plays a role (device ids stay text)."""
-    columns = []
-    for name, dtype in table.schema.items():
-        column = table[name]
-        if dtype == pl.String:
-            text = column.str.strip_chars(" ")
-            values = text.drop_nulls()
-            wrapped = values.len() > 0 and any(
-                (values.str.starts_with(q) & values.str.ends_with(q) & (values.str.len_chars() >= 2)).all()
-                for q in _QUOTES
-            )
-            if wrapped:
-                column = text.str.slice(1, text.str.len_chars() - 2)
-                as_number = column.cast(pl.Float64, strict=False)
-                if name not in roles and as_number.null_count() == column.null_count():
-                    column = as_number
-        columns.append(column)
-    return pl.DataFrame(columns)
-
-
 def _expand_features(requested: Sequence[str], numeric: Sequence[str]) -> list[str]:
     """Requested feature names with shell-style patterns replaced by the numeric columns they match."""
     expanded: dict[str, None] = {}
@@ -506,7 +352,7 @@ def _times(column: pl.Series, path: Path, time_format: str | None) -> pl.Series:
     dtype = column.dtype
     problem = f"{path}: cannot parse time column {column.name!r}"
     if dtype == pl.String:
-        column = column.str.strip_chars(" ").str.strip_chars(_QUOTES)  # '2004-02-29T00:00:18'
+        column = column.str.strip_chars(" ").str.strip_chars(QUOTES)  # '2004-02-29T00:00:18'
         try:
             parsed = column.str.to_datetime(time_format, time_unit="us", strict=False)
         except pl.exceptions.PolarsError as error:
@@ -540,7 +386,7 @@ def _labels(column: pl.Series, path: Path) -> pl.Series:
             raise ValueError(f"{problem} has NaN labels")
         flags = column != 0
     elif dtype == pl.String:
-        text = column.str.strip_chars().str.strip_chars(_QUOTES).str.to_lowercase()
+        text = column.str.strip_chars().str.strip_chars(QUOTES).str.to_lowercase()
         as_number = text.cast(pl.Float64, strict=False).fill_nan(None)
         flags = text.replace_strict(_BOOLEAN_WORDS, default=None, return_dtype=pl.Boolean).fill_null(
             as_number != 0
@@ -561,7 +407,7 @@ def _split_flags(column: pl.Series, path: Path) -> pl.Series:
     """True for the train part: ``train`` / ``test`` (any case), or 0 = train and 1 = test."""
     dtype = column.dtype
     if dtype == pl.String:
-        text = column.str.strip_chars(" ").str.strip_chars(_QUOTES).str.to_lowercase()
+        text = column.str.strip_chars(" ").str.strip_chars(QUOTES).str.to_lowercase()
         words = {**_SPLIT_WORDS, "0": True, "1": False}
         flags = text.replace_strict(words, default=None, return_dtype=pl.Boolean)
     elif dtype == pl.Boolean or dtype.is_numeric():
