@@ -1,0 +1,323 @@
+"""The notifier: a small loop beside the stream trainer that turns anomaly events into webhook
+notifications, through a MongoDB outbox, so a crash or restart neither loses nor floods them.
+
+Each pass:
+
+1. **Follow the events.** Read ``collection_events`` documents whose ``updated_at`` is at or after
+   the persisted cursor minus ``OVERLAP_S`` (trainers write in batches and their clocks differ), in
+   ``(updated_at, _id)`` order. An open event is due a ``firing`` notification, a closed one a
+   ``resolved`` notification, for every URL. A notification is one outbox document,
+   ``_id = f"{url_key}|{event_id}|{status}"``, inserted only if absent: seeing an event again (every
+   rewrite of an open event, the overlap, a restart) adds nothing. Then the cursor is saved.
+2. **Rate limit.** A new notification of a device over ``alerts_rate_limit`` per minute (per URL) is
+   stored ``suppressed`` instead of ``pending``; the next one sent for the device carries how many were
+   suppressed since (``suppressed.count``), and marks them summarised. A ``resolved`` notification of a
+   firing that was sent is always sent (a receiver is never left with a firing alert); that of a
+   suppressed firing is suppressed too.
+3. **Deliver** the due ``pending`` notifications (``next_at`` passed), signed: a 2xx marks it
+   ``delivered``; a 5xx, 408, 429, timeout or connection error schedules the next try with exponential
+   backoff (``next_at``); after ``alerts_max_attempts`` tries, or at once on another 4xx, it becomes
+   ``dead`` and a copy with the reason and the body goes to ``collection_alert_dead_letters``.
+
+Guarantees: at least once per (URL, event, status). A notifier killed after a receiver answered but
+before the outbox recorded it sends that one notification again, with the same ``X-FLEAD-Delivery``
+id, which a receiver can deduplicate on. Nothing is dropped silently: every notification ends
+delivered, suppressed (counted in the device's next notification and in the outbox), or dead (with the
+reason). One notifier process per database: two would send each pending notification twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+
+from flead.alerts.payload import event_snapshot, event_status, render_payload
+from flead.alerts.policy import RateLimiter, RetrySchedule, Verdict, classify
+from flead.alerts.signing import DELIVERY_HEADER, sign
+from flead.config import Settings
+from flead.storage.mongo import make_mongo_client
+
+log = logging.getLogger(__name__)
+
+OVERLAP_S = 60.0  # how far behind the cursor each pass looks again
+CURSOR_ID = "events"
+DELIVER_BATCH = 100
+WINDOW_S = 60.0
+
+
+def url_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
+@dataclass
+class NotifierCounters:
+    queued: int = 0
+    suppressed: int = 0
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Notifier:
+    def __init__(self, settings: Settings, *, client=None) -> None:
+        self.settings = settings
+        self.urls = settings.alert_urls
+        secret = settings.alerts_webhook_secret
+        self.secret = secret.get_secret_value() if secret is not None else ""
+        self.schedule = RetrySchedule(
+            settings.alerts_max_attempts, settings.alerts_backoff_s, settings.alerts_backoff_max_s
+        )
+        self.client = client or make_mongo_client(settings)
+        db = self.client[settings.mongo_db]
+        self.events = db[settings.collection_events]
+        self.outbox = db[settings.collection_alert_outbox]
+        self.dead_letters = db[settings.collection_alert_dead_letters]
+        self.cursors = db[settings.collection_alert_cursor]
+        self.http = httpx.Client(timeout=settings.alerts_timeout_s)
+        self.counters = NotifierCounters()
+        self.limiter = RateLimiter(settings.alerts_rate_limit, WINDOW_S)
+        self._stop = threading.Event()
+        self._indexes()
+        self._seed_limiter()
+
+    def _indexes(self) -> None:
+        self.events.create_index([("updated_at", ASCENDING)])
+        self.outbox.create_index([("state", ASCENDING), ("next_at", ASCENDING)])
+        self.outbox.create_index([("target", ASCENDING), ("device_id", ASCENDING), ("state", ASCENDING)])
+
+    def _seed_limiter(self) -> None:
+        """What was queued in the last window before a restart still counts."""
+        since = datetime.now(UTC) - timedelta(seconds=WINDOW_S)
+        query = {"counted": True, "created_at": {"$gte": since}}
+        for doc in self.outbox.find(query).sort([("created_at", ASCENDING)]):
+            self.limiter.record(f"{doc['target']}|{doc['device_id']}", _epoch(doc["created_at"]))
+
+    def close(self) -> None:
+        self.http.close()
+        self.client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self, *, interval_s: float = 1.0) -> None:
+        """Passes until ``stop()`` (SIGTERM); a failing pass is logged and retried on the next one."""
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception as exc:  # MongoDB away, a bug: keep going, the outbox holds the state
+                log.exception("notifier pass failed")
+                self.counters.errors.append(f"{type(exc).__name__}: {exc}")
+                del self.counters.errors[:-20]
+            self._stop.wait(interval_s)
+
+    def run_once(self, now: datetime | None = None) -> None:
+        self.follow_events(now)
+        self.deliver_due(now)
+
+    # ---------------------------------------------------------------- 1. follow, 2. rate limit
+
+    def follow_events(self, now: datetime | None = None) -> int:
+        """Queue the notifications the events updated since the cursor are due; the number queued."""
+        if not self.urls:
+            return 0
+        cursor = self.cursors.find_one({"_id": CURSOR_ID})
+        query = {}
+        if cursor and cursor.get("updated_at") is not None:
+            query = {"updated_at": {"$gte": _utc(cursor["updated_at"]) - timedelta(seconds=OVERLAP_S)}}
+        queued, newest = 0, None
+        for event in self.events.find(query).sort([("updated_at", ASCENDING), ("_id", ASCENDING)]):
+            for url in self.urls:
+                queued += self._enqueue(url, event, now or datetime.now(UTC))
+            if event.get("updated_at") is not None:
+                newest = _utc(event["updated_at"])
+        if newest is not None:
+            self.cursors.update_one({"_id": CURSOR_ID}, {"$max": {"updated_at": newest}}, upsert=True)
+        return queued
+
+    def _enqueue(self, url: str, event: dict, now: datetime) -> int:
+        target, event_id, status = url_key(url), str(event["_id"]), event_status(event)
+        notification_id = f"{target}|{event_id}|{status}"
+        if self.outbox.find_one({"_id": notification_id}, {"_id": 1}) is not None:
+            return 0
+        device = str(event.get("device_id"))
+        state, counted = "pending", True
+        firing = None
+        if status == "resolved":
+            firing = self.outbox.find_one({"_id": f"{target}|{event_id}|firing"}, {"state": 1})
+        if firing is not None and firing["state"] == "suppressed":
+            state, counted = "suppressed", False
+        elif firing is not None:
+            counted = False  # the end of an alert the receiver was sent: never rate-limited
+        elif not self.limiter.allow(f"{target}|{device}", _epoch(now)):
+            state, counted = "suppressed", False
+        doc = {
+            "_id": notification_id,
+            "target": target,
+            "url": url,
+            "event_id": event_id,
+            "device_id": device,
+            "status": status,
+            "state": state,
+            "counted": counted,
+            "attempts": 0,
+            "next_at": now,
+            "created_at": now,
+            "event": event_snapshot(event),
+        }
+        if state == "suppressed":
+            doc["summarised"] = False
+        try:
+            self.outbox.insert_one(doc)
+        except DuplicateKeyError:
+            return 0
+        if state == "suppressed":
+            self.counters.suppressed += 1
+            log.info("notification %s suppressed (rate limit of %s)", notification_id, device)
+            return 0
+        self.counters.queued += 1
+        return 1
+
+    # ---------------------------------------------------------------- 3. deliver
+
+    def deliver_due(self, now: datetime | None = None) -> int:
+        """Try every pending notification whose time has come; the number tried."""
+        now = now or datetime.now(UTC)
+        due = list(
+            self.outbox.find({"state": "pending", "next_at": {"$lte": now}})
+            .sort([("next_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(DELIVER_BATCH)
+        )
+        for doc in due:
+            if self._stop.is_set():
+                break
+            self._deliver(doc)
+        return len(due)
+
+    def _body(self, doc: dict) -> bytes:
+        suppressed = self.outbox.find(
+            {
+                "target": doc["target"],
+                "device_id": doc["device_id"],
+                "state": "suppressed",
+                "summarised": False,
+            }
+        )
+        ids, since = [], None
+        for other in suppressed:
+            ids.append(other["_id"])
+            created = _utc(other["created_at"])
+            since = created if since is None or created < since else since
+        carried = doc.get("suppressed_ids", [])
+        if ids:  # carried by this notification: stored before sending, so retries send the same body
+            carried = sorted(set(carried) | set(ids))
+            first = doc.get("suppressed_since") or since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            self.outbox.update_one(
+                {"_id": doc["_id"]}, {"$set": {"suppressed_ids": carried, "suppressed_since": first}}
+            )
+            self.outbox.update_many(
+                {"_id": {"$in": ids}}, {"$set": {"summarised": True, "summary": doc["_id"]}}
+            )
+            doc["suppressed_since"] = first
+        return render_payload(
+            self.settings.alerts_format,
+            doc["event"],
+            doc["status"],
+            delivery_id=doc["_id"],
+            suppressed=len(carried),
+            suppressed_since=doc.get("suppressed_since"),
+            external_url=self.settings.api_url,
+        )
+
+    def _deliver(self, doc: dict) -> None:
+        body = self._body(doc)
+        headers = {"Content-Type": "application/json", DELIVERY_HEADER: doc["_id"], **sign(self.secret, body)}
+        status_code, reason = None, ""
+        try:
+            response = self.http.post(doc["url"], content=body, headers=headers)
+            status_code = response.status_code
+            reason = f"HTTP {status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        verdict = classify(status_code)
+        attempts = doc["attempts"] + 1
+        now = datetime.now(UTC)
+        if verdict is Verdict.DELIVERED:
+            self.outbox.update_one(
+                {"_id": doc["_id"]},
+                {
+                    "$set": {
+                        "state": "delivered",
+                        "attempts": attempts,
+                        "delivered_at": now,
+                        "last_status": status_code,
+                    }
+                },
+            )
+            self.counters.delivered += 1
+            return
+        delay = self.schedule.delay(attempts) if verdict is Verdict.RETRY else None
+        if delay is not None:
+            self.outbox.update_one(
+                {"_id": doc["_id"]},
+                {
+                    "$set": {
+                        "attempts": attempts,
+                        "next_at": now + timedelta(seconds=delay),
+                        "last_error": reason,
+                        "last_status": status_code,
+                    }
+                },
+            )
+            self.counters.retried += 1
+            log.info("notification %s failed (%s); try %d in %.1f s", doc["_id"], reason, attempts + 1, delay)
+            return
+        why = (
+            f"gave up after {attempts} tries; last: {reason}"
+            if verdict is Verdict.RETRY
+            else f"refused by the receiver (not retried): {reason}"
+        )
+        dead = {
+            "_id": doc["_id"],
+            "url": doc["url"],
+            "event_id": doc["event_id"],
+            "device_id": doc["device_id"],
+            "status": doc["status"],
+            "attempts": attempts,
+            "reason": why,
+            "last_status": status_code,
+            "body": body.decode(),
+            "dead_at": now,
+        }
+        self.dead_letters.replace_one({"_id": doc["_id"]}, dead, upsert=True)
+        self.outbox.update_one(
+            {"_id": doc["_id"]},
+            {
+                "$set": {
+                    "state": "dead",
+                    "attempts": attempts,
+                    "last_error": reason,
+                    "reason": why,
+                    "dead_at": now,
+                }
+            },
+        )
+        self.counters.dead += 1
+        log.warning("notification %s dead-lettered: %s", doc["_id"], why)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _epoch(value: datetime) -> float:
+    return _utc(value).timestamp()
