@@ -327,3 +327,19 @@ def test_seen_before_restart_still_counts_against_the_limit(services_env, receiv
     )
     restarted.client.drop_database(restarted.settings.mongo_db)
     restarted.close()
+
+
+def test_one_notifier_per_database_at_a_time(services_env, receiver):
+    first = notifier_for(receiver.url)
+    db_name = first.settings.mongo_db
+    second = notifier_for(receiver.url, mongo_db=db_name)
+    first.run_once()
+    assert first.leader
+    second.events.insert_one(event("mote-1", 1, open_=True))
+    second.run_once()  # stands by: the first holds the lease
+    assert not second.leader and second.outbox.count_documents({}) == 0 and receiver.requests == []
+    first.close()  # releases the lease: the second takes over at once
+    until(lambda: len(receiver.requests) == 1, second)
+    assert second.leader
+    second.client.drop_database(db_name)
+    second.close()

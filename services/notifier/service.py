@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -48,8 +51,12 @@ log = logging.getLogger(__name__)
 
 OVERLAP_S = 60.0  # how far behind the cursor each pass looks again
 CURSOR_ID = "events"
+LEASE_ID = "lease"
+LEASE_S = 30.0  # a notifier that stopped renewing its lease for this long is taken over
 DELIVER_BATCH = 100
+FOLLOW_CHUNK = 500
 WINDOW_S = 60.0
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def url_key(url: str) -> str:
@@ -67,8 +74,11 @@ class NotifierCounters:
 
 
 class Notifier:
-    def __init__(self, settings: Settings, *, client=None) -> None:
+    def __init__(self, settings: Settings, *, client=None, lease_s: float = LEASE_S) -> None:
         self.settings = settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_s = lease_s
+        self.leader = False
         self.urls = settings.alert_urls
         secret = settings.alerts_webhook_secret
         self.secret = secret.get_secret_value() if secret is not None else ""
@@ -100,7 +110,34 @@ class Notifier:
         for doc in self.outbox.find(query).sort([("created_at", ASCENDING)]):
             self.limiter.record(f"{doc['target']}|{doc['device_id']}", _epoch(doc["created_at"]))
 
+    def hold_lease(self) -> bool:
+        """Take or renew the one notifier lease of the database; False while another notifier's is live."""
+        now = datetime.now(UTC)
+        try:
+            self.cursors.find_one_and_update(
+                {"_id": LEASE_ID, "$or": [{"owner": self.owner}, {"expires_at": {"$lt": now}}]},
+                {"$set": {"owner": self.owner, "expires_at": now + timedelta(seconds=self.lease_s)}},
+                upsert=True,
+            )
+        except DuplicateKeyError:  # held by another live notifier: stand by
+            if self.leader:
+                log.warning("notifier lease lost to another notifier; standing by")
+            self.leader = False
+            return False
+        if not self.leader:
+            log.info("notifier %s holds the lease", self.owner)
+        self.leader = True
+        return True
+
+    def release_lease(self) -> None:
+        self.cursors.update_one({"_id": LEASE_ID, "owner": self.owner}, {"$set": {"expires_at": EPOCH}})
+        self.leader = False
+
     def close(self) -> None:
+        try:
+            self.release_lease()  # a successor takes over at once, not after the lease runs out
+        except Exception:
+            log.warning("could not release the notifier lease", exc_info=True)
         self.http.close()
         self.client.close()
 
@@ -121,6 +158,8 @@ class Notifier:
             self._stop.wait(interval_s)
 
     def run_once(self, now: datetime | None = None) -> None:
+        if not self.urls or not self.hold_lease():
+            return
         self.follow_events(now)
         self.deliver_due(now)
 
@@ -134,27 +173,42 @@ class Notifier:
         query = {}
         if cursor and cursor.get("updated_at") is not None:
             query = {"updated_at": {"$gte": _utc(cursor["updated_at"]) - timedelta(seconds=OVERLAP_S)}}
-        queued, newest = 0, None
-        for event in self.events.find(query).sort([("updated_at", ASCENDING), ("_id", ASCENDING)]):
-            for url in self.urls:
-                queued += self._enqueue(url, event, now or datetime.now(UTC))
+        queued, newest, chunk = 0, None, []
+        events = self.events.find(query).sort([("updated_at", ASCENDING), ("_id", ASCENDING)])
+        for event in events:
+            chunk.append(event)
             if event.get("updated_at") is not None:
                 newest = _utc(event["updated_at"])
+            if len(chunk) >= FOLLOW_CHUNK:
+                queued += self._enqueue_chunk(chunk, now)
+                chunk = []
+        queued += self._enqueue_chunk(chunk, now)
         if newest is not None:
             self.cursors.update_one({"_id": CURSOR_ID}, {"$max": {"updated_at": newest}}, upsert=True)
         return queued
 
-    def _enqueue(self, url: str, event: dict, now: datetime) -> int:
+    def _enqueue_chunk(self, events: list[dict], now: datetime | None) -> int:
+        """Queue what ``events`` are due, looking their notifications up in one query."""
+        if not events:
+            return 0
+        wanted = []
+        for event in events:
+            for url in self.urls:
+                target, event_id = url_key(url), str(event["_id"])
+                wanted += [f"{target}|{event_id}|firing", f"{target}|{event_id}|resolved"]
+        known = {doc["_id"]: doc["state"] for doc in self.outbox.find({"_id": {"$in": wanted}}, {"state": 1})}
+        when = now or datetime.now(UTC)
+        return sum(self._enqueue(url, event, when, known) for event in events for url in self.urls)
+
+    def _enqueue(self, url: str, event: dict, now: datetime, known: dict[str, str]) -> int:
         target, event_id, status = url_key(url), str(event["_id"]), event_status(event)
         notification_id = f"{target}|{event_id}|{status}"
-        if self.outbox.find_one({"_id": notification_id}, {"_id": 1}) is not None:
+        if notification_id in known:
             return 0
         device = str(event.get("device_id"))
         state, counted = "pending", True
-        firing = None
-        if status == "resolved":
-            firing = self.outbox.find_one({"_id": f"{target}|{event_id}|firing"}, {"state": 1})
-        if firing is not None and firing["state"] == "suppressed":
+        firing = known.get(f"{target}|{event_id}|firing") if status == "resolved" else None
+        if firing == "suppressed":
             state, counted = "suppressed", False
         elif firing is not None:
             counted = False  # the end of an alert the receiver was sent: never rate-limited
@@ -180,6 +234,7 @@ class Notifier:
             self.outbox.insert_one(doc)
         except DuplicateKeyError:
             return 0
+        known[notification_id] = state
         if state == "suppressed":
             self.counters.suppressed += 1
             log.info("notification %s suppressed (rate limit of %s)", notification_id, device)
@@ -198,7 +253,7 @@ class Notifier:
             .limit(DELIVER_BATCH)
         )
         for doc in due:
-            if self._stop.is_set():
+            if self._stop.is_set() or not self.hold_lease():  # renewed per try: a try may take a timeout
                 break
             self._deliver(doc)
         return len(due)
