@@ -23,7 +23,9 @@ Guarantees: at least once per (URL, event, status). A notifier killed after a re
 before the outbox recorded it sends that one notification again, with the same ``X-FLEAD-Delivery``
 id, which a receiver can deduplicate on. Nothing is dropped silently: every notification ends
 delivered, suppressed (counted in the device's next notification and in the outbox), or dead (with the
-reason). One notifier process per database: two would send each pending notification twice.
+reason). One notifier works per database at a time: it holds a lease (``_id = "lease"`` in the cursor
+collection), renewed before every try; another one stands by until the lease is released (on close)
+or runs out (``LEASE_S`` after a crash).
 """
 
 from __future__ import annotations
