@@ -136,15 +136,15 @@ def receiver() -> Iterator[Receiver]:
 
 
 def notifier_for(url: str, **overrides) -> Notifier:
-    settings = Settings(
-        mongo_db=overrides.pop("mongo_db", f"alerts_{uuid.uuid4().hex[:8]}"),
-        alerts_webhook_urls=url,
-        alerts_webhook_secret=SECRET,
-        alerts_backoff_s=0.05,
-        alerts_backoff_max_s=0.2,
-        alerts_timeout_s=2.0,
-        **overrides,
-    )
+    values = {
+        "mongo_db": f"alerts_{uuid.uuid4().hex[:8]}",
+        "alerts_webhook_urls": url,
+        "alerts_webhook_secret": SECRET,
+        "alerts_backoff_s": 0.05,
+        "alerts_backoff_max_s": 0.2,
+        "alerts_timeout_s": 2.0,
+    }
+    settings = Settings(**{**values, **overrides})
     return Notifier(settings)
 
 
@@ -343,3 +343,30 @@ def test_one_notifier_per_database_at_a_time(services_env, receiver):
     assert second.leader
     second.client.drop_database(db_name)
     second.close()
+
+
+def test_an_event_closed_before_its_firing_got_through_sends_only_its_end(services_env, receiver):
+    notifier = notifier_for(receiver.url, alerts_backoff_s=3600.0, alerts_backoff_max_s=3600.0)
+    doc = event("mote-1", 1, open_=True)
+    notifier.events.insert_one(doc)
+    receiver.script = [503]
+    until(lambda: len(receiver.requests) == 1, notifier)  # the firing failed; its retry is an hour away
+    notifier.events.replace_one({"_id": doc["_id"]}, {**doc, "open": False, "updated_at": datetime.now(UTC)})
+    until(lambda: len(receiver.requests) == 2, notifier)
+    assert receiver.bodies()[-1]["status"] == "resolved"  # never a firing after its resolved
+    states = outbox_states(notifier)
+    assert states == {f"{doc['_id']}|firing": "superseded", f"{doc['_id']}|resolved": "delivered"}
+    notifier.client.drop_database(notifier.settings.mongo_db)
+    notifier.close()
+
+
+def test_a_first_start_does_not_replay_the_history(services_env, receiver):
+    notifier = notifier_for(receiver.url)
+    old = {**event("mote-1", 1), "updated_at": datetime.now(UTC) - timedelta(hours=2)}
+    recent = event("mote-2", 1)
+    notifier.events.insert_many([old, recent])
+    until(lambda: len(receiver.requests) == 1, notifier)
+    notifier.run_once()
+    assert [b["event"]["id"] for b in receiver.bodies()] == [recent["_id"]]
+    notifier.client.drop_database(notifier.settings.mongo_db)
+    notifier.close()

@@ -8,7 +8,10 @@ Each pass:
    ``(updated_at, _id)`` order. An open event is due a ``firing`` notification, a closed one a
    ``resolved`` notification, for every URL. A notification is one outbox document,
    ``_id = f"{url_key}|{event_id}|{status}"``, inserted only if absent: seeing an event again (every
-   rewrite of an open event, the overlap, a restart) adds nothing. Then the cursor is saved.
+   rewrite of an open event, the overlap, a restart) adds nothing. Then the cursor is saved. The first
+   pass on a database starts ``FIRST_LOOKBACK_S`` back, not at the beginning of the history. A firing
+   still pending when its event closes is ``superseded`` by the resolved notification (never a firing
+   after its resolved).
 2. **Rate limit.** A new notification of a device over ``alerts_rate_limit`` per minute (per URL) is
    stored ``suppressed`` instead of ``pending``; the next one sent for the device carries how many were
    suppressed since (``suppressed.count``), and marks them summarised. A ``resolved`` notification of a
@@ -22,10 +25,10 @@ Each pass:
 Guarantees: at least once per (URL, event, status). A notifier killed after a receiver answered but
 before the outbox recorded it sends that one notification again, with the same ``X-FLEAD-Delivery``
 id, which a receiver can deduplicate on. Nothing is dropped silently: every notification ends
-delivered, suppressed (counted in the device's next notification and in the outbox), or dead (with the
-reason). One notifier works per database at a time: it holds a lease (``_id = "lease"`` in the cursor
-collection), renewed before every try; another one stands by until the lease is released (on close)
-or runs out (``LEASE_S`` after a crash).
+delivered, suppressed (counted in the device's next notification and in the outbox), superseded, or
+dead (with the reason). One notifier works per database at a time: it holds a lease (``_id =
+"lease"`` in the cursor collection), renewed before every try; another one stands by until the lease
+is released (on close) or runs out (``LEASE_S`` after a crash).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from flead.storage.mongo import make_mongo_client
 log = logging.getLogger(__name__)
 
 OVERLAP_S = 60.0  # how far behind the cursor each pass looks again
+FIRST_LOOKBACK_S = 600.0  # a first start notifies of the events updated this recently, not all history
 CURSOR_ID = "events"
 LEASE_ID = "lease"
 LEASE_S = 30.0  # a notifier that stopped renewing its lease for this long is taken over
@@ -172,9 +176,11 @@ class Notifier:
         if not self.urls:
             return 0
         cursor = self.cursors.find_one({"_id": CURSOR_ID})
-        query = {}
         if cursor and cursor.get("updated_at") is not None:
-            query = {"updated_at": {"$gte": _utc(cursor["updated_at"]) - timedelta(seconds=OVERLAP_S)}}
+            since = _utc(cursor["updated_at"]) - timedelta(seconds=OVERLAP_S)
+        else:  # the first pass on this database: the recent events, not the whole history
+            since = datetime.now(UTC) - timedelta(seconds=FIRST_LOOKBACK_S)
+        query = {"updated_at": {"$gte": since}}
         queued, newest, chunk = 0, None, []
         events = self.events.find(query).sort([("updated_at", ASCENDING), ("_id", ASCENDING)])
         for event in events:
@@ -209,11 +215,20 @@ class Notifier:
             return 0
         device = str(event.get("device_id"))
         state, counted = "pending", True
-        firing = known.get(f"{target}|{event_id}|firing") if status == "resolved" else None
+        firing_id = f"{target}|{event_id}|firing"
+        firing = known.get(firing_id) if status == "resolved" else None
         if firing == "suppressed":
             state, counted = "suppressed", False
         elif firing is not None:
             counted = False  # the end of an alert the receiver was sent: never rate-limited
+            if firing == "pending":  # not delivered yet: the resolved one says it all, and never
+                # arrives before it (a firing after its resolved would leave the alert firing)
+                superseded = self.outbox.update_one(
+                    {"_id": firing_id, "state": "pending"},
+                    {"$set": {"state": "superseded", "superseded_by": notification_id}},
+                )
+                if superseded.modified_count:
+                    known[firing_id] = "superseded"
         elif not self.limiter.allow(f"{target}|{device}", _epoch(now)):
             state, counted = "suppressed", False
         doc = {
@@ -261,30 +276,30 @@ class Notifier:
         return len(due)
 
     def _body(self, doc: dict) -> bytes:
-        suppressed = self.outbox.find(
-            {
+        """The notification's body. Its first try takes over the device's suppressed notifications
+        not yet summarised (stored with it), so every try sends the same body."""
+        if "suppressed_ids" not in doc:
+            query = {
                 "target": doc["target"],
                 "device_id": doc["device_id"],
                 "state": "suppressed",
-                "summarised": False,
+                "$or": [{"summarised": False}, {"summary": doc["_id"]}],  # the latter: after a crash
             }
-        )
-        ids, since = [], None
-        for other in suppressed:
-            ids.append(other["_id"])
-            created = _utc(other["created_at"])
-            since = created if since is None or created < since else since
-        carried = doc.get("suppressed_ids", [])
-        if ids:  # carried by this notification: stored before sending, so retries send the same body
-            carried = sorted(set(carried) | set(ids))
-            first = doc.get("suppressed_since") or since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            ids, since = [], None
+            for other in self.outbox.find(query, {"created_at": 1}):
+                ids.append(other["_id"])
+                created = _utc(other["created_at"])
+                since = created if since is None or created < since else since
+            if ids:
+                self.outbox.update_many(
+                    {"_id": {"$in": ids}}, {"$set": {"summarised": True, "summary": doc["_id"]}}
+                )
+            first = None if since is None else since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             self.outbox.update_one(
-                {"_id": doc["_id"]}, {"$set": {"suppressed_ids": carried, "suppressed_since": first}}
+                {"_id": doc["_id"]}, {"$set": {"suppressed_ids": sorted(ids), "suppressed_since": first}}
             )
-            self.outbox.update_many(
-                {"_id": {"$in": ids}}, {"$set": {"summarised": True, "summary": doc["_id"]}}
-            )
-            doc["suppressed_since"] = first
+            doc["suppressed_ids"], doc["suppressed_since"] = sorted(ids), first
+        carried = doc["suppressed_ids"]
         return render_payload(
             self.settings.alerts_format,
             doc["event"],
