@@ -265,7 +265,14 @@ class Notifier:
         """Try every pending notification whose time has come; the number tried."""
         now = now or datetime.now(UTC)
         due = list(
-            self.outbox.find({"state": "pending", "next_at": {"$lte": now}})
+            # Only to the URLs configured now: those of a URL taken out of the settings stay pending.
+            self.outbox.find(
+                {
+                    "state": "pending",
+                    "target": {"$in": [url_key(u) for u in self.urls]},
+                    "next_at": {"$lte": now},
+                }
+            )
             .sort([("next_at", ASCENDING), ("_id", ASCENDING)])
             .limit(DELIVER_BATCH)
         )
