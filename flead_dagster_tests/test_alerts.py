@@ -223,6 +223,13 @@ def test_a_permanently_failing_receiver_ends_in_the_dead_letters(services_env, r
     dead = notifier.dead_letters.find_one({"event_id": refused["_id"]})
     assert dead["attempts"] == 1 and "refused by the receiver (not retried): HTTP 400" in dead["reason"]
     assert outbox_states(notifier) == {f"{failing['_id']}|firing": "dead", f"{refused['_id']}|firing": "dead"}
+    from typer.testing import CliRunner
+
+    from flead.cli import app
+
+    shown = CliRunner().invoke(app, ["alerts", "status"], env={"FLEAD_MONGO_DB": notifier.settings.mongo_db})
+    assert shown.exit_code == 0, shown.output
+    assert "dead letters: 2" in shown.output and "dead" in shown.output.split("dead letters")[0]
     notifier.client.drop_database(notifier.settings.mongo_db)
     notifier.close()
 
