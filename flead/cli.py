@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flead.bus.replay import ReplayError, lake_readings, replay
+from flead.cli_alerts import alerts_app, anomalies_app
 from flead.cli_api import api_app
 from flead.cli_data import data_app
 from flead.cli_evaluate import evaluate_command
@@ -34,6 +35,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(api_app, name="api")
 app.add_typer(trainer_app, name="trainer")
 app.add_typer(services_app, name="services")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(anomalies_app, name="anomalies")
 app.command("evaluate")(evaluate_command)
 app.command("demo")(demo_command)
 app.command("up")(up_command)

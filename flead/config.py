@@ -235,6 +235,40 @@ class Settings(BaseSettings):
         2.0, ge=1.0, description="Times over its threshold an event's peak must reach (else pruned)."
     )
 
+    # Webhook notifications of anomaly events (flead.alerts, services/notifier)
+    alerts_webhook_urls: str = Field(
+        "", description="Comma-separated http(s) URLs notified of anomaly events (empty: notifications off)."
+    )
+    alerts_webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key signing every notification; required with ALERTS_WEBHOOK_URLS."
+    )
+    alerts_format: Literal["flead", "alertmanager"] = Field(
+        "flead", description="Notification body: flead (FLEAD's JSON) or alertmanager (its webhook format)."
+    )
+    alerts_max_attempts: int = Field(
+        6, ge=1, description="Tries per notification before it is dead-lettered."
+    )
+    alerts_backoff_s: float = Field(
+        1.0, gt=0, description="Wait after a notification's first failed try; doubles with every next one."
+    )
+    alerts_backoff_max_s: float = Field(300.0, gt=0, description="Longest wait between two tries.")
+    alerts_timeout_s: float = Field(
+        5.0, gt=0, description="How long one try waits for the receiver's answer."
+    )
+    alerts_rate_limit: int = Field(
+        10, ge=0, description="Notifications per device and URL per minute, at most (0: no limit)."
+    )
+    collection_alert_outbox: str = Field(
+        "alert_outbox",
+        description="Notifications queued, sent, suppressed or dead (one per URL, event, status).",
+    )
+    collection_alert_dead_letters: str = Field(
+        "alert_dead_letters", description="Notifications given up on, with the reason."
+    )
+    collection_alert_cursor: str = Field(
+        "alert_cursor", description="How far the notifier has followed the events collection."
+    )
+
     # Orchestration (Dagster sensors, schedules and checks)
     dagster_host: str = Field("127.0.0.1", description="Host `flead up` serves the Dagster UI on.")
     dagster_port: int = Field(3000, ge=1, le=65535, description="Port `flead up` serves the Dagster UI on.")
@@ -335,6 +369,18 @@ class Settings(BaseSettings):
     @classmethod
     def _check_http_url(cls, value: str) -> str:
         return _check_http_url(value)
+
+    @field_validator("alerts_webhook_urls")
+    @classmethod
+    def _check_webhook_urls(cls, value: str) -> str:
+        for url in (u.strip() for u in value.split(",") if u.strip()):
+            _check_http_url(url)
+        return value
+
+    @property
+    def alert_urls(self) -> list[str]:
+        """The webhook URLs notified of anomaly events (none: notifications off)."""
+        return [u.strip() for u in self.alerts_webhook_urls.split(",") if u.strip()]
 
     @field_validator("aggregation_strategy")
     @classmethod
@@ -483,6 +529,11 @@ def consistency_problems(settings: Settings) -> list[str]:
     if settings.dataset_start > settings.dataset_end:
         problems.append(
             f"FLEAD_DATASET_START={settings.dataset_start} is after FLEAD_DATASET_END={settings.dataset_end}"
+        )
+    if settings.alert_urls and settings.alerts_webhook_secret is None:
+        problems.append(
+            "FLEAD_ALERTS_WEBHOOK_URLS is set but FLEAD_ALERTS_WEBHOOK_SECRET is not: every notification "
+            "is signed (set a secret shared with the receivers)"
         )
     return problems
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
+from flead.exports import anomaly_columns, anomaly_row, csv_text
 from flead.schema import DEVICE_ID_PATTERN
 from services.global_api.anomaly_pages import MAX_CURSOR_CHARS, PageKey
 from services.global_api.auth import get_service
@@ -70,6 +72,52 @@ def get_anomalies(
     )
     position = None if after is None else PageKey.decode(after)
     return service.monitoring.anomalies(where, limit=limit, after=position)
+
+
+@router.get(
+    "/api/anomalies.csv",
+    summary="Anomalous readings as CSV: the filters and cursor of /api/anomalies, the next cursor in headers",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "A page of rows after a header row (RFC 4180: quoted where needed, CRLF).",
+            "headers": {
+                "X-Next-Cursor": {
+                    "description": "The `after` of the next page; absent on the last page.",
+                    "schema": {"type": "string"},
+                },
+                "Link": {
+                    "description": 'The next page\'s URL, `<...>; rel="next"`; absent on the last page.',
+                    "schema": {"type": "string"},
+                },
+            },
+        }
+    },
+)
+def get_anomalies_csv(
+    request: Request,
+    device: str | None = Query(None, pattern=DEVICE_ID_PATTERN, description="Only this device."),
+    since: datetime | None = Query(
+        None, description="Events at or after this time (ISO 8601; UTC if naive)."
+    ),
+    until: datetime | None = Query(None, description="Events before this time."),
+    min_score: float | None = Query(None, allow_inf_nan=False, description="Only scores at least this."),
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
+    service: GlobalModelService = Depends(get_service),
+) -> Response:
+    page = get_anomalies(device, since, until, min_score, limit, after, service)
+    names = service.settings.fleet.columns
+    rows = (anomaly_row(item.model_dump(mode="json"), names) for item in page.items)
+    headers = {}
+    if page.next is not None:
+        query = {k: v for k, v in request.query_params.items() if k != "after"}
+        link = f"{request.url.path}?{urlencode({**query, 'after': page.next})}"
+        headers = {"X-Next-Cursor": page.next, "Link": f'<{link}>; rel="next"'}
+    return Response(
+        csv_text(rows, anomaly_columns(names)), media_type="text/csv; charset=utf-8", headers=headers
+    )
 
 
 @router.get(

@@ -1,0 +1,1 @@
+"""The notifier: follows ``collection_events`` and delivers webhook notifications (see service.py)."""
