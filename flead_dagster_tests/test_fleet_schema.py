@@ -205,6 +205,7 @@ def test_an_index_timed_parquet_fleet_gets_times_a_step_apart(tmp_path):
     assert rows.filter(pl.col("device_id") == "P-1")["ts"].to_list() == [
         origin + timedelta(minutes=m) for m in range(3)
     ]
+    assert rows["epoch"].to_list() == [0, 1, 0, 1, 2]  # the steps: M-6, then P-1
     assert rows["out_of_range"].to_list() == [False, False, False, False, True]  # 3.0 beyond -1..1
     assert rows["missing_fields"].sum() == 1 and parsed.rejects.height == 0
 

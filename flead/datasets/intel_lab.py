@@ -100,9 +100,10 @@ def _read_bytes(path: Path) -> bytes:
 
 @dataclass(frozen=True)
 class ParseResult:
-    rows: pl.DataFrame  # LAKE_SCHEMA, in the order the lines were read
+    rows: pl.DataFrame  # the lake's schema, in the order the lines were read
     rejects: pl.DataFrame  # REJECT_SCHEMA
     lines: int
+    unused_columns: tuple[str, ...] = ()  # a table's columns that its fleet schema does not declare
 
     def rejects_by_reason(self) -> dict[str, int]:
         counts = self.rejects.group_by("reason").len().sort("len", "reason", descending=[True, False])

@@ -165,9 +165,8 @@ def stage(raw: RawData, settings: Settings) -> StageSummary:
         )
     if raw.format == "table":
         parsed = tabular.parse_table_files(raw.files, fleet, raw.separator)
-        unused = tabular.unused_columns(raw.files, fleet, raw.separator)
     else:
-        parsed, unused = intel_lab.parse_files(raw.files, raw.mote_ids), []
+        parsed = intel_lab.parse_files(raw.files, raw.mote_ids)
     out = staged_dir(settings)
     lake.write_parquet_atomic(parsed.rows, out / "readings.parquet")
     lake.write_rejects(parsed.rejects, Path(settings.lake_dir))
@@ -186,7 +185,7 @@ def stage(raw: RawData, settings: Settings) -> StageSummary:
         devices=parsed.rows["device_id"].n_unique(),
         note=raw.note,
         fleet=fleet.ref,
-        unused_columns=unused,
+        unused_columns=list(parsed.unused_columns),
     )
     (out / "manifest.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

@@ -11,7 +11,7 @@ row or a reject with its reason, as the Intel Lab parser does for its lines:
 - ``duplicate`` (a device's time seen before, in any file: the first copy is kept).
 
 Kept rows are flagged as the lake flags them (`flead.schema.lake_flags`): ``out_of_range``,
-``low_battery``, ``missing_fields``. ``epoch`` is null (a row counter for an ``index`` time).
+``low_battery``, ``missing_fields``. ``epoch`` is an ``index`` time's step, null for clock times.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from flead.schema import DEVICE_ID_PATTERN, lake_flags, lake_schema
 
 def parse_table_files(paths: Iterable[Path], fleet: FleetSchema, separator: str | None = None) -> ParseResult:
     """Parse the given CSV / Parquet files as one data set of `fleet` (duplicates found across all)."""
-    frames = [_rows(Path(path), fleet, separator) for path in paths]
+    unused: dict[str, None] = {}
+    frames = [_rows(Path(path), fleet, separator, unused) for path in paths]
     if not frames:
         raise ValueError("no files to parse")
     table = pl.concat(frames, how="vertical")
@@ -47,9 +48,7 @@ def parse_table_files(paths: Iterable[Path], fleet: FleetSchema, separator: str 
     good = parsed.filter(pl.col("reason").is_null())
     rows = good.with_columns(
         pl.any_horizontal(pl.col(f"_{c}").is_null() for c in fleet.columns).alias("missing_fields"),
-        pl.lit(None, pl.Int64).alias("epoch")
-        if fleet.time.kind != "index"
-        else pl.col("_index").alias("epoch"),
+        pl.col("_step").alias("epoch"),  # an index time's step; null for clock times
     ).with_columns(lake_flags(fleet))
     rows = rows.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
     rejects = parsed.filter(pl.col("reason").is_not_null()).select(
@@ -57,25 +56,16 @@ def parse_table_files(paths: Iterable[Path], fleet: FleetSchema, separator: str 
     )
     if rows.height + rejects.height != table.height:
         raise RuntimeError(f"lost rows: {rows.height} rows + {rejects.height} rejects != {table.height}")
-    return ParseResult(rows=rows, rejects=rejects, lines=table.height)
+    return ParseResult(rows=rows, rejects=rejects, lines=table.height, unused_columns=tuple(unused))
 
 
-def unused_columns(paths: Iterable[Path], fleet: FleetSchema, separator: str | None = None) -> list[str]:
-    """Columns of the files that the schema does not declare (ignored by the parse)."""
-    wanted = {fleet.device_column, fleet.time.column, *fleet.columns}
-    seen: dict[str, None] = {}
-    for path in paths:
-        for name in read_table(Path(path), separator, set(wanted)).columns:
-            if name not in wanted:
-                seen.setdefault(name)
-    return list(seen)
-
-
-def _rows(path: Path, fleet: FleetSchema, separator: str | None) -> pl.DataFrame:
-    """The file's rows as source, line, raw and the roles' raw text / values (`_`-prefixed)."""
+def _rows(path: Path, fleet: FleetSchema, separator: str | None, unused: dict[str, None]) -> pl.DataFrame:
+    """The file's rows as source, line, raw and the roles' raw text / values (`_`-prefixed); the
+    columns the schema does not declare are added to `unused`."""
     roles = {fleet.device_column, fleet.time.column}
     table = read_table(path, separator, roles)
     wanted = [fleet.device_column, fleet.time.column, *fleet.columns]
+    unused.update((c, None) for c in table.columns if c not in wanted)
     missing = [c for c in wanted if c not in table.columns]
     if missing:
         raise ValueError(
@@ -89,7 +79,6 @@ def _rows(path: Path, fleet: FleetSchema, separator: str | None) -> pl.DataFrame
         (pl.int_range(pl.len(), dtype=pl.Int64) + first_line).alias("line"),
         _raw(table, table.columns, separator if is_csv and separator else ",", is_csv).alias("raw"),
         pl.col(fleet.device_column).cast(pl.String).str.strip_chars(" ").alias("device_id"),
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("_index"),
         pl.col(fleet.time.column).alias("_time"),
     ]
     for name in fleet.columns:
@@ -97,7 +86,11 @@ def _rows(path: Path, fleet: FleetSchema, separator: str | None) -> pl.DataFrame
         columns.append(text.alias(f"_{name}"))
         columns.append(text.cast(pl.Float64, strict=False).alias(name))
     out = table.select(columns)
-    return out.with_columns(_times(out["_time"], out["_index"], fleet).alias("ts")).drop("_time")
+    step = _number(out["_time"]).cast(pl.Int64, strict=False) if fleet.time.kind == "index" else None
+    return out.with_columns(
+        _times(out["_time"], fleet).alias("ts"),
+        pl.lit(None, pl.Int64).alias("_step") if step is None else step.alias("_step"),
+    ).drop("_time")
 
 
 def _raw(table: pl.DataFrame, columns: list[str], separator: str, is_csv: bool) -> pl.Expr:
@@ -107,16 +100,16 @@ def _raw(table: pl.DataFrame, columns: list[str], separator: str, is_csv: bool) 
     return pl.struct(columns).map_elements(lambda row: json.dumps(row, default=str), return_dtype=pl.String)
 
 
-def _times(column: pl.Series, index: pl.Series, fleet: FleetSchema) -> pl.Series:
+def _times(column: pl.Series, fleet: FleetSchema) -> pl.Series:
     """The readings' times (Datetime us UTC), null where a value is not a time of the schema's kind."""
     time = fleet.time
     if time.kind == "index":
-        steps = column.cast(pl.Float64, strict=False) if column.dtype != pl.String else _number(column)
+        steps = _number(column)
         offset = (steps * time.step_seconds * 1e6).round().cast(pl.Int64, strict=False)
         origin = int(time.origin.timestamp() * 1e6)
         return (offset + origin).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
     if time.kind == "epoch_seconds":
-        seconds = column.cast(pl.Float64, strict=False) if column.dtype != pl.String else _number(column)
+        seconds = _number(column)
         return (
             (seconds * 1e6)
             .round()
@@ -140,6 +133,9 @@ def _times(column: pl.Series, index: pl.Series, fleet: FleetSchema) -> pl.Series
 
 
 def _number(column: pl.Series) -> pl.Series:
+    """A time column as numbers (text unquoted first); null where a value is none."""
+    if column.dtype != pl.String:
+        return column.cast(pl.Float64, strict=False)
     return column.str.strip_chars(" ").str.strip_chars(QUOTES).cast(pl.Float64, strict=False)
 
 
