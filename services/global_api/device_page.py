@@ -53,7 +53,7 @@ def device_figure(view: DeviceView) -> dict:
     ts = [_t(t) for t in readings["ts"].to_list()] if readings.height else []
     data = [
         {
-            "type": "scattergl" if len(ts) > 2000 else "scatter",
+            "type": "scatter",  # SVG: one path per trace, no WebGL needed
             "mode": "lines",
             "name": name,
             "x": ts,
