@@ -18,6 +18,7 @@ from flead.cli_data import data_app
 from flead.cli_evaluate import evaluate_command
 from flead.cli_output import console, fail
 from flead.cli_pipeline import demo_command, up_command
+from flead.cli_plot import plot_command
 from flead.cli_report import report_command
 from flead.cli_services import services_app
 from flead.cli_trainer import trainer_app
@@ -41,6 +42,7 @@ app.command("evaluate")(evaluate_command)
 app.command("demo")(demo_command)
 app.command("up")(up_command)
 app.command("report")(report_command)
+app.command("plot")(plot_command)
 
 
 @app.callback()

@@ -18,6 +18,7 @@ from services.global_api.metrics import ApiMetrics, MetricsMiddleware
 from services.global_api.routers import (
     admin,
     dashboard,
+    devices_view,
     docs,
     fleet,
     models,
@@ -76,7 +77,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pending_updates=_or_nan(service.updates.pending_count),
     )
     install_error_handlers(app)
-    for module in (updates, models, fleet, admin, normal_acks, monitoring, operations, dashboard, docs):
+    routers = (
+        updates,
+        models,
+        fleet,
+        admin,
+        normal_acks,
+        monitoring,
+        operations,
+        dashboard,
+        devices_view,
+        docs,
+    )
+    for module in routers:
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(BodyReadTimeout, timeout_s=settings.api_body_timeout_s)

@@ -18,6 +18,9 @@ section { background: #fff; border-radius: 6px; padding: 12px 16px; box-shadow: 
 section.wide { grid-column: 1 / -1; }
 h2 { font-size: 16px; margin: 0 0 8px; }
 .chart { height: 340px; }
+.chart.device-chart { height: auto; }
+header a { color: #bcccdc; }
+#notes { margin: 0 0 8px; padding-left: 18px; font-size: 13px; color: #52606d; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #e4e7eb; }
 th { color: #52606d; font-weight: 600; }

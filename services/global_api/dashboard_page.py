@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from html import escape
+from urllib.parse import quote
 
 from services.global_api.event_pages import AnomalyEvent, EventFilter
 from services.global_api.monitoring import Anomaly, AnomalyFilter
@@ -142,7 +143,7 @@ def devices_table(devices: list[dict]) -> str:
     )
     rows = "".join(
         "<tr>"
-        f"<td>{escape(d['device_id'])}</td>"
+        f'<td><a href="/devices/{quote(d["device_id"], safe="")}">{escape(d["device_id"])}</a></td>'
         f'<td><span class="status status-{escape(d["status"])}">{escape(d["status"])}</span></td>'
         f"<td>{_when(d['last_seen'])}</td>"
         f"<td>{_when(d['last_contact'])}</td>"
