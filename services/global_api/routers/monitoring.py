@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlencode
 
@@ -55,8 +56,16 @@ def get_devices(
     return service.monitoring.device_page(limit=limit, after=position)
 
 
-@router.get("/api/anomalies", summary="Anomalous readings, newest first, filtered, paginated by cursor")
-def get_anomalies(
+@dataclass(frozen=True)
+class AnomalyQuery:
+    """The filters and cursor of a page of anomalies (one dependency for the JSON and the CSV page)."""
+
+    where: AnomalyFilter
+    limit: int
+    after: PageKey | None
+
+
+def anomaly_query(
     device: str | None = Query(None, pattern=DEVICE_ID_PATTERN, description="Only this device."),
     since: datetime | None = Query(
         None, description="Events at or after this time (ISO 8601; UTC if naive)."
@@ -65,13 +74,18 @@ def get_anomalies(
     min_score: float | None = Query(None, allow_inf_nan=False, description="Only scores at least this."),
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
-    service: GlobalModelService = Depends(get_service),
-) -> AnomalyPage:
+) -> AnomalyQuery:
     where = AnomalyFilter(
         device_id=device, since=in_utc("since", since), until=in_utc("until", until), min_score=min_score
     )
-    position = None if after is None else PageKey.decode(after)
-    return service.monitoring.anomalies(where, limit=limit, after=position)
+    return AnomalyQuery(where, limit, None if after is None else PageKey.decode(after))
+
+
+@router.get("/api/anomalies", summary="Anomalous readings, newest first, filtered, paginated by cursor")
+def get_anomalies(
+    query: AnomalyQuery = Depends(anomaly_query), service: GlobalModelService = Depends(get_service)
+) -> AnomalyPage:
+    return service.monitoring.anomalies(query.where, limit=query.limit, after=query.after)
 
 
 @router.get(
@@ -97,17 +111,10 @@ def get_anomalies(
 )
 def get_anomalies_csv(
     request: Request,
-    device: str | None = Query(None, pattern=DEVICE_ID_PATTERN, description="Only this device."),
-    since: datetime | None = Query(
-        None, description="Events at or after this time (ISO 8601; UTC if naive)."
-    ),
-    until: datetime | None = Query(None, description="Events before this time."),
-    min_score: float | None = Query(None, allow_inf_nan=False, description="Only scores at least this."),
-    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
+    query: AnomalyQuery = Depends(anomaly_query),
     service: GlobalModelService = Depends(get_service),
 ) -> Response:
-    page = get_anomalies(device, since, until, min_score, limit, after, service)
+    page = get_anomalies(query, service)
     names = service.settings.fleet.columns
     rows = (anomaly_row(item.model_dump(mode="json"), names) for item in page.items)
     headers = {}
