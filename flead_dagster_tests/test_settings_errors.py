@@ -60,9 +60,24 @@ def assert_refused(result: subprocess.CompletedProcess, *lines: str) -> None:
         ("FLEAD_TOPIC_READINGS", "my readings", "expected a Kafka topic name"),
     ],
 )
-def test_a_bad_variable_is_named_with_its_value_and_what_is_allowed(tmp_path, variable, value, allowed):
-    result = run(["flead", "config"], tmp_path, **{variable: value})
-    assert_refused(result, "error: invalid settings (1):", f"{variable}={value!r}: {allowed}")
+def test_a_bad_variable_is_named_with_its_value_and_what_is_allowed(
+    tmp_path, monkeypatch, variable, value, allowed
+):
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in [n for n in os.environ if n.upper().startswith("FLEAD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    [problem] = error.value.problems
+    assert problem.startswith(f"{variable}={value!r}: {allowed}"), problem
+
+
+def test_the_command_line_refuses_a_bad_variable_with_one_message_and_exit_2(tmp_path):
+    result = run(["flead", "config"], tmp_path, FLEAD_SUPERVISE_API="maybe")
+    assert_refused(
+        result, "error: invalid settings (1):", "FLEAD_SUPERVISE_API='maybe': expected true or false"
+    )
 
 
 def test_every_bad_variable_is_listed_at_once(tmp_path):
