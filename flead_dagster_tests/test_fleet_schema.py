@@ -386,3 +386,13 @@ def test_batch_scoring_reads_a_fleets_inputs_and_judges_its_limits(plant, tmp_pa
     report = build_report(root, tmp_path / "evaluations", tmp_path / "report")
     assert report.per_device["device_id"].sort().to_list() == ["pump-1", "pump-2"]
     assert report.totals["readings"] == 1201 and report.totals["out_of_range"] == 1
+
+
+def test_a_fleets_default_model_scores_its_features_reads_its_inputs_and_floors_at_its_resolutions(plant):
+    fleet = load_fleet(plant)
+    model = model_for_fleet(fleet)
+    assert (model.features, model.inputs) == (("pressure", "vibration"), ("valve_open",))
+    assert model.min_std == (0.01, 0.0, 0.0) and model.time_features  # clock times: the hour is an input
+    smap = model_for_fleet(NASA_SMAP, window=8)
+    assert smap.inputs == tuple(f"cmd_{i:02d}" for i in range(1, 25)) and not smap.time_features
+    assert smap.window == 8 and model_for_fleet(fleet, ["pressure"]).columns == ("pressure", "valve_open")
