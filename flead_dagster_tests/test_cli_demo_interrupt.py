@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
-from flead_dagster_tests.conftest import free_port, service_env
-from flead_dagster_tests.test_flead_up import SessionLeader, alive
+from flead_dagster_tests.test_flead_up import SessionLeader, alive, private_env
 from flead_dagster_tests.test_trainer_stream import wait_until
 
 FLEAD = str(Path(sys.executable).parent / "flead")
@@ -39,22 +38,8 @@ class Demo(SessionLeader):
 
 @pytest.fixture
 def demo_env(tmp_path) -> Iterator[dict[str, str]]:
-    """Private FLEAD_HOME (its own broker and MongoDB), DAGSTER_HOME and ports; stopped at the end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEAD_", "DAGSTER_"))}
-    env |= service_env(tmp_path / "flead")
-    env |= {
-        "DAGSTER_HOME": str(tmp_path / "dagster"),
-        "FLEAD_API_URL": f"http://127.0.0.1:{free_port()}",
-        "FLEAD_TRAINER_HEALTH_PORT": str(free_port()),
-        "FLEAD_TOPIC_READINGS_PARTITIONS": "2",
-        "FLEAD_SPARK_MASTER": "local[1]",
-        "COLUMNS": "200",
-    }
-    try:
+    with private_env(tmp_path, FLEAD_SPARK_MASTER="local[1]") as env:
         yield env
-    finally:  # whatever a failed run left: the services by their PID records
-        for command in (["services", "stop"], ["local", "down"]):
-            subprocess.run([FLEAD, *command], env=env, capture_output=True, timeout=120)
 
 
 def flead(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

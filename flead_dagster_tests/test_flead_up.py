@@ -104,24 +104,31 @@ class FleadUp(SessionLeader):
             pytest.fail(f"flead up did not stop within {STOPPED_WITHIN_S:.0f} s:\n{self.output[-3000:]}")
 
 
-@pytest.fixture
-def up_env(tmp_path) -> Iterator[dict[str, str]]:
-    """Private FLEAD_HOME (its own broker and MongoDB), DAGSTER_HOME and ports; stopped at the end."""
+@contextlib.contextmanager
+def private_env(tmp_path: Path, **extra: str) -> Iterator[dict[str, str]]:
+    """Private FLEAD_HOME (its own broker and MongoDB), DAGSTER_HOME and ports; what a failed run left
+    (the services, by their PID records) is stopped at the end."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEAD_", "DAGSTER_"))}
     env |= service_env(tmp_path / "flead")
     env |= {
         "DAGSTER_HOME": str(tmp_path / "dagster"),
         "FLEAD_API_URL": f"http://127.0.0.1:{free_port()}",
         "FLEAD_TRAINER_HEALTH_PORT": str(free_port()),
-        "FLEAD_DAGSTER_PORT": str(free_port()),
         "FLEAD_TOPIC_READINGS_PARTITIONS": "2",
         "COLUMNS": "200",
+        **extra,
     }
     try:
         yield env
-    finally:  # whatever a failed run left: the services by their PID records
+    finally:
         for command in (["services", "stop"], ["local", "down"]):
             subprocess.run([FLEAD, *command], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def up_env(tmp_path) -> Iterator[dict[str, str]]:
+    with private_env(tmp_path, FLEAD_DAGSTER_PORT=str(free_port())) as env:
+        yield env
 
 
 def flead(env: dict[str, str], *args: str) -> str:
