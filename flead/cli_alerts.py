@@ -50,6 +50,21 @@ def run(
         notifier.close()
 
 
+@alerts_app.command("health")
+def health() -> None:
+    """Exit 0 when a notifier on this host wrote a fresh heartbeat after a good pass, else 1 (the
+    compose healthcheck; `flead services status` shows it beside the other services)."""
+    import socket
+
+    from flead.local.supervisor import Supervisor
+
+    with Supervisor(load_settings_or_exit()) as supervisor:
+        probe = supervisor.probe_notifier(host=socket.gethostname())
+    console.print(probe.detail, highlight=False)
+    if not (probe.answering and probe.healthy):
+        raise typer.Exit(1)
+
+
 @alerts_app.command("status")
 def status() -> None:
     """Notifications by URL and state (pending, delivered, suppressed, dead), and the dead letters."""

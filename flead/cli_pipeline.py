@@ -222,7 +222,7 @@ def up_command(
         raise fail(problem, code=2)
     from flead.local.process_group import start_group, stop_group
     from flead.local.services import LocalServices
-    from flead.local.supervisor import SERVICES, Supervisor
+    from flead.local.supervisor import Supervisor
     from flead_dagster.main_job import dagster_home, ensure_healthy
 
     settings = Settings()
@@ -237,7 +237,7 @@ def up_command(
     try:
         with console.status("starting local services"):
             local.up()
-        for service in SERVICES:
+        for service in supervisor.wanted():
             with console.status(f"starting {service}"):
                 ensure_healthy(supervisor, service)
             if supervisor.supervised_pid(service) is None:

@@ -1,5 +1,5 @@
-"""`flead services ...`: the long-running services the Dagster sensors keep alive (stream trainer,
-global API): their state, and stopping what the sensors started (``flead.local.supervisor``)."""
+"""`flead services ...`: the long-running services the Dagster sensors keep alive (global API, stream
+trainer, notifier): their state, and stopping what the sensors started (``flead.local.supervisor``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from flead.config import Settings
 from flead.local.supervisor import State, Supervisor, dagster_log_dir
 
 services_app = typer.Typer(
-    help="The stream trainer and global API that the Dagster sensors keep running.", no_args_is_help=True
+    help="The global API, stream trainer and notifier that the Dagster sensors keep running.",
+    no_args_is_help=True,
 )
 
 STATE_STYLE = {
@@ -19,13 +20,14 @@ STATE_STYLE = {
     State.STARTING: "yellow",
     State.UNHEALTHY: "red",
     State.DOWN: "red",
+    State.OFF: "dim",
 }
 
 
 @services_app.command("status")
 def status() -> None:
     """A table of the supervised services: state, PID, whether the supervisor started it, detail, log;
-    exits 1 when any is not healthy (as flead local status does)."""
+    exits 1 when any is not healthy (as flead local status does); one off by the settings is fine."""
     with Supervisor(Settings(), log_dir=dagster_log_dir()) as supervisor:
         statuses = supervisor.status()
     table = Table(title="FLEAD supervised services")
@@ -41,7 +43,7 @@ def status() -> None:
             str(s.log_file),
         )
     console.print(table)
-    if not all(s.healthy for s in statuses):
+    if not all(s.fine for s in statuses):
         raise typer.Exit(1)
 
 
@@ -49,7 +51,7 @@ def status() -> None:
 def stop() -> None:
     """Stop the services the sensors started (SIGTERM, then SIGKILL after FLEAD_LOCAL_STOP_GRACE_S).
     Processes it did not start are left alone. The sensors start them again at their next tick unless
-    FLEAD_SUPERVISE_TRAINER / FLEAD_SUPERVISE_API are false or the sensors are stopped."""
+    FLEAD_SUPERVISE_TRAINER / _API / _NOTIFIER are false or the sensors are stopped."""
     with Supervisor(Settings()) as supervisor:
         results = supervisor.stop_all()
     for result in results:

@@ -276,6 +276,9 @@ class Settings(BaseSettings):
         True, description="Whether the Dagster sensor keeps a stream trainer running."
     )
     supervise_api: bool = Field(True, description="Whether the Dagster sensor keeps the global API running.")
+    supervise_notifier: bool = Field(
+        True, description="Whether the Dagster sensor keeps the notifier running (with webhook URLs set)."
+    )
     service_stale_s: float = Field(
         30.0, gt=0, description="A heartbeat older than this means the service is down."
     )

@@ -21,7 +21,7 @@ from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, JobDef
 
 from flead.config import Settings
 from flead.local.services import LocalServices
-from flead.local.supervisor import SERVICES, Outcome, State, Supervisor
+from flead.local.supervisor import Outcome, State, Supervisor
 from flead_dagster.data_assets import DAILY
 from flead_dagster.jobs import (
     MAIN_JOB_JOBS,
@@ -121,7 +121,7 @@ def run_main_job(
         home = dagster_home(settings)
         instance = _instance(home, capture_output)
         with Supervisor(settings, log_dir=home / "flead" / "logs") as supervisor:
-            for service in SERVICES:
+            for service in supervisor.wanted():
                 ensure_healthy(supervisor, service)
     # The jobs bound to this call's settings (`definitions.defs` binds them to the environment's).
     defs = Definitions(assets=PIPELINE, jobs=list(MAIN_JOB_JOBS), resources=default_resources(settings))

@@ -1,9 +1,10 @@
 """Sensors that keep the long-running services alive and request aggregations when updates pile up.
 
-* ``stream_trainer_sensor`` and ``global_api_sensor`` start the service when it is down and restart a
-  dead or hung one they started (``flead.local.supervisor``), then record its state as an
-  ``AssetObservation`` of the observable assets ``stream_trainer`` / ``global_api``
-  (``service_assets``). ``FLEAD_SUPERVISE_TRAINER`` / ``FLEAD_SUPERVISE_API`` switch this off.
+* ``stream_trainer_sensor``, ``global_api_sensor`` and ``notifier_sensor`` start the service when it
+  is down and restart a dead or hung one they started (``flead.local.supervisor``), then record its
+  state as an ``AssetObservation`` of the observable assets ``stream_trainer`` / ``global_api`` /
+  ``notifier`` (``service_assets``). ``FLEAD_SUPERVISE_TRAINER`` / ``_API`` / ``_NOTIFIER`` switch this
+  off; the notifier runs only with ``FLEAD_ALERTS_WEBHOOK_URLS`` set.
   Started services log to ``$DAGSTER_HOME/flead/logs``.
 * ``pending_updates_sensor`` requests ``global_model_job`` once ``FLEAD_PENDING_UPDATES_TRIGGER``
   local updates are pending, once per new batch (the run key is the newest pending update).
@@ -31,7 +32,7 @@ from pymongo import DESCENDING
 from pymongo.errors import PyMongoError
 
 from flead.config import Settings
-from flead.local.supervisor import API, TRAINER, EnsureResult, Supervisor, dagster_log_dir
+from flead.local.supervisor import API, NOTIFIER, TRAINER, EnsureResult, Supervisor, dagster_log_dir
 from flead.storage.mongo import make_mongo_client
 from flead_dagster.asset_metadata import OWNERS
 from flead_dagster.jobs import global_model_job
@@ -62,6 +63,18 @@ service_assets = [
         description=(
             "The global model API (`flead api run`): receives local updates, aggregates them and serves "
             "every global model version. Observed by `global_api_sensor`, which keeps it running."
+        ),
+    ),
+    AssetSpec(
+        NOTIFIER,
+        group_name="services",
+        kinds={"python", "mongodb"},
+        owners=OWNERS,
+        code_version="1",
+        description=(
+            "The notifier (`flead alerts run`): follows the anomaly events and delivers signed webhook "
+            "notifications through a MongoDB outbox (FLEAD_ALERTS_*). Observed by `notifier_sensor`, "
+            "which keeps it running while webhook URLs are set."
         ),
     ),
 ]
@@ -117,6 +130,7 @@ def service_sensor(name: str, switch: str, what: str) -> SensorDefinition:
 
 stream_trainer_sensor = service_sensor(TRAINER, "supervise_trainer", "a stream trainer")
 global_api_sensor = service_sensor(API, "supervise_api", "the global model API")
+notifier_sensor = service_sensor(NOTIFIER, "supervise_notifier", "the webhook notifier")
 
 
 def pending_updates(settings: Settings) -> tuple[int, dict | None]:
@@ -164,4 +178,4 @@ def pending_updates_sensor(context: SensorEvaluationContext) -> RunRequest | Ski
     return RunRequest(run_key=run_key, tags={"flead/pending_updates": str(count)})
 
 
-sensors = [stream_trainer_sensor, global_api_sensor, pending_updates_sensor]
+sensors = [stream_trainer_sensor, global_api_sensor, notifier_sensor, pending_updates_sensor]

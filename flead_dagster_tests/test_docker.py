@@ -30,7 +30,8 @@ COMPOSE = DOCKER / "compose.yaml"
 SCHEMA = DOCKER / "compose-spec.schema.json"
 # docker/README.md says where the schema comes from; this catches an edited or swapped copy.
 SCHEMA_SHA256 = "a85a0e558502b7fec90b3ad4095d721e31749e9a305b1d80e09c1e64f939b92d"
-FLEAD_SERVICES = ("api", "stream-trainer", "dagster-code")
+FLEAD_SERVICES = ("api", "stream-trainer", "notifier", "dagster-code")
+OPTIONAL = {"FLEAD_TRAINER_API_KEY", "FLEAD_ALERTS_WEBHOOK_URLS", "FLEAD_ALERTS_WEBHOOK_SECRET"}
 
 
 # ------------------------------------------------------------------------------ interpolation
@@ -123,6 +124,7 @@ def example_env(fill_secrets: bool = True) -> dict[str, str]:
     if fill_secrets:
         env = {k: v or f"test-{k.lower()}" for k, v in env.items()}
         env["FLEAD_TRAINER_API_KEY"] = ""  # optional: exercises the nested default
+        env["FLEAD_ALERTS_WEBHOOK_URLS"] = "https://hooks.example.org/flead"
     return env
 
 
@@ -318,7 +320,7 @@ def test_every_interpolated_variable_is_in_env_example_and_every_listed_one_is_u
 
 def test_required_secrets_stop_compose_when_empty():
     env = example_env(fill_secrets=False)
-    required = [k for k, v in env.items() if not v and k != "FLEAD_TRAINER_API_KEY"]
+    required = [k for k, v in env.items() if not v and k not in OPTIONAL]
     assert {"FLEAD_API_ADMIN_KEY", "FLEAD_MONGO_PASSWORD", "MONGO_ROOT_PASSWORD"} <= set(required)
     for name in required:
         filled = {**example_env(), name: ""}
@@ -380,7 +382,7 @@ def test_flead_variables_are_settings_fields_and_valid_settings(monkeypatch):
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         settings = Settings(_env_file=None)  # validates every value, the security rules included
-        assert settings.supervise_api is False and settings.supervise_trainer is False, name
+        assert not (settings.supervise_api or settings.supervise_trainer or settings.supervise_notifier), name
         assert settings.kafka_bootstrap_servers.count(",") == 2 and "replicaSet=rs0" in settings.mongo_uri
         assert settings.spark_master == "spark://spark-master:7077"
     broken = copy.deepcopy(doc)

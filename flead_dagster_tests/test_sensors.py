@@ -1,14 +1,17 @@
-"""The Dagster sensors that keep the stream trainer and the global API alive, and the sensor that
-requests aggregations, against the real services: real `flead api run` / `flead trainer run`
-processes started by the sensors, the session's Kafka broker and MongoDB server."""
+"""The Dagster sensors that keep the stream trainer, the global API and the notifier alive, and the
+sensor that requests aggregations, against the real services: real `flead api run` / `flead trainer
+run` / `flead alerts run` processes started by the sensors, the session's Kafka broker and MongoDB
+server, a real webhook receiver."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -17,21 +20,26 @@ import pytest
 from dagster import DagsterInstance, RunRequest, SensorResult, SkipReason, build_sensor_context
 from typer.testing import CliRunner
 
+from flead.alerts import verify
 from flead.bus.topics import ensure_topics
+from flead.cli_alerts import alerts_app
 from flead.cli_services import services_app
 from flead.config import Settings
 from flead.local.secrets import admin_key_file, local_admin_key
-from flead.local.supervisor import API, TRAINER, State, Supervisor
+from flead.local.supervisor import API, NOTIFIER, TRAINER, State, Supervisor
 from flead.storage.mongo import make_mongo_client
 from flead_dagster.sensors import (
     global_api_sensor,
+    notifier_sensor,
     pending_updates_sensor,
     sensors,
     service_assets,
     stream_trainer_sensor,
 )
 from flead_dagster_tests.conftest import free_port
+from flead_dagster_tests.test_alerts import SECRET, Receiver
 from flead_dagster_tests.test_api import make_update, weights_of
+from flead_dagster_tests.test_api_events import event
 from flead_dagster_tests.test_trainer_stream import wait_until
 from services.global_api.codec import encode_json_update
 
@@ -60,7 +68,14 @@ def supervised(services_env, tmp_path, monkeypatch) -> Iterator[Settings]:
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    for key in ("FLEAD_API_ADMIN_KEY", "FLEAD_API_KEY", "FLEAD_SUPERVISE_API", "FLEAD_SUPERVISE_TRAINER"):
+    for key in (
+        "FLEAD_API_ADMIN_KEY",
+        "FLEAD_API_KEY",
+        "FLEAD_SUPERVISE_API",
+        "FLEAD_SUPERVISE_TRAINER",
+        "FLEAD_SUPERVISE_NOTIFIER",
+        "FLEAD_ALERTS_WEBHOOK_URLS",
+    ):
         monkeypatch.delenv(key, raising=False)
     settings = Settings()
     ensure_topics(settings)
@@ -122,9 +137,10 @@ def test_definitions_are_well_formed():
     assert [s.name for s in sensors] == [
         "stream_trainer_sensor",
         "global_api_sensor",
+        "notifier_sensor",
         "pending_updates_sensor",
     ]
-    assert {spec.key.to_user_string() for spec in service_assets} == {TRAINER, API}
+    assert {spec.key.to_user_string() for spec in service_assets} == {TRAINER, API, NOTIFIER}
     assert all(spec.group_name == "services" for spec in service_assets)
     assert pending_updates_sensor.job_name == "global_model_job"
 
@@ -225,10 +241,51 @@ def test_trainer_sensor_starts_keeps_restarts_and_cli_stops(supervised):
     ]
     assert ours == []
     with Supervisor(settings) as supervisor:
-        assert [s.state for s in supervisor.status()] == [State.DOWN, State.DOWN]
+        assert [s.state for s in supervisor.status()] == [State.DOWN, State.DOWN, State.OFF]
     assert not list((Path(settings.state_dir) / "supervised").glob("*.pid"))
     again = runner.invoke(services_app, ["stop"])
-    assert again.exit_code == 0 and again.output.count("not running") == 2
+    assert again.exit_code == 0 and again.output.count("not running") == 3
+
+
+def test_notifier_sensor_is_off_without_urls_then_keeps_it_delivering_until_stopped(supervised, monkeypatch):
+    off = observe(notifier_sensor)
+    assert off["outcome"] == "disabled" and off["state"] == "off" and "WEBHOOK_URLS" in off["detail"]
+
+    receiver = Receiver()
+    try:
+        monkeypatch.setenv("FLEAD_ALERTS_WEBHOOK_URLS", receiver.url)
+        monkeypatch.setenv("FLEAD_ALERTS_WEBHOOK_SECRET", SECRET)
+        settings = Settings()
+        client = make_mongo_client(settings)
+        db = client[settings.mongo_db]
+        db[settings.collection_events].insert_one(event("mote-7", 1, open_=True))
+        started = start(settings, notifier_sensor)
+        pid = started["pid"]
+        wait_until(lambda: receiver.requests, HEALTHY_WITHIN_S, "a notification from the notifier")
+        headers, body = receiver.requests[0]
+        verify(
+            SECRET,
+            body,
+            timestamp=headers["X-FLEAD-Timestamp"],
+            signature_header=headers["X-FLEAD-Signature"],
+        )
+        assert json.loads(body)["event"]["device_id"] == "mote-7"
+
+        kept = observe(notifier_sensor)
+        assert kept["outcome"] == "healthy" and kept["pid"] == pid and kept["status"] == "leader", kept
+        runner = CliRunner()
+        health = runner.invoke(alerts_app, ["health"])  # the compose healthcheck: a notifier on this host
+        assert health.exit_code == 0 and "leader" in health.output, health.output
+
+        stopped = runner.invoke(services_app, ["stop"])
+        assert f"{NOTIFIER}: stopped (PID {pid})" in stopped.output and gone(pid)
+        assert db[settings.collection_services].find_one({"service": NOTIFIER}) is None
+        lease = db[settings.collection_alert_cursor].find_one({"_id": "lease"})
+        assert lease["expires_at"] < datetime.now(UTC)  # released on SIGTERM: a successor starts at once
+        client.close()
+        assert runner.invoke(alerts_app, ["health"]).exit_code == 1
+    finally:
+        receiver.close()
 
 
 def test_disabled_sensors_start_nothing(supervised, monkeypatch):

@@ -1,4 +1,5 @@
-"""Keeps the long-running services alive: the stream trainer and the global model API.
+"""Keeps the long-running services alive: the global model API, the stream trainer and, when webhook
+URLs are set, the notifier (``flead alerts run``).
 
 Framework-free: the Dagster sensors (``flead_dagster/sensors.py``) and ``flead services ...`` call it.
 
@@ -16,7 +17,8 @@ in ``<state_dir>/supervised/<name>.pid`` with their start time, so a recycled PI
 
 Health: the API answers ``GET {api_url}/health``; the trainer answers ``GET /health`` on
 ``trainer_health_port`` or, when that was taken, on the port its heartbeat document names (MongoDB,
-``collection_services``); a fresh heartbeat of the recorded PID also counts.
+``collection_services``); a fresh heartbeat of the recorded PID also counts. The notifier has no port:
+its heartbeat (``service = "notifier"``), written by its loop after a pass, is its health.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ from flead.storage.mongo import make_mongo_client
 
 TRAINER = "stream_trainer"
 API = "global_api"
-SERVICES = (API, TRAINER)  # start order: the trainer fetches its first model from the API
+NOTIFIER = "notifier"
+SERVICES = (API, TRAINER, NOTIFIER)  # start order: the trainer fetches its first model from the API
 
 PROBE_TIMEOUT_S = 1.0
 MAX_START_WAIT_S = 15.0  # a call to ensure_running waits at most this long for a started service
@@ -66,6 +69,7 @@ class State(StrEnum):
     STARTING = "starting"
     UNHEALTHY = "unhealthy"
     DOWN = "down"
+    OFF = "off"  # not wanted by these settings (the notifier without webhook URLs)
 
 
 class Outcome(StrEnum):
@@ -92,6 +96,11 @@ class Status:
     @property
     def healthy(self) -> bool:
         return self.state is State.HEALTHY
+
+    @property
+    def fine(self) -> bool:
+        """Healthy, or off by the settings: nothing to fix."""
+        return self.state in (State.HEALTHY, State.OFF)
 
 
 @dataclass(frozen=True)
@@ -137,7 +146,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class Supervisor:
-    """Supervises the stream trainer and the global API for one set of settings."""
+    """Supervises the global API, the stream trainer and the notifier for one set of settings."""
 
     def __init__(self, settings: Settings, log_dir: Path | None = None) -> None:
         self.settings = settings
@@ -174,12 +183,24 @@ class Supervisor:
 
     # --- what a service is -----------------------------------------------------------------
 
+    def wanted(self) -> list[str]:
+        """The services these settings run, in start order: the notifier only with webhook URLs."""
+        return [name for name in SERVICES if self.off_reason(name) is None]
+
+    def off_reason(self, name: str) -> str | None:
+        if name == NOTIFIER and not self.settings.alert_urls:
+            return "off: no FLEAD_ALERTS_WEBHOOK_URLS"
+        return None
+
     def check(self, name: str) -> Status:
         """How the service is now (a few probes of about a second each at most)."""
         _check_name(name)
         reap_children()
         process = owned_process(self.pid_file(name))
         log_file = self.log_file(name)
+        off = self.off_reason(name)
+        if process is None and off is not None:
+            return Status(name, State.OFF, None, off, log_file)
         if process is None:
             probe = self._probe(name, None)
             if probe.answering:  # someone else runs it (e.g. `flead api run` by hand, another host)
@@ -215,7 +236,7 @@ class Supervisor:
         with exclusive_lock(self.root / f"{name}.lock"):
             record = read_record(self.pid_file(name))
             status = self.check(name)
-            if not enabled:
+            if not enabled or status.state is State.OFF:
                 return EnsureResult(name, Outcome.DISABLED, status)
             if status.state is State.HEALTHY:
                 return EnsureResult(name, Outcome.HEALTHY, status)
@@ -241,7 +262,7 @@ class Supervisor:
             return EnsureResult(name, Outcome.RESTARTED if previous else Outcome.STARTED, status, previous)
 
     def stop_all(self) -> list[StopResult]:
-        """Stop what the supervisor started (SIGTERM, the grace, then SIGKILL); the trainer first."""
+        """Stop what the supervisor started (SIGTERM, the grace, then SIGKILL), in reverse start order."""
         return [self.stop(name) for name in reversed(SERVICES)]
 
     def stop(self, name: str) -> StopResult:
@@ -267,9 +288,8 @@ class Supervisor:
 
     def command(self, name: str) -> list[str]:
         _check_name(name)
-        if name == API:
-            return [sys.executable, "-m", "flead", "api", "run"]
-        return [sys.executable, "-m", "flead", "trainer", "run"]
+        command = {API: ["api", "run"], TRAINER: ["trainer", "run"], NOTIFIER: ["alerts", "run"]}[name]
+        return [sys.executable, "-m", "flead", *command]
 
     def environment(self, name: str) -> dict[str, str]:
         """The caller's environment, the supervisor's settings as FLEAD_* and the shared admin token."""
@@ -277,7 +297,7 @@ class Supervisor:
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         if name == API:
             env["FLEAD_API_ADMIN_KEY"] = token
-        else:
+        elif name == TRAINER:
             env["FLEAD_TRAINER_EXCHANGE"] = "http"
             env["FLEAD_API_KEY"] = token
         return env
@@ -320,7 +340,11 @@ class Supervisor:
         )
 
     def _probe(self, name: str, pid: int | None) -> _Probe:
-        return self._probe_api() if name == API else self._probe_trainer(pid)
+        if name == API:
+            return self._probe_api()
+        if name == NOTIFIER:
+            return self.probe_notifier(pid)
+        return self._probe_trainer(pid)
 
     def _probe_api(self) -> _Probe:
         url = f"{self.settings.api_url.rstrip('/')}/health"
@@ -362,8 +386,41 @@ class Supervisor:
             return _from_document(heartbeat, via="heartbeat")
         return _Probe(False, False, f"{problem}; {mongo_problem or 'no fresh heartbeat'}")
 
+    def probe_notifier(self, pid: int | None = None, host: str | None = None) -> _Probe:
+        """Its heartbeat, fresh: of `pid` on this host, else of any notifier (on `host` if given)."""
+        query: dict[str, object] = {"service": NOTIFIER}
+        if pid is not None:
+            query |= {"pid": pid, "host": socket.gethostname()}
+        elif host is not None:
+            query["host"] = host
+        heartbeat, mongo_problem = self._find_heartbeat(query)
+        if heartbeat is None or not _fresh(heartbeat, self.settings.service_stale_s):
+            return _Probe(False, False, mongo_problem or "no fresh notifier heartbeat")
+        counters = heartbeat.get("counters") or {}
+        info = {
+            "status": heartbeat.get("status"),
+            "pending": heartbeat.get("pending"),
+            "dead": heartbeat.get("dead"),
+            "delivered": counters.get("delivered"),
+        }
+        detail = (
+            f"{info['status']}: {info['delivered']} delivered, {info['pending']} pending, "
+            f"{info['dead']} dead letters, {heartbeat.get('urls')} URL(s)"
+        )
+        if not heartbeat.get("healthy"):
+            detail += f"; last pass failed: {heartbeat.get('last_error')}"
+        return _Probe(True, bool(heartbeat.get("healthy")), detail, heartbeat.get("pid"), info=info)
+
     def _heartbeat(self, pid: int | None) -> tuple[dict | None, str | None]:
         """The trainer's heartbeat document: of `pid` on this host, else the freshest of the group."""
+        if pid is not None:
+            return self._find_heartbeat({"pid": pid, "host": socket.gethostname()})
+        since = datetime.now(UTC) - timedelta(seconds=self.settings.service_stale_s)
+        group = {"group": self.settings.consumer_group, "healthy": True, "updated_at": {"$gte": since}}
+        return self._find_heartbeat(group)
+
+    def _find_heartbeat(self, query: dict) -> tuple[dict | None, str | None]:
+        """The freshest heartbeat document matching `query`, or None and why MongoDB did not answer."""
         try:
             if self._mongo is None:
                 timeout_ms = int(PROBE_TIMEOUT_S * 1000)
@@ -374,15 +431,6 @@ class Supervisor:
                     socketTimeoutMS=2 * timeout_ms,
                 )
             services = self._mongo[self.settings.mongo_db][self.settings.collection_services]
-            if pid is not None:
-                query = {"pid": pid, "host": socket.gethostname()}
-            else:
-                since = datetime.now(UTC) - timedelta(seconds=self.settings.service_stale_s)
-                query = {
-                    "group": self.settings.consumer_group,
-                    "healthy": True,
-                    "updated_at": {"$gte": since},
-                }
             return services.find_one(query, sort=[("updated_at", DESCENDING)]), None
         except PyMongoError as exc:
             return None, f"heartbeats unreadable (MongoDB: {type(exc).__name__})"

@@ -29,6 +29,12 @@ delivered, suppressed (counted in the device's next notification and in the outb
 dead (with the reason). One notifier works per database at a time: it holds a lease (``_id =
 "lease"`` in the cursor collection), renewed before every try; another one stands by until the lease
 is released (on close) or runs out (``LEASE_S`` after a crash).
+
+Health: every ``HEARTBEAT_S`` the loop writes its heartbeat (``collection_services``, ``_id =
+"notifier:<host>:<pid>"``, ``service = "notifier"``): leader or standing by, the counters, the
+notifications pending and dead, and whether the last pass worked. ``flead.local.supervisor`` reads it
+as the notifier's health (``flead services status``, the Dagster sensor, the compose healthcheck via
+``flead alerts health``); the heartbeat is removed on close.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -62,7 +69,13 @@ LEASE_S = 30.0  # a notifier that stopped renewing its lease for this long is ta
 DELIVER_BATCH = 100
 FOLLOW_CHUNK = 500
 WINDOW_S = 60.0
+HEARTBEAT_S = 5.0
+SERVICE = "notifier"  # the heartbeat's `service`
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def heartbeat_id(host: str, pid: int) -> str:
+    return f"{SERVICE}:{host}:{pid}"
 
 
 def url_key(url: str) -> str:
@@ -97,6 +110,8 @@ class Notifier:
         self.outbox = db[settings.collection_alert_outbox]
         self.dead_letters = db[settings.collection_alert_dead_letters]
         self.cursors = db[settings.collection_alert_cursor]
+        self.heartbeats = db[settings.collection_services]
+        self.heartbeat_id = heartbeat_id(socket.gethostname(), os.getpid())
         self.http = httpx.Client(timeout=settings.alerts_timeout_s)
         self.counters = NotifierCounters()
         self.limiter = RateLimiter(settings.alerts_rate_limit, WINDOW_S)
@@ -142,6 +157,7 @@ class Notifier:
     def close(self) -> None:
         try:
             self.release_lease()  # a successor takes over at once, not after the lease runs out
+            self.heartbeats.delete_one({"_id": self.heartbeat_id})
         except Exception:
             log.warning("could not release the notifier lease", exc_info=True)
         self.http.close()
@@ -154,14 +170,45 @@ class Notifier:
 
     def run(self, *, interval_s: float = 1.0) -> None:
         """Passes until ``stop()`` (SIGTERM); a failing pass is logged and retried on the next one."""
+        last_beat = None
         while not self._stop.is_set():
+            ok = True
             try:
                 self.run_once()
             except Exception as exc:  # MongoDB away, a bug: keep going, the outbox holds the state
+                ok = False
                 log.exception("notifier pass failed")
                 self.counters.errors.append(f"{type(exc).__name__}: {exc}")
                 del self.counters.errors[:-20]
+            due = last_beat is None or time.monotonic() - last_beat >= HEARTBEAT_S or not ok
+            if due and self.beat(ok):
+                last_beat = time.monotonic()
             self._stop.wait(interval_s)
+
+    def beat(self, ok: bool) -> bool:
+        """Write the heartbeat; False when MongoDB did not take it (the next pass tries again)."""
+        try:
+            backlog = {state: self.outbox.count_documents({"state": state}) for state in ("pending", "dead")}
+            self.heartbeats.replace_one(
+                {"_id": self.heartbeat_id},
+                {
+                    "service": SERVICE,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "healthy": ok,
+                    "status": "leader" if self.leader else "standing by",
+                    "urls": len(self.urls),
+                    "counters": {k: v for k, v in vars(self.counters).items() if k != "errors"},
+                    "last_error": self.counters.errors[-1] if self.counters.errors else None,
+                    **backlog,
+                    "updated_at": datetime.now(UTC),
+                },
+                upsert=True,
+            )
+        except Exception:
+            log.warning("notifier heartbeat not written", exc_info=True)
+            return False
+        return True
 
     def run_once(self, now: datetime | None = None) -> None:
         if not self.urls or not self.hold_lease():
