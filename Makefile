@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` (main job on the embedded local services) and `make test`.
+# The README's two commands: `make demo` (main job on the embedded local services) and `make test`
+# (lint: ruff and the import contracts of pyproject.toml, then the whole suite).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -28,6 +29,7 @@ test: install lint
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 down: install
 	$(BIN)/flead services stop

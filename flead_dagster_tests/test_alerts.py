@@ -225,7 +225,7 @@ def test_a_permanently_failing_receiver_ends_in_the_dead_letters(services_env, r
     assert outbox_states(notifier) == {f"{failing['_id']}|firing": "dead", f"{refused['_id']}|firing": "dead"}
     from typer.testing import CliRunner
 
-    from flead.cli import app
+    from flead_cli import app
 
     shown = CliRunner().invoke(app, ["alerts", "status"], env={"FLEAD_MONGO_DB": notifier.settings.mongo_db})
     assert shown.exit_code == 0, shown.output

@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from flead.cli import app
 from flead.exports import BASE_COLUMNS, anomaly_columns
+from flead_cli import app
 from flead_dagster_tests.test_api import ApiHarness, all_items, api_harness
 
 START = datetime(2004, 3, 1, tzinfo=UTC)

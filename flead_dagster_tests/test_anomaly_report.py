@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flead.cli_report import report_command
+from flead.cli.report import report_command
 from flead.datasets.lake import scan_lake, write_days
 from flead.evaluation.metrics import point_scores
 from flead.reporting import anomaly_report

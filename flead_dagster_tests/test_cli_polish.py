@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flead.cli import app
+from flead_cli import app
 from flead_dagster_tests.conftest import free_port
 
 FLEAD = str(Path(sys.executable).parent / "flead")

@@ -16,7 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from typer.testing import CliRunner
 
-from flead.cli_plot import plot_command
+from flead.cli.plot import plot_command
 from flead.datasets.lake import write_days
 from flead.reporting.device_view import (
     DeviceViewError,

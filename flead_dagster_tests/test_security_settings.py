@@ -10,9 +10,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from typer.testing import CliRunner
 
 from flead.bus.clients import _common
-from flead.cli import app
 from flead.config import Settings, settings_rows
 from flead.storage.mongo import make_mongo_client, mongo_client_options
+from flead_cli import app
 
 SASL = {
     "kafka_security_protocol": "SASL_SSL",

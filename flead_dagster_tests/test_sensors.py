@@ -22,8 +22,7 @@ from typer.testing import CliRunner
 
 from flead.alerts import verify
 from flead.bus.topics import ensure_topics
-from flead.cli_alerts import alerts_app
-from flead.cli_services import services_app
+from flead.cli.services import services_app
 from flead.config import Settings
 from flead.local.secrets import admin_key_file, local_admin_key
 from flead.local.supervisor import API, NOTIFIER, TRAINER, State, Supervisor
@@ -42,6 +41,7 @@ from flead_dagster_tests.test_api import make_update, weights_of
 from flead_dagster_tests.test_api_events import event
 from flead_dagster_tests.test_trainer_stream import wait_until
 from services.global_api.codec import encode_json_update
+from services.notifier.cli import alerts_app
 
 HEALTHY_WITHIN_S = 90.0  # a generous deadline for a loaded two-core machine
 TRIGGER = 3

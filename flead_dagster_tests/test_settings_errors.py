@@ -1,7 +1,7 @@
 """Bad settings explain themselves: every bad variable at once, by name, with its value and what is allowed.
 
-The command line is run as a real subprocess (``python -m flead ...``), as an operator runs it: exit code 2,
-one message on stderr, no traceback.
+The command line is run as a real subprocess (``python -m flead_cli ...``), as an operator runs it: exit
+code 2, one message on stderr, no traceback.
 """
 
 import os
@@ -74,7 +74,7 @@ def test_a_bad_variable_is_named_with_its_value_and_what_is_allowed(
 
 
 def test_the_command_line_refuses_a_bad_variable_with_one_message_and_exit_2(tmp_path):
-    result = run(["flead", "config"], tmp_path, FLEAD_SUPERVISE_API="maybe")
+    result = run(["flead_cli", "config"], tmp_path, FLEAD_SUPERVISE_API="maybe")
     assert_refused(
         result, "error: invalid settings (1):", "FLEAD_SUPERVISE_API='maybe': expected true or false"
     )
@@ -90,18 +90,18 @@ def test_every_bad_variable_is_listed_at_once(tmp_path):
         "FLEAD_API_URL": "notaurl",
         "FLEAD_TRAINER_HEALTH_PORT": "70000",
     }
-    result = run(["flead", "config"], tmp_path, **bad)
+    result = run(["flead_cli", "config"], tmp_path, **bad)
     assert_refused(result, f"invalid settings ({len(bad)}):", *(f"{k}={v!r}: " for k, v in bad.items()))
 
 
 def test_a_bad_line_of_the_dotenv_file_is_named_as_such(tmp_path):
     (tmp_path / ".env").write_text("FLEAD_MONGO_DB=flead\nFLEAD_SUPERVISE_TRAINER=perhaps\n")
-    result = run(["flead", "config"], tmp_path)
+    result = run(["flead_cli", "config"], tmp_path)
     assert_refused(result, "FLEAD_SUPERVISE_TRAINER='perhaps' (in .env): expected true or false")
 
 
 def test_a_password_in_a_bad_uri_is_masked(tmp_path):
-    result = run(["flead", "config"], tmp_path, FLEAD_MONGO_URI="http://flead:hunter2@db:27017")
+    result = run(["flead_cli", "config"], tmp_path, FLEAD_MONGO_URI="http://flead:hunter2@db:27017")
     assert_refused(result, "FLEAD_MONGO_URI='http://flead:********@db:27017': expected mongodb://")
     assert "hunter2" not in result.stdout + result.stderr
 
@@ -110,7 +110,7 @@ def test_api_run_with_an_unknown_strategy_fails_at_once_without_serving(tmp_path
     started = time.monotonic()
     # A free port: were the server to start, the call would block until the timeout.
     result = run(
-        ["flead", "api", "run"],
+        ["flead_cli", "api", "run"],
         tmp_path,
         timeout=120,
         FLEAD_AGGREGATION_STRATEGY="fedprox",
@@ -129,7 +129,7 @@ def test_the_services_entry_points_refuse_bad_settings_too(tmp_path, entry):
 
 def test_a_valid_environment_still_works(tmp_path):
     result = run(
-        ["flead", "config"],
+        ["flead_cli", "config"],
         tmp_path,
         FLEAD_KAFKA_BOOTSTRAP_SERVERS="kafka-1:9092,kafka-2:9092,kafka-3:9092",
         FLEAD_MONGO_URI="mongodb://mongo-1:27017,mongo-2:27017/?replicaSet=rs0&authSource=flead",

@@ -254,7 +254,7 @@ def test_exchange_option_defaults_from_the_settings(monkeypatch):
     from typer.testing import CliRunner
 
     import services.stream_trainer.service as service
-    from flead.cli import app
+    from flead_cli import app
 
     chosen = []
 

@@ -289,7 +289,7 @@ class Supervisor:
     def command(self, name: str) -> list[str]:
         _check_name(name)
         command = {API: ["api", "run"], TRAINER: ["trainer", "run"], NOTIFIER: ["alerts", "run"]}[name]
-        return [sys.executable, "-m", "flead", *command]
+        return [sys.executable, "-m", "flead_cli", *command]
 
     def environment(self, name: str) -> dict[str, str]:
         """The caller's environment, the supervisor's settings as FLEAD_* and the shared admin token."""

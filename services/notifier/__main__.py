@@ -2,7 +2,7 @@
 
 import typer
 
-from flead.cli_alerts import run
+from services.notifier.cli import run
 
 if __name__ == "__main__":
     typer.run(run)

@@ -2,7 +2,7 @@
 
 import typer
 
-from flead.cli_trainer import run
+from services.stream_trainer.cli import run
 
 if __name__ == "__main__":
     typer.run(run)

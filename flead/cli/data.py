@@ -1,4 +1,5 @@
-"""`flead data ...`: fetch, generate, ingest, label and inspect the data set."""
+"""`flead data ...`: fetch, generate, ingest, label and inspect the data set; `flead replay`: the lake to
+Kafka."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import typer
+from kafka.errors import KafkaError
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -19,7 +21,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from flead.cli_output import console, fail
+from flead.bus.replay import ReplayError, lake_readings, replay
+from flead.cli.output import console, fail
 from flead.config import Settings
 from flead.datasets import intel_lab, lake, pipeline
 from flead.datasets.files import parse_separator
@@ -283,4 +286,46 @@ def _print_labelled_summary(readings: pl.DataFrame, events: pl.DataFrame) -> Non
     console.print(
         f"{events.height} events; {int(readings['label'].sum()):,} of {readings.height:,} readings labelled "
         f"({readings['label'].mean():.2%})"
+    )
+
+
+def replay_command(
+    start: str = typer.Option(None, help="First day (YYYY-MM-DD); default: the lake's first."),
+    end: str = typer.Option(None, help="Last day (YYYY-MM-DD); default: the lake's last."),
+    device: list[str] = typer.Option(None, help="Only these device ids (repeatable)."),
+    speed: float = typer.Option(None, min=0.0, help="Replay N times faster than real time."),
+    max_rate: bool = typer.Option(False, "--max", help="As fast as the broker takes them (the default)."),
+    topic: str = typer.Option(None, help="Target topic (default: FLEAD_TOPIC_READINGS)."),
+) -> None:
+    """Publish lake readings to Kafka, keyed by device id, in event-time order."""
+    if speed is not None and max_rate:
+        raise fail("choose --speed N or --max, not both")
+    settings = Settings()
+    try:
+        first, last = (date.fromisoformat(d) if d else None for d in (start, end))
+    except ValueError as exc:
+        raise fail(f"bad date: {exc}") from None
+    frame = lake_readings(settings, first, last, device or None)
+    if not frame.height:
+        raise fail(
+            f"no readings in the lake at {settings.lake_dir} for that selection; run `flead data ingest`"
+        )
+    with Progress(
+        TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as bar:
+        task = bar.add_task("replay", total=frame.height)
+        try:
+            summary = replay(
+                settings,
+                frame,
+                speed=speed,
+                topic=topic,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except (ReplayError, KafkaError) as exc:
+            raise fail(f"{exc}\nIs the broker up? `flead local status`") from None
+    console.print(
+        f"{summary.messages:,} readings of {summary.devices} devices "
+        f"({summary.first_ts} .. {summary.last_ts}) to {summary.topic} "
+        f"in {summary.seconds:.1f} s ({summary.rate:,.0f}/s)"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from flead.cli_output import console
+from flead.cli.output import console
 from flead.config import Settings
 from flead.local.supervisor import State, Supervisor, dagster_log_dir
 

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flead.cli_output import console, fail
+from flead.cli.output import console, fail
 from flead.config import Settings
 from flead.datasets import lake
 from flead.evaluation.loader import LabelledSeries, load_labelled, load_train_test

@@ -12,7 +12,7 @@ import typer
 from pymongo.errors import PyMongoError
 from rich.table import Table
 
-from flead.cli_output import console, fail
+from flead.cli.output import console, fail
 from flead.config import Settings
 from flead.model import ModelConfig
 from flead.model.config import model_for_fleet

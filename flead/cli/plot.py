@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from pymongo.errors import PyMongoError
 
-from flead.cli_output import console, fail
+from flead.cli.output import console, fail
 from flead.config import Settings
 from flead.reporting.device_plot import write_device_png
 from flead.reporting.device_view import DeviceViewError, NoDeviceData, build_device_view, parse_range

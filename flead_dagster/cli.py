@@ -1,4 +1,5 @@
-"""`flead demo` (the README's main job) and `flead up` (the services plus ``dagster dev``).
+"""`flead demo` (the README's main job) and `flead up` (the services plus ``dagster dev``): the Dagster
+shell's commands, merged into the `flead` command line's top level by ``flead_cli``.
 
 Dagster is imported inside the commands, so that loading the `flead` command line stays light.
 """
@@ -17,7 +18,7 @@ import psutil
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from flead.cli_output import console, fail
+from flead.cli.output import console, fail
 from flead.config import Settings
 from flead.local.java import java_problem
 
@@ -31,6 +32,10 @@ if TYPE_CHECKING:  # imported inside the commands, so that loading the command l
     from flead.local.supervisor import Supervisor
 
 
+dagster_app = typer.Typer()
+
+
+@dagster_app.command("demo")
 def demo_command(
     days: int = typer.Option(3, min=1, help="Days of the data set to run through the pipeline."),
     full: bool = typer.Option(False, "--full", help="Every day of the data set (38 for Intel Lab)."),
@@ -211,6 +216,7 @@ def _request_stop(signum: int, _frame: object) -> None:
     raise _StopRequested(signum)
 
 
+@dagster_app.command("up")
 def up_command(
     port: int = typer.Option(None, help="Port of the Dagster UI (default FLEAD_DAGSTER_PORT)."),
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flead.cli_output import console, fail
+from flead.cli.output import console, fail
 from flead.config import Settings
 from flead.reporting.anomaly_report import ReportError, build_report, format_cell
 

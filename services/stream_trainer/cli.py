@@ -1,4 +1,4 @@
-"""`flead trainer ...`: the stream trainer service (services/stream_trainer)."""
+"""`flead trainer ...`: the stream trainer service; its defaults are `TrainerOptions`' own."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import logging
 import typer
 from kafka.errors import KafkaError
 from pymongo.errors import PyMongoError
-from rich.console import Console
 
+from flead.cli.output import fail
 from flead.config import load_settings_or_exit
 from flead.model.config import TrainConfig, model_for_fleet
+from services.stream_trainer.options import TrainerOptions
+from services.stream_trainer.service import StreamTrainer
 
 trainer_app = typer.Typer(help="The stream trainer: per-device online detectors on the readings topic.")
-console = Console(stderr=True, log_path=False)
+DEFAULTS = TrainerOptions()
 
 
 @trainer_app.command("run")
@@ -35,23 +37,22 @@ def run(
     freeze_reference: bool = typer.Option(
         False, help="Freeze a device's normaliser once calibrated: a lasting fault stays flagged."
     ),
-    seed: int = typer.Option(0, help="Seed of the initial model."),
+    seed: int = typer.Option(DEFAULTS.seed, help="Seed of the initial model."),
     flush_idle: float = typer.Option(
-        5.0, min=0.0, help="Seconds a partial chunk waits once its partition is caught up."
+        DEFAULTS.flush_idle_s, min=0.0, help="Seconds a partial chunk waits once its partition is caught up."
     ),
-    name: str = typer.Option("stream-trainer", help="Service name in the heartbeat and /health."),
-    heartbeat: float = typer.Option(5.0, min=0.1, help="Seconds between heartbeat documents."),
+    name: str = typer.Option(DEFAULTS.name, help="Service name in the heartbeat and /health."),
+    heartbeat: float = typer.Option(
+        DEFAULTS.heartbeat_s, min=0.1, help="Seconds between heartbeat documents."
+    ),
     log_level: str = typer.Option("INFO", envvar="FLEAD_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."),
 ) -> None:
     """Consume the readings topic as a member of the trainer's consumer group until SIGTERM."""
-    from services.stream_trainer.options import TrainerOptions
-    from services.stream_trainer.service import StreamTrainer
-
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    train = TrainConfig()
+    train = DEFAULTS.train
     try:
         settings = load_settings_or_exit()  # also for `python -m services.stream_trainer`
         model = model_for_fleet(settings.fleet)
@@ -74,8 +75,7 @@ def run(
             heartbeat_s=heartbeat,
         )
     except ValueError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
     # The process is the trainer's. What is loaded now lives as long as it: keep it out of the garbage
     # collector's full passes, which otherwise rescan every imported object every few polls (~7 % of
     # the time), and collect young objects per poll-sized batch rather than every 700 allocations.
@@ -85,11 +85,7 @@ def run(
     try:
         code = StreamTrainer(settings, options).run()
     except KafkaError as exc:
-        console.print(
-            f"[bold red]error:[/] Kafka: {exc}. Is the broker up? `flead local status`", highlight=False
-        )
-        raise typer.Exit(1) from None
+        raise fail(f"Kafka: {exc}. Is the broker up? `flead local status`") from None
     except PyMongoError as exc:  # only when stopped while MongoDB was unreachable at start-up
-        console.print(f"[bold red]error:[/] MongoDB: {exc}. Is it up? `flead local status`", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(f"MongoDB: {exc}. Is it up? `flead local status`") from None
     raise typer.Exit(code)
