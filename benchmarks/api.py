@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,19 +35,13 @@ import numpy as np
 
 from flead.config import Settings
 from flead.federated import LocalUpdate
-from flead.local.services import LocalServices
+from flead.local.services import LocalServices, free_port
 from flead.model.serialization import nested_lists
 from services.global_api.codec import encode_binary_update
 from services.global_api.service import GlobalModelService
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "bench-admin-" + uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------ servers

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
 import time
 import uuid
@@ -25,15 +24,9 @@ from flead.bus.replay import lake_readings, replay
 from flead.bus.topics import ensure_topics
 from flead.config import Settings
 from flead.datasets import pipeline
-from flead.local.services import LocalServices
+from flead.local.services import LocalServices, free_port
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/intel_lab"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,18 +40,12 @@ from flead.bus.topics import ensure_topics
 from flead.config import Settings
 from flead.datasets.intel_lab import parse_files
 from flead.datasets.synthetic import generate_fleet
-from flead.local.services import LocalServices
+from flead.local.services import LocalServices, free_port
 
 MODELS = {
     "default": [],  # ModelConfig(): window 16, hidden (64, 8), 9,544 parameters
     "small": ["--window", "8", "--hidden", "16,4"],  # 1,252 parameters
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

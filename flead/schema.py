@@ -12,6 +12,7 @@ from flead.fleet import INTEL_LAB, FleetSchema
 
 # The Kafka message's layout: 2 = a `values` map of a fleet schema (1 was the Intel Lab's flat fields).
 SCHEMA_VERSION = 2
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # times cross boundaries as integer microseconds since it (UTC)
 
 
 def lake_schema(fleet: FleetSchema) -> dict[str, pl.DataType]:

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flead.config import Settings
-from flead.local.services import LocalServices
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from flead.local.services import LocalServices, free_port
 
 
 def service_env(home: Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ import pytest
 from flead.alerts import RateLimiter, RetrySchedule, SignatureError, Verdict, classify, sign, verify
 from flead.alerts.payload import event_snapshot, render_payload
 from flead.config import Settings
-from flead_dagster_tests.conftest import free_port
+from flead.local.services import free_port
 from flead_dagster_tests.test_api_events import event
 from services.notifier.service import Notifier
 

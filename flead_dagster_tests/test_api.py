@@ -25,8 +25,8 @@ from flead.bus.codec import decode_batch
 from flead.config import Settings
 from flead.federated import LocalUpdate
 from flead.federated.wire import encode_binary_update, encode_json_update
+from flead.local.services import free_port
 from flead.model import AnomalyModel
-from flead_dagster_tests.conftest import free_port
 from flead_dagster_tests.test_trainer_stream import wait_until
 from services.global_api.cli import api_app
 from services.global_api.live_server import LiveServer

@@ -13,8 +13,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from flead.local.services import free_port
 from flead_cli import app
-from flead_dagster_tests.conftest import free_port
 
 FLEAD = str(Path(sys.executable).parent / "flead")
 WIDE = {"COLUMNS": "200", "TERM": "dumb"}

@@ -24,6 +24,7 @@ from flead.reporting.device_view import (
     build_device_view,
     parse_range,
 )
+from flead.schema import EPOCH
 from flead_dagster_tests.test_anomaly_report import (
     NEW,
     OLD,
@@ -37,7 +38,6 @@ from flead_dagster_tests.test_api_dashboard import ARTIFACTS, CHROMEDRIVER, CHRO
 from flead_dagster_tests.test_api_events import event
 
 FEATURES = ["temperature", "humidity", "light", "voltage"]
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DYING = [datetime(2004, 3, 2, h, 7, tzinfo=UTC) for h in range(14, 24, 2)]  # mote-02's rule alarms
 MODEL_ALARMS = [datetime(2004, 3, 1, h, 7, tzinfo=UTC) for h in (4, 6, 8)] + [
     datetime(2004, 3, 2, 2, 7, tzinfo=UTC)

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from flead_dagster_tests.conftest import free_port, service_env
+from flead.local.services import free_port, service_env
 from flead_dagster_tests.test_trainer_stream import wait_until
 
 FLEAD = str(Path(sys.executable).parent / "flead")

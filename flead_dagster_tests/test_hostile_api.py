@@ -25,8 +25,7 @@ import pytest
 
 from flead.config import Settings
 from flead.federated.wire import encode_json_update
-from flead.local.services import LocalServices
-from flead_dagster_tests.conftest import free_port, service_env
+from flead.local.services import LocalServices, free_port, service_env
 from flead_dagster_tests.test_api import ADMIN_KEY, api_harness, api_settings, make_update
 from flead_dagster_tests.test_api_concurrency import assert_each_update_counted_once
 from flead_dagster_tests.test_api_restart import api_process

@@ -23,6 +23,7 @@ from dagster import (
 )
 
 from flead.config import Settings
+from flead.local.services import free_port
 from flead.local.supervisor import Supervisor
 from flead.storage.mongo import get_database, make_mongo_client
 from flead_dagster.asset_metadata import COLUMN_SCHEMA
@@ -39,7 +40,6 @@ from flead_dagster.schedules import (
     global_aggregation_schedule,
     range_tags,
 )
-from flead_dagster_tests.conftest import free_port
 
 DAYS = [date(2004, 2, 28), date(2004, 2, 29), date(2004, 3, 1)]
 

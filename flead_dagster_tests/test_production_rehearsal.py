@@ -35,11 +35,10 @@ from polars.testing import assert_frame_equal
 from flead.api_client import GlobalApiClient
 from flead.config import Settings
 from flead.evaluation.batch_scoring import score_lake
-from flead.local.services import tail_text
+from flead.local.services import free_port, tail_text
 from flead.storage.mongo import get_database, make_mongo_client
 from flead_dagster.schedules import range_tags
 from flead_dagster_tests import test_spark_scoring
-from flead_dagster_tests.conftest import free_port
 from flead_dagster_tests.test_spark_scoring import DAYS
 from flead_dagster_tests.test_trainer_stream import wait_until
 from services.global_api.live_server import LiveServer

@@ -25,6 +25,7 @@ from flead.bus.topics import ensure_topics
 from flead.cli.services import services_app
 from flead.config import Settings
 from flead.local.secrets import admin_key_file, local_admin_key
+from flead.local.services import free_port
 from flead.local.supervisor import API, NOTIFIER, TRAINER, State, Supervisor
 from flead.storage.mongo import make_mongo_client
 from flead_dagster.sensors import (
@@ -35,7 +36,6 @@ from flead_dagster.sensors import (
     service_assets,
     stream_trainer_sensor,
 )
-from flead_dagster_tests.conftest import free_port
 from flead_dagster_tests.test_alerts import SECRET, Receiver
 from flead_dagster_tests.test_api import make_update, weights_of
 from flead_dagster_tests.test_api_events import event

@@ -14,7 +14,7 @@ import pytest
 
 from flead.config import Address, Settings, SettingsError, load_settings
 from flead.federated.config import STRATEGY_NAMES
-from flead_dagster_tests.conftest import free_port
+from flead.local.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,9 +16,9 @@ from pydantic import SecretStr
 from flead.config import Settings
 from flead.federated import LocalUpdate
 from flead.fleet import INTEL_LAB
+from flead.local.services import free_port
 from flead.model.config import TrainConfig
 from flead.storage.mongo import make_mongo_client
-from flead_dagster_tests.conftest import free_port
 from flead_dagster_tests.test_trainer_state import readings, records
 from flead_dagster_tests.test_trainer_stream import wait_until
 from services.global_api.live_server import LiveServer

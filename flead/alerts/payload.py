@@ -20,9 +20,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flead.schema import EPOCH
+
 ALERTNAME = "FleadAnomalyEvent"
 FORMATS = ("flead", "alertmanager")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end" (a firing alert)
 SNAPSHOT_FIELDS = (
     "device_id",

@@ -427,6 +427,13 @@ def terminate(process: psutil.Process, grace_s: float) -> str:
     return "killed"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS's pick): for private services in tests and benchmarks."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def port_owner(address: Address) -> str | None:
     """Who listens on the address, or None when it is free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

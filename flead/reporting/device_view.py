@@ -32,11 +32,11 @@ from pymongo.database import Database
 
 from flead.datasets.lake import lake_fleet, scan_lake
 from flead.reporting.anomaly_report import evaluation_versions
+from flead.schema import EPOCH
 
 MAX_POINTS = 5000
 MAX_ALARMS = 5000
 MAX_EVENTS = 1000
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class DeviceViewError(ValueError):

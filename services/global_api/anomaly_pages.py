@@ -24,13 +24,14 @@ import binascii
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.collection import Collection
 
+from flead.schema import EPOCH
 from services.global_api.anomaly_summary import Scope
 
 ORDER = [("ts", -1), ("_id", -1)]
@@ -38,7 +39,6 @@ SCAN_BUDGET = 20_000  # events a walk may examine (estimated from the density) b
 MAX_WINDOWS = 64
 MIN_WIDTH = timedelta(milliseconds=1)
 MAX_CURSOR_CHARS = 512
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class PageError(ValueError):

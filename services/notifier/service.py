@@ -57,6 +57,7 @@ from flead.alerts.payload import event_snapshot, event_status, render_payload
 from flead.alerts.policy import RateLimiter, RetrySchedule, Verdict, classify
 from flead.alerts.signing import DELIVERY_HEADER, sign
 from flead.config import Settings
+from flead.schema import EPOCH
 from flead.storage.mongo import make_mongo_client
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,6 @@ FOLLOW_CHUNK = 500
 WINDOW_S = 60.0
 HEARTBEAT_S = 5.0
 SERVICE = "notifier"  # the heartbeat's `service`
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def heartbeat_id(host: str, pid: int) -> str:
