@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
-from services.global_api.anomaly_pages import MAX_CURSOR_CHARS
 from services.global_api.auth import get_service
 from services.global_api.codec import MAX_BASE_VERSION as MAX_VERSION
 from services.global_api.model_payload import ModelFormat
-from services.global_api.pages import AFTER_DESCRIPTION, DEFAULT_LIMIT, MAX_LIMIT
 from services.global_api.registry import LATEST_MAX_AGE_S
+from services.global_api.routers.paging import PageRequest, page_request
 from services.global_api.schemas import VERSION_CURSOR, GlobalModelDocument, VersionPage, VersionSummary
 from services.global_api.service import GlobalModelService
 
@@ -68,15 +67,13 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
     summary="The global versions with their lineage and metrics, newest first, paginated by cursor",
 )
 def get_history(
-    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
+    page: PageRequest = Depends(page_request),
     service: GlobalModelService = Depends(get_service),
 ) -> VersionPage:
-    before = None if after is None else int(VERSION_CURSOR.decode(after))
-    versions = service.registry.history(limit=limit, before=before)
+    versions = service.registry.history(limit=page.limit, before=page.position(VERSION_CURSOR))
     older = bool(versions) and versions[-1].version > 0  # versions are consecutive from 0
     return VersionPage(
         items=[VersionSummary(**v.summary()) for v in versions],
-        limit=limit,
+        limit=page.limit,
         next=VERSION_CURSOR.encode(versions[-1].version) if older else None,
     )

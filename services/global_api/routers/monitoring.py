@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from flead.exports import anomaly_columns, anomaly_row, csv_text
 from flead.schema import DEVICE_ID_PATTERN
-from services.global_api.anomaly_pages import MAX_CURSOR_CHARS, PageKey
+from services.global_api.anomaly_pages import PageKey
 from services.global_api.auth import get_service
 from services.global_api.event_pages import EventFilter, EventPage
 from services.global_api.monitoring import DEVICE_CURSOR, AnomalyFilter, AnomalyPage, DevicePage, utc
-from services.global_api.pages import AFTER_DESCRIPTION, DEFAULT_LIMIT, MAX_LIMIT
+from services.global_api.routers.paging import PageRequest, page_request
 from services.global_api.schemas import RuntimeSettings, Status, UpdateCounts
 from services.global_api.service import GlobalModelService
 
@@ -48,12 +48,10 @@ def get_status(service: GlobalModelService = Depends(get_service)) -> Status:
     summary="Devices by id, paginated by cursor: last seen, samples, updates, anomaly counts, trainer stats",
 )
 def get_devices(
-    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
+    page: PageRequest = Depends(page_request),
     service: GlobalModelService = Depends(get_service),
 ) -> DevicePage:
-    position = None if after is None else str(DEVICE_CURSOR.decode(after))
-    return service.monitoring.device_page(limit=limit, after=position)
+    return service.monitoring.device_page(limit=page.limit, after=page.position(DEVICE_CURSOR))
 
 
 @dataclass(frozen=True)
@@ -72,13 +70,12 @@ def anomaly_query(
     ),
     until: datetime | None = Query(None, description="Events before this time."),
     min_score: float | None = Query(None, allow_inf_nan=False, description="Only scores at least this."),
-    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
+    page: PageRequest = Depends(page_request),
 ) -> AnomalyQuery:
     where = AnomalyFilter(
         device_id=device, since=in_utc("since", since), until=in_utc("until", until), min_score=min_score
     )
-    return AnomalyQuery(where, limit, None if after is None else PageKey.decode(after))
+    return AnomalyQuery(where, page.limit, page.position(PageKey))
 
 
 @router.get("/api/anomalies", summary="Anomalous readings, newest first, filtered, paginated by cursor")
@@ -141,8 +138,7 @@ def get_events(
         None, ge=0, allow_inf_nan=False, description="Only events whose peak severity is at least this."
     ),
     open: bool | None = Query(None, description="true: only open events; false: only closed ones."),
-    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
+    page: PageRequest = Depends(page_request),
     service: GlobalModelService = Depends(get_service),
 ) -> EventPage:
     where = EventFilter(
@@ -152,5 +148,4 @@ def get_events(
         min_severity=min_severity,
         open=open,
     )
-    position = None if after is None else PageKey.decode(after)
-    return service.events.page(where, limit=limit, after=position)
+    return service.events.page(where, limit=page.limit, after=page.position(PageKey))

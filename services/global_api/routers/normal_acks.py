@@ -3,14 +3,14 @@ word that a device's present behaviour is normal, applied by the trainer that ow
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Response
 
 from flead.schema import DEVICE_ID_PATTERN
-from services.global_api.anomaly_pages import MAX_CURSOR_CHARS, PageKey
+from services.global_api.anomaly_pages import PageKey
 from services.global_api.auth import admin, get_service
 from services.global_api.keys import Principal
 from services.global_api.normal_acks import AcceptNormalRequest, NormalAck, NormalAckPage
-from services.global_api.pages import AFTER_DESCRIPTION, DEFAULT_LIMIT, MAX_LIMIT
+from services.global_api.routers.paging import PageRequest, page_request
 from services.global_api.service import GlobalModelService
 
 router = APIRouter(tags=["admin"])
@@ -49,9 +49,7 @@ def accept_normal(
 )
 def list_normal_acks(
     device_id: str = DeviceId,
-    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-    after: str | None = Query(None, max_length=MAX_CURSOR_CHARS, description=AFTER_DESCRIPTION),
+    page: PageRequest = Depends(page_request),
     service: GlobalModelService = Depends(get_service),
 ) -> NormalAckPage:
-    position = None if after is None else PageKey.decode(after)
-    return service.normal_acks.page(device_id, limit=limit, after=position)
+    return service.normal_acks.page(device_id, limit=page.limit, after=page.position(PageKey))
