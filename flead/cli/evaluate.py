@@ -23,6 +23,8 @@ from flead.evaluation.runner import (
     load_lake_benchmark,
 )
 
+DEFAULT_TRAIN_FRACTION = 0.3  # without a split, a given part or --online
+PLAN = EvaluationPlan(train_fraction=DEFAULT_TRAIN_FRACTION)  # the defaults the options show
 LABELS = {
     "zscore": "z-score",
     "pca": "PCA T²+Q",
@@ -85,7 +87,10 @@ def evaluate_command(
         help="Comma-separated columns (patterns allowed) the detectors take as inputs without scoring them.",
     ),
     train_fraction: float = typer.Option(
-        None, min=0.0, max=1.0, help="Fit on the first F of each device's rows (default 0.3 without a split)."
+        None,
+        min=0.0,
+        max=1.0,
+        help=f"Fit on the first F of each device's rows (default {DEFAULT_TRAIN_FRACTION} without a split).",
     ),
     train_rows: int = typer.Option(None, min=0, help="Fit on the first N rows of each device."),
     online: bool = typer.Option(False, help="Prequential: score every reading, then learn from it."),
@@ -96,13 +101,16 @@ def evaluate_command(
         help="Detector modes: the old alarm budget (this quantile of a device's scores), not calibration.",
     ),
     false_alarm_rate: float = typer.Option(
-        1e-3,
+        PLAN.false_alarm_rate,
         min=1e-9,
         max=0.5,
         help="Per-reading false-alarm target of every threshold calibrated on normal data.",
     ),
     pca_variance: float = typer.Option(
-        0.95, min=0.01, max=1.0, help="PCA reference: share of variance the kept components explain."
+        PLAN.pca_variance,
+        min=0.01,
+        max=1.0,
+        help="PCA reference: share of variance the kept components explain.",
     ),
     out: Path = typer.Option(None, help="JSON results file (default HOME/evaluations/evaluation.json)."),
 ) -> None:
@@ -128,7 +136,7 @@ def evaluate_command(
     if chosen > 1:
         raise fail("choose one of --train-fraction, --train-rows and --online")
     if not given_split and not chosen:
-        train_fraction = 0.3
+        train_fraction = DEFAULT_TRAIN_FRACTION
     if split_column and not paths:
         raise fail("--split-col needs PATHS")
     options = {
