@@ -14,7 +14,7 @@ EXCHANGES = ("local", "http")
 class TrainerOptions:
     """``model`` is the architecture of the global model the local exchange starts from (with the HTTP
     exchange the API's model decides); ``train`` how every device trains and judges (``batch_size``
-    is also the scoring quantum, see `slot.DeviceSlot`).
+    is also the scoring quantum, see `devices.DeviceSlot`).
 
     ``flush_idle_s``: readings that wait in a device's buffer for a full chunk are scored anyway once
     they have waited this long *and* their partition is caught up (no lag), so a slow device still
