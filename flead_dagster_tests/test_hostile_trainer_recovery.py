@@ -177,7 +177,8 @@ def test_anomalies_171_microseconds_apart_are_two_documents(settings):
     try:
         for _ in range(2):  # written twice (a replay): still two documents
             outputs.anomaly_events(slot, chunk)
-            outputs.flush()
+            outputs.anomalies.flush()
+            outputs.events.flush()
         documents = list(collection.find({"device_id": device}).sort("ts_us", 1))
         epoch_us = int(T0.timestamp() * 1_000_000)
         assert [d["ts_us"] for d in documents] == [epoch_us, epoch_us + 171]

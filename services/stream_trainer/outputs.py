@@ -39,6 +39,7 @@ from flead.bus.codec import Rejected
 from flead.bus.dlq import dead_letter, truncated, value_limit
 from flead.config import Settings
 from flead.model.events import EventConfig
+from flead.schema import SCHEMA_VERSION
 from services.stream_trainer.backoff import Backoff
 from services.stream_trainer.devices import DeviceSlot, ScoredChunk, threshold_source
 from services.stream_trainer.events import DeviceEvents
@@ -98,6 +99,33 @@ class Outputs:
 
     def late_readings(self, late: Iterable[Rejected]) -> None:
         self.kafka.add_rejected(self.settings.topic_late, late)
+
+    def failed_readings(self, slot: DeviceSlot, rows: np.ndarray, exc: Exception) -> None:
+        """Readings a device failed to score, re-encoded as Reading JSON, to the dead-letter topic."""
+        stamps = np.datetime_as_string(rows["ts"], unit="us")
+        reason = f"processing failed: {type(exc).__name__}: {exc}"
+        out = []
+        for stamp, offset, values in zip(stamps, rows["offset"], rows["values"], strict=True):
+            reading = {
+                "schema_version": SCHEMA_VERSION,
+                "fleet": self.settings.fleet.ref,
+                "device_id": slot.device_id,
+                "ts": f"{stamp}Z",
+                "values": {
+                    c: (None if np.isnan(v) else float(v)) for c, v in zip(slot.columns, values, strict=True)
+                },
+            }
+            out.append(
+                Rejected(
+                    self.settings.topic_readings,
+                    slot.partition,
+                    int(offset),
+                    slot.device_id.encode(),
+                    json.dumps(reading).encode(),
+                    reason,
+                )
+            )
+        self.dead_letters(out)
 
     def anomaly_events(self, slot: DeviceSlot, chunk: ScoredChunk) -> None:
         unjudged = int(np.isinf(chunk.threshold).sum())

@@ -11,7 +11,6 @@ scores whole chunks in one detector call -> the sinks of `outputs` -> every
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -24,7 +23,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import numpy as np
 import psutil
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
@@ -32,12 +30,10 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from pymongo.errors import PyMongoError
 
 from flead.bus.clients import make_consumer, make_producer
-from flead.bus.codec import Rejected
 from flead.bus.lag import log_bounds
 from flead.bus.topics import ensure_topics, output_topics, topic_id
 from flead.config import Settings
 from flead.model.config import model_for_fleet
-from flead.schema import SCHEMA_VERSION
 from flead.storage.mongo import get_database, make_mongo_client
 from services.stream_trainer.backoff import Backoff
 from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition, PartitionRecord, stale_reason
@@ -118,7 +114,7 @@ class StreamTrainer(RebalanceHandler):
         self.resets: list[dict] = []  # checkpoints found stale (a recreated topic), newest last
         # MongoDB and the health endpoint: the client connects in the background, `run` starts the threads
         self.mongo = make_mongo_client(settings)
-        db = get_database(self.mongo, settings)
+        self.db = db = get_database(self.mongo, settings)
         owner = {"trainer": self.trainer_id, "host": self.host, "pid": self.pid}
         self.shared = SharedWeights()
         self.store = CheckpointStore(db, settings, owner, self.shared)
@@ -160,9 +156,7 @@ class StreamTrainer(RebalanceHandler):
             self.producer = make_producer(
                 settings, compression_type="gzip", batch_size=256 * 1024, linger_ms=50
             )
-            self.outputs = Outputs(
-                settings, self.producer, get_database(self.mongo, settings), self.counters, self.trainer_id
-            )
+            self.outputs = Outputs(settings, self.producer, self.db, self.counters, self.trainer_id)
             self.consumer = make_consumer(
                 settings, group_id=settings.consumer_group, max_poll_records=settings.trainer_max_poll_records
             )
@@ -288,7 +282,7 @@ class StreamTrainer(RebalanceHandler):
         except Exception as exc:  # one device's failure must never stop the service
             self.counters.add("errors")
             log.exception("device %s: scoring %d readings failed; dead-lettered", slot.device_id, n)
-            self.outputs.dead_letters(_failed_rows(self.settings, slot, rows, exc))
+            self.outputs.failed_readings(slot, rows, exc)
             return
         self.counters.add("scored", n)
         self.outputs.anomaly_events(slot, chunk)
@@ -650,31 +644,3 @@ class StreamTrainer(RebalanceHandler):
             "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
             **view,
         }
-
-
-def _failed_rows(settings: Settings, slot: DeviceSlot, rows, exc: Exception) -> list[Rejected]:
-    """Readings a device failed to score, re-encoded as Reading JSON for the dead-letter topic."""
-    stamps = np.datetime_as_string(rows["ts"], unit="us")
-    reason = f"processing failed: {type(exc).__name__}: {exc}"
-    out = []
-    for stamp, offset, values in zip(stamps, rows["offset"], rows["values"], strict=True):
-        reading = {
-            "schema_version": SCHEMA_VERSION,
-            "fleet": settings.fleet.ref,
-            "device_id": slot.device_id,
-            "ts": f"{stamp}Z",
-            "values": {
-                c: (None if np.isnan(v) else float(v)) for c, v in zip(slot.columns, values, strict=True)
-            },
-        }
-        out.append(
-            Rejected(
-                settings.topic_readings,
-                slot.partition,
-                int(offset),
-                slot.device_id.encode(),
-                json.dumps(reading).encode(),
-                reason,
-            )
-        )
-    return out
