@@ -53,6 +53,13 @@ def reading_dtype(n_features: int) -> np.dtype:
 
 
 class PendingReadings:
+    """One device's readings waiting to be scored: a growable NumPy structured buffer.
+
+    A row holds what scoring and the outputs need: the event time, the Kafka offset and the model's
+    feature values (NaN where missing). The buffer is part of the device's checkpointed state, so
+    readings that wait for a full chunk are never lost and never scored twice.
+    """
+
     __slots__ = ("_rows", "_size", "since")
 
     def __init__(self, dtype: np.dtype, rows: np.ndarray | None = None) -> None:
@@ -123,6 +130,8 @@ class ScoredChunk:
 
 @dataclass(eq=False)
 class DeviceSlot:
+    """One device's keyed state: its federated client (the detector), its waiting readings, its stats."""
+
     device_id: str
     partition: int
     client: DeviceClient
