@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from flead.bus.clients import make_consumer, make_producer
 from flead.bus.codec import decode_batch, encode_readings
-from flead.bus.dlq import send_dead_letters
+from flead.bus.dlq import dead_letter, value_limit
 from flead.bus.topics import ensure_topics
 from flead.fleet import INTEL_LAB, Feature, FleetSchema
 from flead.schema import MEASUREMENTS, Reading
@@ -92,7 +92,8 @@ def test_bad_messages_go_to_the_dlq_with_reasons_and_good_ones_around_them_survi
     for r in rejected:
         assert BAD[r.value] in r.reason, (r.value[:60], r.reason)
 
-    send_dead_letters(producer, dlq, rejected)
+    for letter in (dead_letter(r, value_limit(producer)) for r in rejected):
+        producer.send(dlq, key=letter.key, value=letter.value, headers=letter.headers)
     producer.flush()
     producer.close()
     reader = make_consumer(settings, dlq, group_id=f"g-{uuid.uuid4().hex[:8]}")

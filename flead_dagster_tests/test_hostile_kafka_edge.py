@@ -34,8 +34,7 @@ from flead_dagster_tests.test_trainer_stream import (
     read_all,
     settings_for,
 )
-from services.stream_trainer.intake import take_in
-from services.stream_trainer.watermarks import Watermarks
+from services.stream_trainer.intake import Watermarks, take_in
 
 PARTITION = 0  # where the hostile records and the readings after them go (unless a case says otherwise)
 T0 = datetime(2004, 3, 1, tzinfo=UTC)  # historical, as a replay publishes it

@@ -40,15 +40,14 @@ from flead_dagster_tests.test_trainer_stream import (
     wait_until,
 )
 from services.stream_trainer.checkpoints import PartitionRecord, stale_reason
+from services.stream_trainer.devices import Federation
 from services.stream_trainer.exchange import InProcessExchange
 from services.stream_trainer.exchange_http import HttpExchange
-from services.stream_trainer.federation import Federation
 from services.stream_trainer.health import Counters
-from services.stream_trainer.intake import take_in
+from services.stream_trainer.intake import Watermarks, take_in
 from services.stream_trainer.options import TrainerOptions
 from services.stream_trainer.outputs import Outputs
 from services.stream_trainer.state_codec import slot_document, slot_from_document
-from services.stream_trainer.watermarks import Watermarks
 
 T0 = datetime(2004, 3, 1, tzinfo=UTC)
 BIG = b'{"x":"' + b"x" * 2_000_000 + b'"}'  # the tester's probe: 2 MB, over the producer's 1 MB limit
@@ -178,7 +177,8 @@ def test_anomalies_171_microseconds_apart_are_two_documents(settings):
     try:
         for _ in range(2):  # written twice (a replay): still two documents
             outputs.anomaly_events(slot, chunk)
-            outputs.store_anomalies()
+            outputs.anomalies.flush()
+            outputs.events.flush()
         documents = list(collection.find({"device_id": device}).sort("ts_us", 1))
         epoch_us = int(T0.timestamp() * 1_000_000)
         assert [d["ts_us"] for d in documents] == [epoch_us, epoch_us + 171]
@@ -310,7 +310,7 @@ def test_a_dead_letter_kafka_refuses_is_resent_truncated_then_dropped_never_retr
         fits_truncated = Rejected("src", 0, 7, b"dev-a", b"a" * 1900, "r" * 2500)
         never_fits = Rejected("src", 0, 8, b"dev-a", b"b" * 1900, "r" * 4096)
         outputs.dead_letters([fits_truncated, never_fits])
-        outputs.settle_kafka(timeout_s=10)  # returns: nothing left to retry
+        outputs.kafka.flush(timeout_s=10)  # returns: nothing left to retry
         assert counters.get("dlq_truncated") == 2 and counters.get("dlq_undeliverable") == 1
         assert lag.end_offsets(settings, topic) == {0: 1}
         [letter] = read_all(settings, topic, 1)

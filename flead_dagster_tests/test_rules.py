@@ -9,8 +9,7 @@ from flead.model.config import ModelConfig, TrainConfig
 from flead.model.detector import OnlineDetector
 from flead.model.rules import out_of_range
 from flead.schema import MEASUREMENTS
-from services.stream_trainer.pending import PendingReadings, reading_dtype
-from services.stream_trainer.slot import DeviceSlot
+from services.stream_trainer.devices import DeviceSlot, PendingReadings, reading_dtype
 
 
 def test_out_of_range_uses_the_known_limits_only():

@@ -22,12 +22,11 @@ from flead.storage.mongo import make_mongo_client
 from flead_dagster_tests.test_trainer_state import readings, records
 from flead_dagster_tests.test_trainer_stream import wait_until
 from services.global_api.live_server import LiveServer
+from services.stream_trainer.devices import Federation
 from services.stream_trainer.exchange_http import HttpExchange
-from services.stream_trainer.federation import Federation
 from services.stream_trainer.health import Counters
-from services.stream_trainer.intake import take_in
+from services.stream_trainer.intake import Watermarks, take_in
 from services.stream_trainer.options import TrainerOptions
-from services.stream_trainer.watermarks import Watermarks
 
 KEY = "trainer-test-key-" + uuid.uuid4().hex
 OPTIONS = TrainerOptions(train=TrainConfig(warmup=100), global_poll_s=0.2, http_timeout_s=5.0)

@@ -3,6 +3,7 @@ documents and federation. The properties here are what make a restarted trainer 
 
 from __future__ import annotations
 
+import base64
 import gc
 import itertools
 import uuid
@@ -16,21 +17,19 @@ from kafka.structs import TopicPartition
 
 from flead.bus.codec import encode_readings
 from flead.config import Settings
-from flead.federated import ClientConfig
+from flead.federated import ClientConfig, GlobalState
+from flead.federated.wire import global_state_fields, global_state_from_fields, read_legacy_global_state
 from flead.fleet import INTEL_LAB
 from flead.model.config import ModelConfig, TrainConfig
 from flead.schema import MEASUREMENTS
 from flead.storage.mongo import get_database, make_mongo_client
 from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition
+from services.stream_trainer.devices import Federation, PendingReadings, reading_dtype
 from services.stream_trainer.exchange import InProcessExchange
-from services.stream_trainer.federation import Federation
 from services.stream_trainer.health import Counters
-from services.stream_trainer.intake import take_in
+from services.stream_trainer.intake import Watermarks, take_in
 from services.stream_trainer.options import TrainerOptions
-from services.stream_trainer.pending import PendingReadings, reading_dtype
-from services.stream_trainer.state_codec import slot_document, slot_from_document
-from services.stream_trainer.watermarks import Watermarks
-from services.stream_trainer.weights_codec import SharedWeights
+from services.stream_trainer.state_codec import SharedWeights, slot_document, slot_from_document
 
 T0 = datetime(2004, 3, 1, tzinfo=UTC)
 SMALL = ModelConfig(window=8, hidden=(16, 4))
@@ -247,6 +246,67 @@ def test_a_fenced_owner_can_neither_commit_nor_overwrite_the_new_owners_state(se
     finally:
         db[settings.collection_checkpoints].delete_many({"group": settings.consumer_group})
         db[settings.collection_device_states].delete_many({"group": settings.consumer_group})
+        client.close()
+
+
+# A global model as a trainer's checkpoint kept it before one form (a `flead-global-state` container,
+# written by the code of commit 2f75b49): version 3 of parent 2, two weights and fedavgm's momentum.
+LEGACY_GLOBAL_STATE = (
+    "RkxFQUROTgC6AQAAeyJmb3JtYXQiOiJmbGVhZC1nbG9iYWwtc3RhdGUiLCJmb3JtYXRfdmVyc2lvbiI6MSwidmVyc2lvbiI6Myw"
+    "icGFyZW50X3ZlcnNpb24iOjIsImNyZWF0ZWRfYXQiOiIyMDI2LTEyLTAxVDEwOjMwOjE1LjEyMzQ1NiswMDowMCIsImFyY2hpdG"
+    "VjdHVyZSI6eyJraW5kIjoiYXV0b2VuY29kZXIiLCJmZWF0dXJlcyI6WyJ0ZW1wZXJhdHVyZSJdLCJpbnB1dHMiOltdLCJ3aW5kb"
+    "3ciOjIsImhpZGRlbiI6WzNdLCJhY3RpdmF0aW9uIjoidGFuaCIsInRpbWVfZmVhdHVyZXMiOnRydWUsImlucHV0X2NsaXAiOjgu"
+    "MCwibWluX3N0ZCI6WzAuMDFdfSwiZHR5cGUiOiI8ZjQiLCJhcnJheXMiOlt7Im5hbWUiOiJ3fGVuYy4wLlciLCJzaGFwZSI6WzI"
+    "sM119LHsibmFtZSI6Ind8ZW5jLjAuYiIsInNoYXBlIjpbM119LHsibmFtZSI6InN8bW9tZW50dW18ZW5jLjAuVyIsInNoYXBlIj"
+    "pbMiwzXX1dfQAAAAAlSRI+JUmSPrdt2z4lSRI/bts2PwAAAD8AAKC/AABAQAAAAD4AAAA+AAAAPgAAAD4AAAA+AAAAPg=="
+)
+
+
+def assert_legacy_state(state: GlobalState) -> None:
+    assert (state.version, state.parent_version) == (3, 2)
+    assert state.created_at == datetime(2026, 12, 1, 10, 30, 15, 123456, tzinfo=UTC)
+    np.testing.assert_array_equal(state.weights["enc.0.W"], np.arange(6, dtype="f4").reshape(2, 3) / 7)
+    np.testing.assert_array_equal(state.weights["enc.0.b"], np.array([0.5, -1.25, 3.0], "f4"))
+    assert list(state.server_state) == ["momentum"]
+    np.testing.assert_array_equal(state.server_state["momentum"]["enc.0.W"], np.full((2, 3), 0.125, "f4"))
+
+
+def test_a_global_model_checkpointed_in_the_old_format_still_loads(settings):
+    state, architecture = read_legacy_global_state(base64.b64decode(LEGACY_GLOBAL_STATE))
+    assert_legacy_state(state)
+    assert ModelConfig.from_dict(architecture) == ModelConfig(
+        window=2, hidden=(3,), features=("temperature",)
+    )
+    # the one form of a global state, the API's and the trainer's, carries it unchanged
+    fields = global_state_fields(state)
+    assert_legacy_state(global_state_from_fields(3, fields))
+
+    settings = settings.model_copy(update={"consumer_group": f"legacy-{uuid.uuid4().hex[:8]}"})
+    client = make_mongo_client(settings)
+    store = CheckpointStore(get_database(client, settings), settings, {"trainer": "t"}, SharedWeights())
+    try:
+        # as the trainer of 2f75b49 saved it
+        store.checkpoints.insert_one(
+            {
+                "_id": store.global_id(),
+                "kind": "global-model",
+                "lineage": "local:x",
+                "version": 3,
+                "state": base64.b64decode(LEGACY_GLOBAL_STATE),
+            }
+        )
+        assert store.load_global("local:other") is None  # another lineage's
+        assert_legacy_state(store.load_global("local:x"))
+        newer = GlobalState(4, state.weights, state.server_state, state.created_at, parent_version=3)
+        store.save_global(newer, ModelConfig(window=2, hidden=(3,), features=("temperature",)), "local:x")
+        loaded = store.load_global("local:x")  # written in the one form now
+        assert "state" not in store.checkpoints.find_one({"_id": store.global_id()})
+        assert (loaded.version, loaded.parent_version) == (4, 3)
+        np.testing.assert_array_equal(
+            loaded.server_state["momentum"]["enc.0.W"], np.full((2, 3), 0.125, "f4")
+        )
+    finally:
+        store.checkpoints.delete_one({"_id": store.global_id()})
         client.close()
 
 

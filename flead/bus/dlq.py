@@ -12,7 +12,6 @@ large the original was. Headers of every dead letter:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kafka import KafkaProducer
@@ -82,9 +81,3 @@ def truncated(rejected: Rejected, keep_bytes: int, why: str) -> DeadLetter:
         ("flead.original.key_size", str(len(key or b"")).encode()),
     ]
     return DeadLetter(None if key is None else key[:KEY_PREFIX_BYTES], value[:keep_bytes], headers)
-
-
-def send_dead_letters(producer: KafkaProducer, topic: str, rejected: Iterable[Rejected]) -> list:
-    """Publish the dead letter of each rejected message to `topic`; returns the send futures."""
-    letters = [dead_letter(r, value_limit(producer)) for r in rejected]
-    return [producer.send(topic, key=d.key, value=d.value, headers=d.headers) for d in letters]

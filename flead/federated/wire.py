@@ -9,6 +9,13 @@ JSON (``Content-Type: application/json``)::
 Binary (``Content-Type: application/octet-stream``): ``flead.model.serialization.pack(header, arrays)``
 with ``header = {"format": "flead-update", "format_version": 1, <the fields above but arrays>}``.
 
+A global model version (`GlobalState`) is stored as document fields (`global_state_fields`, read back by
+`global_state_from_fields`): the weights (``flead-weights``) and the server optimiser's state
+(``flead-server-state``, absent for the stateless strategies) as containers, ``created_at`` and
+``parent_version`` as values. One form for the global model API's versions and the stream trainer's
+checkpoint of its in-process exchange; `read_legacy_global_state` reads what trainers wrote before
+(one ``flead-global-state`` container).
+
 Arrays carry the global model's names and shapes (``AnomalyModel.get_weights()``), float32 values (JSON
 numbers in nested lists, exact). Decoding here checks the container only: a receiver that does not
 trust the sender validates the fields (the API: ``services.global_api.codec``) and the arrays
@@ -18,10 +25,12 @@ trust the sender validates the fields (the API: ``services.global_api.codec``) a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
 from flead.federated.weights import Weights
 from flead.model.serialization import nested_lists, pack, unpack
@@ -30,6 +39,9 @@ UPDATE_FORMAT = "flead-update"
 UPDATE_FORMAT_VERSION = 1
 WEIGHTS_FORMAT = "flead-weights"
 WEIGHTS_FORMAT_VERSION = 1
+SERVER_STATE_FORMAT = "flead-server-state"
+SERVER_STATE_FORMAT_VERSION = 1
+LEGACY_GLOBAL_FORMAT = "flead-global-state"  # the stream trainer's checkpoints before one form
 CONTAINER_FIELDS = ("format", "format_version", "dtype", "arrays")
 
 
@@ -102,3 +114,50 @@ def nested_server_state(flat: Mapping[str, np.ndarray], sep: str = "/") -> dict[
         kind, _, name = key.partition(sep)
         nested.setdefault(kind, {})[name] = array
     return nested
+
+
+def global_state_fields(state: GlobalState) -> dict[str, Any]:
+    """A global state's fields for a MongoDB document (bytes are stored as BSON binary); its version
+    is the caller's to store (the API's ``_id``, the trainer's ``version``)."""
+    flat = flat_server_state(state.server_state)
+    header = {"format": SERVER_STATE_FORMAT, "format_version": SERVER_STATE_FORMAT_VERSION}
+    return {
+        "parent_version": state.parent_version,
+        "created_at": state.created_at,
+        "weights": weights_to_bytes(state.weights),
+        "server_state": pack(header, flat) if flat else None,
+    }
+
+
+def global_state_from_fields(version: int, fields: Mapping[str, Any]) -> GlobalState:
+    """The inverse of `global_state_fields` (a time read back without a zone is UTC)."""
+    server_state = {}
+    if fields.get("server_state"):
+        _, flat = unpack(bytes(fields["server_state"]), SERVER_STATE_FORMAT, (SERVER_STATE_FORMAT_VERSION,))
+        server_state = nested_server_state(flat)
+    created_at = fields["created_at"]
+    return GlobalState(
+        version=int(version),
+        weights=weights_from_bytes(bytes(fields["weights"])),
+        server_state=server_state,
+        created_at=created_at.replace(tzinfo=UTC)
+        if created_at.tzinfo is None
+        else created_at.astimezone(UTC),
+        parent_version=fields.get("parent_version"),
+    )
+
+
+def read_legacy_global_state(data: bytes) -> tuple[GlobalState, dict[str, Any]]:
+    """(the state, its architecture as `ModelConfig.to_dict`) of a ``flead-global-state`` container,
+    the form trainers' checkpoints kept their in-process global model in before `global_state_fields`."""
+    header, arrays = unpack(data, LEGACY_GLOBAL_FORMAT, (1,))
+    weights = {key[2:]: value for key, value in arrays.items() if key.startswith("w|")}
+    server = {key[2:]: value for key, value in arrays.items() if key.startswith("s|")}
+    state = GlobalState(
+        version=int(header["version"]),
+        weights=weights,
+        server_state=nested_server_state(server, sep="|"),
+        created_at=datetime.fromisoformat(header["created_at"]),
+        parent_version=header.get("parent_version"),
+    )
+    return state, header["architecture"]

@@ -5,8 +5,8 @@ check: the unique ``_id`` lets exactly one aggregation create each version, whic
 it. The document lists the updates it consumed (``update_keys``), which makes it the record of what
 was counted; the updates' own status is brought in step from it (see ``aggregation``).
 
-Weights and the server optimiser's state are stored as ``flead.model.serialization`` containers
-(float32, bit exact; ``flead.federated.wire``). Versions never change, so decoded states are cached in memory.
+Weights and the server optimiser's state are stored as ``flead.federated.wire.global_state_fields``
+(containers: float32, bit exact). Versions never change, so decoded states are cached in memory.
 """
 
 from __future__ import annotations
@@ -18,19 +18,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from bson import Binary
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from flead.federated import AggregationResult, ClientConfig, GlobalState
 from flead.federated.weights import Weights
-from flead.federated.wire import flat_server_state, nested_server_state, weights_from_bytes, weights_to_bytes
+from flead.federated.wire import global_state_fields, global_state_from_fields
 from flead.model import AnomalyModel, ModelConfig
-from flead.model.serialization import pack, unpack
 from services.global_api.monitoring import utc
 
-SERVER_STATE_FORMAT = "flead-server-state"
-SERVER_STATE_FORMAT_VERSION = 1
 ARRAY_FIELDS = {"weights": 0, "server_state": 0}
 STATE_CACHE_SIZE = 32
 # How long a process may answer "the latest version" from memory. Versions this process creates are
@@ -179,17 +175,7 @@ class ModelRegistry:
         doc = self._versions.find_one({"_id": int(version)})
         if doc is None:
             raise LookupError(f"global model version {version} does not exist")
-        server_state = {}
-        if doc.get("server_state"):
-            _, flat = unpack(doc["server_state"], SERVER_STATE_FORMAT, (SERVER_STATE_FORMAT_VERSION,))
-            server_state = nested_server_state(flat)
-        state = GlobalState(
-            version=int(doc["_id"]),
-            weights=weights_from_bytes(doc["weights"]),
-            server_state=server_state,
-            created_at=utc(doc["created_at"]),
-            parent_version=doc.get("parent_version"),
-        )
+        state = global_state_from_fields(doc["_id"], doc)
         with self._lock:
             self._states[state.version] = state
             while len(self._states) > STATE_CACHE_SIZE:
@@ -273,16 +259,11 @@ class ModelRegistry:
 def _state_doc(
     state: GlobalState, architecture: ModelConfig, *, strategy: str | None, trigger: str, client: ClientConfig
 ) -> dict:
-    flat = flat_server_state(state.server_state)
-    header = {"format": SERVER_STATE_FORMAT, "format_version": SERVER_STATE_FORMAT_VERSION}
     return {
         "_id": state.version,
-        "parent_version": state.parent_version,
-        "created_at": state.created_at,
         "strategy": strategy,
         "trigger": trigger,
         "architecture": architecture.to_dict(),
         "client": {"proximal_mu": client.proximal_mu, "personal_mix": client.personal_mix},
-        "weights": Binary(weights_to_bytes(state.weights)),
-        "server_state": Binary(pack(header, flat)) if flat else None,
+        **global_state_fields(state),  # parent_version, created_at, weights, server_state
     }

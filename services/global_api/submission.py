@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from enum import StrEnum
 
-from flead.federated import LocalUpdate, UpdateRefused, prepare_update
+from flead.federated import LocalUpdate, SubmitStatus, UpdateRefused, prepare_update
 from services.global_api.aggregation import AggregationBusy, AggregationOutcome, Aggregator
 from services.global_api.registry import LATEST_MAX_AGE_S, ModelRegistry
 from services.global_api.runtime_config import CONFIG_MAX_AGE_S, RuntimeConfigStore
 from services.global_api.update_store import UpdateStore
-
-
-class SubmitStatus(StrEnum):
-    ACCEPTED = "accepted"
-    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True)

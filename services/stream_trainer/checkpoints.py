@@ -39,17 +39,17 @@ from pymongo.write_concern import WriteConcern
 
 from flead.config import Settings
 from flead.federated import GlobalState, LocalUpdate
-from flead.federated.wire import weights_from_bytes, weights_to_bytes
-from flead.model.config import ModelConfig
-from services.stream_trainer.fleet import FleetCalibration
-from services.stream_trainer.mongo_writes import duplicates_ignored, insert_ignoring_duplicates
-from services.stream_trainer.slot import DeviceSlot
-from services.stream_trainer.state_codec import slot_document, slot_from_document
-from services.stream_trainer.weights_codec import (
-    SharedWeights,
-    global_state_from_bytes,
-    global_state_to_bytes,
+from flead.federated.wire import (
+    global_state_fields,
+    global_state_from_fields,
+    read_legacy_global_state,
+    weights_from_bytes,
+    weights_to_bytes,
 )
+from flead.model.config import ModelConfig
+from services.stream_trainer.devices import DeviceSlot, FleetCalibration
+from services.stream_trainer.outputs import duplicates_ignored, insert_ignoring_duplicates
+from services.stream_trainer.state_codec import SharedWeights, slot_document, slot_from_document
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class PartitionRecord:
     max_event_us: int | None
     state_ids: tuple[str, ...]
     topic_id: str | None = None  # of the topic the offsets belong to (None: not known)
-    fleet: dict | None = None  # the partition's fleet calibration state (`fleet.FleetCalibration`)
+    fleet: dict | None = None  # the partition's fleet calibration state (`devices.FleetCalibration`)
 
 
 def stale_reason(record: PartitionRecord, topic_id: str | None, bounds: tuple[int, int] | None) -> str | None:
@@ -316,7 +316,8 @@ class CheckpointStore:
             "kind": "global-model",
             "lineage": lineage,
             "version": state.version,
-            "state": Binary(global_state_to_bytes(state, model)),
+            "architecture": model.to_dict(),
+            **global_state_fields(state),
             "saved_by": self.owner,
             "saved_at": datetime.now(UTC),
         }
@@ -329,8 +330,10 @@ class CheckpointStore:
         document = self.checkpoints.find_one({"_id": self.global_id()})
         if document is None or document.get("lineage") != lineage:
             return None
-        state, _ = global_state_from_bytes(bytes(document["state"]))
-        return state
+        if "state" in document:  # saved before `global_state_fields`
+            state, _ = read_legacy_global_state(bytes(document["state"]))
+            return state
+        return global_state_from_fields(document["version"], document)
 
 
 def _weights_id(digest: str) -> str:

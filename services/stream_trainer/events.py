@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from flead.model.events import EventBuilder, EventChange, EventConfig
-from services.stream_trainer.slot import DeviceSlot, ScoredChunk
+from services.stream_trainer.devices import DeviceSlot, ScoredChunk
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TOP_FEATURES = 3

@@ -14,8 +14,14 @@ import logging
 from typing import Protocol
 
 from flead.config import Settings
-from flead.federated import AggregationConfig, ClientConfig, GlobalState, LocalUpdate, UpdateBuffer
-from flead.federated.buffer import SubmitStatus
+from flead.federated import (
+    AggregationConfig,
+    ClientConfig,
+    GlobalState,
+    LocalUpdate,
+    SubmitStatus,
+    UpdateBuffer,
+)
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
 from flead.model.detector import OnlineDetector
 from flead.model.thresholds import CalibratedThreshold
-from services.stream_trainer.checkpoints import OwnedPartition
+
+if TYPE_CHECKING:
+    from services.stream_trainer.checkpoints import OwnedPartition
 
 log = logging.getLogger(__name__)
 

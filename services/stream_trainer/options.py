@@ -1,20 +1,23 @@
 """What the stream trainer runs with, beyond `flead.config.Settings` (which holds every address, topic,
-collection and cadence): the model for new devices, how it trains, and the service's own knobs."""
+collection and cadence, and the exchange devices federate through): the model for new devices, how
+it trains, and the service's own knobs. Each knob is in one of the two."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import get_args
 
+from flead.config import Settings
 from flead.model.config import ModelConfig, TrainConfig
 
-EXCHANGES = ("local", "http")
+EXCHANGES = get_args(Settings.model_fields["trainer_exchange"].annotation)
 
 
 @dataclass(frozen=True)
 class TrainerOptions:
     """``model`` is the architecture of the global model the local exchange starts from (with the HTTP
     exchange the API's model decides); ``train`` how every device trains and judges (``batch_size``
-    is also the scoring quantum, see `slot.DeviceSlot`).
+    is also the scoring quantum, see `devices.DeviceSlot`).
 
     ``flush_idle_s``: readings that wait in a device's buffer for a full chunk are scored anyway once
     they have waited this long *and* their partition is caught up (no lag), so a slow device still
@@ -24,7 +27,7 @@ class TrainerOptions:
     model: ModelConfig | None = None  # None: `model_for_fleet` of the settings' fleet schema
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
-    exchange: str = "local"
+    exchange: str | None = None  # the command line's choice; None: `Settings.trainer_exchange`
     name: str = "stream-trainer"
     flush_idle_s: float = 5.0
     poll_timeout_ms: int = 500
@@ -36,7 +39,7 @@ class TrainerOptions:
     revoke_grace_s: float = 20.0  # how long a checkpoint on partition revocation keeps retrying
 
     def __post_init__(self) -> None:
-        if self.exchange not in EXCHANGES:
+        if self.exchange is not None and self.exchange not in EXCHANGES:
             raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
         if self.flush_idle_s < 0 or self.poll_timeout_ms < 1 or self.heartbeat_s <= 0:
             raise ValueError("flush_idle_s must be >= 0, poll_timeout_ms >= 1 and heartbeat_s > 0")

@@ -1,16 +1,16 @@
 """The stream trainer process: consume readings in micro-batches, keep per-device state, checkpoint.
 
 The consume loop, in one thread: poll up to ``trainer_max_poll_records`` records -> `intake.take_in`
-(validate, split late readings, group by device) -> each device buffers its readings and scores whole
-chunks in one detector call -> outputs -> every ``trainer_checkpoint_records`` records or
-``trainer_checkpoint_seconds``, a checkpoint: outputs settled, device states and offsets to MongoDB
+(validate, split late readings, group by device) -> each device (`devices`) buffers its readings and
+scores whole chunks in one detector call -> the sinks of `outputs` -> every
+``trainer_checkpoint_records`` records or ``trainer_checkpoint_seconds``, a checkpoint
+(`StreamTrainer._checkpoint_once`): sinks flushed, device states and offsets to MongoDB
 (`checkpoints`), *then* the offsets committed to Kafka. Assignment changes arrive through
 `rebalance.ThreadedRebalanceListener` while the loop waits in ``poll()``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -23,36 +23,30 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import numpy as np
 import psutil
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from pymongo.errors import PyMongoError
 
 from flead.bus.clients import make_consumer, make_producer
-from flead.bus.codec import Rejected
 from flead.bus.lag import log_bounds
 from flead.bus.topics import ensure_topics, output_topics, topic_id
 from flead.config import Settings
 from flead.model.config import model_for_fleet
-from flead.schema import SCHEMA_VERSION
 from flead.storage.mongo import get_database, make_mongo_client
-from services.stream_trainer.anomaly_store import AnomalyStoreError
 from services.stream_trainer.backoff import Backoff
 from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition, PartitionRecord, stale_reason
+from services.stream_trainer.devices import DeviceSlot, Federation, FleetCalibration, threshold_sources
 from services.stream_trainer.exchange import InProcessExchange, ModelExchange
 from services.stream_trainer.exchange_http import HttpExchange
-from services.stream_trainer.federation import Federation
-from services.stream_trainer.fleet import FleetCalibration, threshold_sources
 from services.stream_trainer.health import Counters, HealthServer, Heartbeat
-from services.stream_trainer.intake import take_in
+from services.stream_trainer.intake import Watermarks, take_in
 from services.stream_trainer.normal_acks import NormalAcks
 from services.stream_trainer.options import TrainerOptions
-from services.stream_trainer.outputs import OutputError, Outputs
+from services.stream_trainer.outputs import AnomalyStoreError, OutputError, Outputs
 from services.stream_trainer.rebalance import RebalanceHandler, ThreadedRebalanceListener
-from services.stream_trainer.slot import DeviceSlot
-from services.stream_trainer.watermarks import Watermarks
-from services.stream_trainer.weights_codec import SharedWeights
+from services.stream_trainer.state_codec import SharedWeights
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +112,22 @@ class StreamTrainer(RebalanceHandler):
         self._persisted_global: int | None = None
         self._process = psutil.Process()
         self.resets: list[dict] = []  # checkpoints found stale (a recreated topic), newest last
+        # MongoDB and the health endpoint: the client connects in the background, `run` starts the threads
+        self.mongo = make_mongo_client(settings)
+        self.db = db = get_database(self.mongo, settings)
+        owner = {"trainer": self.trainer_id, "host": self.host, "pid": self.pid}
+        self.shared = SharedWeights()
+        self.store = CheckpointStore(db, settings, owner, self.shared)
+        self.normal_acks = NormalAcks(db[settings.collection_normal_acks], self.trainer_id)
+        self.health = HealthServer(settings.trainer_health_port, self.health_status)
+        self.heartbeat = Heartbeat(
+            db, settings.collection_services, self.trainer_id, self.health_status, options.heartbeat_s
+        )
+        # Kafka and the federation: opened by `run` once MongoDB, the topics and the exchange are ready
+        self.federation: Federation | None = None
+        self.producer: KafkaProducer | None = None
+        self.outputs: Outputs | None = None
+        self.consumer: KafkaConsumer | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -130,15 +140,8 @@ class StreamTrainer(RebalanceHandler):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         settings, options = self.settings, self.options
-        mongo = make_mongo_client(settings)
-        db = get_database(mongo, settings)
-        owner = {"trainer": self.trainer_id, "host": self.host, "pid": self.pid}
-        self.shared = SharedWeights()
-        self.store = CheckpointStore(db, settings, owner, self.shared)
-        self.health = HealthServer(settings.trainer_health_port, self.health_status).start()
-        self.heartbeat = Heartbeat(
-            db, settings.collection_services, self.trainer_id, self.health_status, options.heartbeat_s
-        ).start()
+        self.health.start()
+        self.heartbeat.start()
         log.info("%s: /health on port %d", self.trainer_id, self.health.port)
         try:
             self._retry("create indexes", self.store.ensure_indexes)
@@ -153,8 +156,7 @@ class StreamTrainer(RebalanceHandler):
             self.producer = make_producer(
                 settings, compression_type="gzip", batch_size=256 * 1024, linger_ms=50
             )
-            self.outputs = Outputs(settings, self.producer, db, self.counters, self.trainer_id)
-            self.normal_acks = NormalAcks(db[settings.collection_normal_acks], self.trainer_id)
+            self.outputs = Outputs(settings, self.producer, self.db, self.counters, self.trainer_id)
             self.consumer = make_consumer(
                 settings, group_id=settings.consumer_group, max_poll_records=settings.trainer_max_poll_records
             )
@@ -166,12 +168,12 @@ class StreamTrainer(RebalanceHandler):
             self._close()
             self.heartbeat.stop(status="stopped", healthy=False)
             self.health.stop()
-            mongo.close()
+            self.mongo.close()
         return code
 
     def _open_exchange(self) -> ModelExchange | None:
         settings, options = self.settings, self.options
-        if options.exchange == "http":
+        if (options.exchange or settings.trainer_exchange) == "http":
             exchange = HttpExchange(settings, options)
             return exchange if exchange.open(self.stop_requested.is_set) else None
         local = InProcessExchange(settings, options.model, seed=options.seed)
@@ -184,14 +186,14 @@ class StreamTrainer(RebalanceHandler):
 
     def _close(self) -> None:
         self._final_checkpoint_done = True
-        if hasattr(self, "consumer"):
+        if self.consumer is not None:
             try:
                 self.consumer.close()
             except KafkaError as exc:
                 log.warning("closing the consumer: %s", exc)
-        if hasattr(self, "producer"):
+        if self.producer is not None:
             self.producer.close(timeout=10)
-        if hasattr(self, "outputs"):
+        if self.outputs is not None:
             self.outputs.close()
         if self.exchange is not None:
             self.exchange.close()
@@ -255,7 +257,7 @@ class StreamTrainer(RebalanceHandler):
             slot.receive(run.rows, run.max_event_us)
             part.dirty.add(run.device_id)
             received[run.partition].append(slot)
-        for number, slots in received.items():  # whole chunks, in the order `fleet.schedule` needs
+        for number, slots in received.items():  # whole chunks, in the order `FleetCalibration.schedule` needs
             for slot, n in self._fleet(self.owned[number]).schedule(slots):
                 self._score(slot, n)
 
@@ -280,7 +282,7 @@ class StreamTrainer(RebalanceHandler):
         except Exception as exc:  # one device's failure must never stop the service
             self.counters.add("errors")
             log.exception("device %s: scoring %d readings failed; dead-lettered", slot.device_id, n)
-            self.outputs.dead_letters(_failed_rows(self.settings, slot, rows, exc))
+            self.outputs.failed_readings(slot, rows, exc)
             return
         self.counters.add("scored", n)
         self.outputs.anomaly_events(slot, chunk)
@@ -418,13 +420,22 @@ class StreamTrainer(RebalanceHandler):
                 self._retry_wait.wait(delay)
 
     def _checkpoint_once(self, parts: list[OwnedPartition]) -> None:
+        """One checkpoint of the partitions that changed. A step that fails raises: the steps after it
+        do not run, nothing is committed, and the next attempt starts again at step 1.
+
+        1. flush every sink: Kafka outputs acknowledged, anomaly, event and device documents stored;
+        2. save the device states, watermarks and offsets to MongoDB (the source of truth; a partition
+           another member claimed meanwhile is refused, and its state here dropped);
+        3. commit the saved offsets to Kafka (for lag monitoring only: a failure is logged);
+        4. what follows a stored checkpoint: acknowledged new normals marked applied, unused global
+           weights forgotten, the in-process exchange's global version kept.
+        """
         parts = [p for p in parts if self.owned.get(p.number) is p and p.changed()]
-        self.outputs.settle_kafka()
-        self.outputs.store_anomalies()
+        self.outputs.device_stats.add(p.slots[d] for p in parts for d in p.dirty)
+        self.outputs.flush()  # 1.
         if parts:
-            self.outputs.store_device_stats(p.slots[d] for p in parts for d in p.dirty)
-            fenced = self.store.save(parts, self.watermarks.max_event_us, self._unsent_by_device())
-            self._commit([p for p in parts if p.number not in fenced])
+            fenced = self.store.save(parts, self.watermarks.max_event_us, self._unsent_by_device())  # 2.
+            self._commit([p for p in parts if p.number not in fenced])  # 3.
             for number in fenced:
                 log.warning("partition %d belongs to another member now: its state here is dropped", number)
                 self.counters.add("fenced")
@@ -433,7 +444,7 @@ class StreamTrainer(RebalanceHandler):
             # forget the global weights no device holds any more (every adopted version stays known
             # otherwise: memory growing with the versions)
             self.shared.retain({id(s.client.adopted) for p in self.owned.values() for s in p.slots.values()})
-        self._save_global()
+        self._save_global()  # 4.
         self.counters.add("checkpoints")
         self._records_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -617,7 +628,7 @@ class StreamTrainer(RebalanceHandler):
             "trainer_id": self.trainer_id,
             "host": self.host,
             "pid": self.pid,
-            "health_port": self.health.port if hasattr(self, "health") else None,
+            "health_port": self.health.port,
             "group": self.settings.consumer_group,
             "topic": self.settings.topic_readings,
             "status": self.status,
@@ -633,31 +644,3 @@ class StreamTrainer(RebalanceHandler):
             "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
             **view,
         }
-
-
-def _failed_rows(settings: Settings, slot: DeviceSlot, rows, exc: Exception) -> list[Rejected]:
-    """Readings a device failed to score, re-encoded as Reading JSON for the dead-letter topic."""
-    stamps = np.datetime_as_string(rows["ts"], unit="us")
-    reason = f"processing failed: {type(exc).__name__}: {exc}"
-    out = []
-    for stamp, offset, values in zip(stamps, rows["offset"], rows["values"], strict=True):
-        reading = {
-            "schema_version": SCHEMA_VERSION,
-            "fleet": settings.fleet.ref,
-            "device_id": slot.device_id,
-            "ts": f"{stamp}Z",
-            "values": {
-                c: (None if np.isnan(v) else float(v)) for c, v in zip(slot.columns, values, strict=True)
-            },
-        }
-        out.append(
-            Rejected(
-                settings.topic_readings,
-                slot.partition,
-                int(offset),
-                slot.device_id.encode(),
-                json.dumps(reading).encode(),
-                reason,
-            )
-        )
-    return out

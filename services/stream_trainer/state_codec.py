@@ -1,10 +1,11 @@
 """A device's keyed state as a MongoDB document and back: the detector (`OnlineDetector.to_bytes`:
 network, optimiser, threshold, context), the federated client's fields, the readings waiting for a
 whole chunk, its event builder (with the open event) and its statistics. Global weights shared by
-many devices are stored once (see `weights_codec.SharedWeights`) and referenced by digest."""
+many devices are held and stored once (`SharedWeights`) and referenced by digest."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from bson.binary import Binary
 
 from flead.federated import ClientConfig, LocalUpdate
 from flead.federated.device import DeviceClient
+from flead.federated.weights import Weights
 from flead.federated.wire import (
     encode_binary_update,
     local_update,
@@ -21,9 +23,8 @@ from flead.federated.wire import (
     weights_to_bytes,
 )
 from flead.model.detector import OnlineDetector
+from services.stream_trainer.devices import DeviceSlot, PendingReadings, reading_dtype
 from services.stream_trainer.events import DeviceEvents
-from services.stream_trainer.pending import PendingReadings, reading_dtype
-from services.stream_trainer.slot import DeviceSlot
 
 ADOPTED, ANCHOR = "adopted", "anchor"
 
@@ -124,3 +125,47 @@ def _weights_from_ref(ref, client: DeviceClient):
     if isinstance(ref, str):
         return getattr(client, ref)
     return weights_from_bytes(bytes(ref))
+
+
+class SharedWeights:
+    """Read-only global weights by digest. Devices that adopted the same version hold the same arrays,
+    in memory and in the checkpoint (one document per digest)."""
+
+    def __init__(self) -> None:
+        self._by_digest: dict[str, Weights] = {}
+        self._digest_by_id: dict[int, tuple[Weights, str]] = {}  # keeps the object alive: ids stay unique
+
+    def digest_of(self, weights: Mapping[str, np.ndarray]) -> str:
+        known = self._digest_by_id.get(id(weights))
+        if known is not None and known[0] is weights:
+            return known[1]
+        digest = weights_digest(weights)
+        self._by_digest.setdefault(digest, weights)  # type: ignore[arg-type]
+        self._digest_by_id[id(weights)] = (weights, digest)  # type: ignore[assignment]
+        return digest
+
+    def get(self, digest: str) -> Weights | None:
+        return self._by_digest.get(digest)
+
+    def add(self, digest: str, weights: Weights) -> Weights:
+        """Register weights read back from a checkpoint; returns the shared copy."""
+        for array in weights.values():
+            array.flags.writeable = False
+        shared = self._by_digest.setdefault(digest, weights)
+        self._digest_by_id[id(shared)] = (shared, digest)
+        return shared
+
+    def retain(self, in_use: set[int]) -> None:
+        """Forget the weights no device holds any more (`in_use`: ids of the adopted dicts)."""
+        self._digest_by_id = {key: value for key, value in self._digest_by_id.items() if key in in_use}
+        kept = {digest for _, digest in self._digest_by_id.values()}
+        self._by_digest = {digest: w for digest, w in self._by_digest.items() if digest in kept}
+
+
+def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name, array in weights.items():
+        value = np.ascontiguousarray(array, dtype="<f4")
+        digest.update(f"{name}:{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:32]

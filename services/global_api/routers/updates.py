@@ -6,13 +6,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from flead.federated import UpdateRefused
+from flead.federated import SubmitStatus, UpdateRefused
 from services.global_api.auth import authenticated, get_service
 from services.global_api.codec import UpdateBody, UpdateFormatError, decode_binary_update, decode_json_update
 from services.global_api.keys import Principal
 from services.global_api.schemas import SubmitResult
 from services.global_api.service import GlobalModelService
-from services.global_api.submission import SubmitStatus
 
 router = APIRouter(tags=["updates"])
 
