@@ -11,9 +11,8 @@ from flead.config import load_settings
 LOAD_SETTINGS = load_settings()
 DAILY = DailyPartitionsDefinition(
     start_date=LOAD_SETTINGS.dataset_start.isoformat(),
-    end_date=(
-        LOAD_SETTINGS.dataset_end + timedelta(days=1)
-    ).isoformat(),  # exclusive: dataset_end is the last
+    # exclusive: dataset_end is the last day
+    end_date=(LOAD_SETTINGS.dataset_end + timedelta(days=1)).isoformat(),
 )
 FLEET = LOAD_SETTINGS.fleet
 
