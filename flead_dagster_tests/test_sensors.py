@@ -302,6 +302,13 @@ def test_disabled_sensors_start_nothing(supervised):
         httpx.get(f"{supervised.api_url}/health", timeout=2)
 
 
+def test_pending_updates_sensor_skips_while_the_api_does_not_answer(tmp_path):
+    down = FleadResource(overrides={"api_url": f"http://127.0.0.1:{free_port()}", "state_dir": str(tmp_path)})
+    skipped = pending_updates_sensor(context(down))
+    assert isinstance(skipped, SkipReason) and skipped.skip_message.startswith("global API unanswered")
+    assert "pending updates not counted" in skipped.skip_message
+
+
 def test_pending_updates_sensor_requests_one_run_per_new_batch(supervised):
     settings = supervised
     start(settings, global_api_sensor)
