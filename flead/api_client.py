@@ -23,6 +23,15 @@ class ApiError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class PendingUpdates:
+    """``GET /api/updates/pending``: how many local updates await aggregation, and the newest one."""
+
+    count: int
+    newest_id: str | None
+    newest_received_at: str | None  # ISO 8601, UTC
+
+
 @dataclass
 class GlobalApiClient:
     base_url: str
@@ -59,6 +68,9 @@ class GlobalApiClient:
 
     def aggregate(self) -> dict:
         return self._request("POST", "/api/aggregate").json()
+
+    def pending_updates(self) -> PendingUpdates:
+        return PendingUpdates(**self._request("GET", "/api/updates/pending").json())
 
     def items(self, path: str, params: dict | None = None, *, page_size: int = MAX_PAGE) -> Iterator[dict]:
         """Every item of the list at ``path`` (filtered by ``params``), following its cursors."""

@@ -1,6 +1,6 @@
 """The README's main job: local services, the long-running services, then the whole asset graph.
 
-Every step is a Dagster run of a named job (`flead_dagster.jobs`) in the instance at ``DAGSTER_HOME``
+Every step is a Dagster run of a named job (`flead_dagster.defs.jobs`) in the instance at ``DAGSTER_HOME``
 (default ``<FLEAD_HOME>/dagster``), so `flead up` (``dagster dev``) shows them afterwards, tagged
 ``flead/trigger`` (``demo`` for `flead demo`), ``flead/source`` (the source asked for: auto, download,
 path or synthetic) and ``flead/main_job`` (one id for all the runs of one main job, to filter by).
@@ -22,8 +22,8 @@ from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, JobDef
 from flead.config import Settings
 from flead.local.services import LocalServices
 from flead.local.supervisor import Outcome, State, Supervisor
-from flead_dagster.data_assets import DAILY
-from flead_dagster.jobs import (
+from flead_dagster.defs.assets import PIPELINE
+from flead_dagster.defs.jobs import (
     MAIN_JOB_JOBS,
     benchmark_job,
     evaluation_job,
@@ -33,9 +33,9 @@ from flead_dagster.jobs import (
     replay_job,
     report_job,
 )
-from flead_dagster.pipeline_assets import PIPELINE
-from flead_dagster.resources import default_resources
-from flead_dagster.schedules import range_tags
+from flead_dagster.defs.partitions import DAILY
+from flead_dagster.defs.resources import default_resources
+from flead_dagster.defs.schedules import range_tags
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 TRIGGER_TAG = "flead/trigger"
@@ -123,7 +123,7 @@ def run_main_job(
         with Supervisor(settings, log_dir=home / "flead" / "logs") as supervisor:
             for service in supervisor.wanted():
                 ensure_healthy(supervisor, service)
-    # The jobs bound to this call's settings (`definitions.defs` binds them to the environment's).
+    # The jobs bound to this call's settings (`definitions.defs` reads the environment's at each use).
     defs = Definitions(assets=PIPELINE, jobs=list(MAIN_JOB_JOBS), resources=default_resources(settings))
     tags = {TRIGGER_TAG: trigger, SOURCE_TAG: source, MAIN_JOB_TAG: main_job_id}
 

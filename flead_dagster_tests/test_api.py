@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from flead.api_client import ApiError, GlobalApiClient
+from flead.api_client import ApiError, GlobalApiClient, PendingUpdates
 from flead.bus.codec import decode_batch
 from flead.config import Settings
 from flead.federated import LocalUpdate
@@ -31,6 +31,7 @@ from flead_dagster_tests.test_trainer_stream import wait_until
 from services.global_api.cli import api_app
 from services.global_api.live_server import LiveServer
 from services.global_api.service import GlobalModelService
+from services.global_api.update_store import update_key
 
 ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
 
@@ -429,6 +430,28 @@ def test_duplicate_update_is_counted_once(api):
     }
     outcome = api.aggregate()
     assert outcome["created"] is False and outcome["reason"] == "no pending updates"
+
+
+def test_pending_updates_are_counted_with_the_newest_for_any_token(api):
+    client = GlobalApiClient(api.server.url, ADMIN_KEY)
+    assert client.pending_updates() == PendingUpdates(count=0, newest_id=None, newest_received_at=None)
+    assert api.http.get("/api/updates/pending").status_code == 401
+    token = api.token("device", "mote-41")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    for update_id in ("first", "second"):
+        assert api.submit(api.update("mote-41", update_id=update_id), token).status_code == 202
+    seen_by_device = api.http.get("/api/updates/pending", headers=api.auth(token))
+    assert seen_by_device.status_code == 200
+    pending = client.pending_updates()
+    assert seen_by_device.json() == {
+        "count": 2,
+        "newest_id": update_key("mote-41", "second"),
+        "newest_received_at": pending.newest_received_at,
+    }
+    assert pending.newest_received_at.endswith("Z")
+    assert before <= datetime.fromisoformat(pending.newest_received_at) <= datetime.now(UTC)
+    assert api.aggregate()["n_updates"] == 2
+    assert client.pending_updates().count == 0
 
 
 # ------------------------------------------------------------------------------ formats and caching

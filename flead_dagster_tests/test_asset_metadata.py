@@ -22,8 +22,9 @@ from flead.reporting.anomaly_report import CHARTS
 from flead.schema import LAKE_SCHEMA
 from flead_dagster.asset_metadata import COLUMN_SCHEMA, OWNERS, frame_table, text_bar
 from flead_dagster.definitions import defs
-from flead_dagster.jobs import MAIN_JOB_JOBS
-from flead_dagster.pipeline_assets import REPORT_DAYS, anomaly_report
+from flead_dagster.defs.assets.report import REPORT_DAYS, anomaly_report
+from flead_dagster.defs.jobs import MAIN_JOB_JOBS
+from flead_dagster.defs.resources import FleadResource
 from flead_dagster_tests.test_anomaly_report import NEW, OLD, evaluation_rows, lake_rows, write_evaluation
 
 TABLES = {
@@ -105,18 +106,19 @@ def test_text_bars_and_tables():
 
 
 @pytest.fixture
-def report_home(tmp_path, monkeypatch) -> Path:
+def report_home(tmp_path) -> Path:
     home = tmp_path / "home"
     rows = lake_rows()
     write_days(rows, home / "lake")
     for version in (OLD, NEW):
         write_evaluation(evaluation_rows(rows, version), home / "evaluations", version)
-    monkeypatch.setenv("FLEAD_HOME", str(home))
     return home
 
 
 def test_the_report_asset_shows_its_charts_inline(report_home):
-    result = materialize([anomaly_report])
+    result = materialize(
+        [anomaly_report], resources={"flead": FleadResource(overrides={"home": str(report_home)})}
+    )
     assert result.success
     metadata = result.asset_materializations_for_node("anomaly_report")[0].metadata
     assert metadata["version"].value == NEW

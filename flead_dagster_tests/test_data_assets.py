@@ -12,15 +12,16 @@ from dagster import AssetKey, DagsterInstance, PartitionKeyRange, materialize
 from flead.datasets import lake
 from flead.fleet import INTEL_LAB
 from flead.schema import LAKE_SCHEMA
-from flead_dagster.data_assets import (
-    DAILY,
+from flead_dagster.definitions import defs
+from flead_dagster.defs.assets.data import (
     device_registry,
     labelled_benchmark,
     lake_checks,
     raw_intel_lab,
     readings_lake,
 )
-from flead_dagster.definitions import defs
+from flead_dagster.defs.partitions import DAILY
+from flead_dagster.defs.resources import FleadResource
 
 ASSETS = [raw_intel_lab, readings_lake, device_registry, labelled_benchmark]
 SYNTHETIC = {
@@ -29,9 +30,13 @@ SYNTHETIC = {
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("FLEAD_HOME", str(tmp_path / "home"))
+def home(tmp_path) -> Path:
     return tmp_path / "home"
+
+
+def at(home: Path) -> dict[str, FleadResource]:
+    """The assets' resources with their FLEAD home (the rest of the settings from the environment)."""
+    return {"flead": FleadResource(overrides={"home": str(home)})}
 
 
 def test_daily_partitions_span_the_data_set():
@@ -42,9 +47,11 @@ def test_daily_partitions_span_the_data_set():
 
 def test_two_partitions_materialise_with_their_checks(home):
     instance = DagsterInstance.ephemeral()
-    assert materialize([raw_intel_lab], instance=instance, run_config=SYNTHETIC).success
+    assert materialize([raw_intel_lab], instance=instance, run_config=SYNTHETIC, resources=at(home)).success
     for key in ("2004-02-28", "2004-02-29"):
-        result = materialize(ASSETS, selection=[readings_lake], partition_key=key, instance=instance)
+        result = materialize(
+            ASSETS, selection=[readings_lake], partition_key=key, instance=instance, resources=at(home)
+        )
         assert result.success
         metadata = result.asset_materializations_for_node("readings_lake")[0].metadata
         day_file = lake.partition_path(home / "lake", datetime.fromisoformat(key).date())
@@ -54,7 +61,9 @@ def test_two_partitions_materialise_with_their_checks(home):
         assert checks == {"schema": True, "unique_device_epoch": True, "flag_rates": True}
     assert instance.get_materialized_partitions(AssetKey("readings_lake")) == {"2004-02-28", "2004-02-29"}
 
-    downstream = materialize(ASSETS, selection=[device_registry, labelled_benchmark], instance=instance)
+    downstream = materialize(
+        ASSETS, selection=[device_registry, labelled_benchmark], instance=instance, resources=at(home)
+    )
     assert downstream.success
     assert downstream.asset_materializations_for_node("device_registry")[0].metadata["devices"].value == 6
     labelled = downstream.asset_materializations_for_node("labelled_benchmark")[0].metadata
@@ -63,10 +72,12 @@ def test_two_partitions_materialise_with_their_checks(home):
 
 def test_backfill_of_a_range_rematerialises_exactly_that_range(home):
     instance = DagsterInstance.ephemeral()
-    assert materialize([raw_intel_lab], instance=instance, run_config=SYNTHETIC).success
+    assert materialize([raw_intel_lab], instance=instance, run_config=SYNTHETIC, resources=at(home)).success
     keys = DAILY.get_partition_keys_in_range(PartitionKeyRange("2004-02-29", "2004-03-01"))
     for key in keys:  # a backfill launches one run per partition
-        assert materialize(ASSETS, selection=[readings_lake], partition_key=key, instance=instance).success
+        assert materialize(
+            ASSETS, selection=[readings_lake], partition_key=key, instance=instance, resources=at(home)
+        ).success
     assert instance.get_materialized_partitions(AssetKey("readings_lake")) == set(keys)
     assert [d.isoformat() for d in lake.list_partitions(home / "lake")] == keys
 
@@ -119,8 +130,10 @@ def test_a_users_fleet_materialises_through_the_data_assets(home, tmp_path, monk
             "raw_intel_lab": {"config": {"source": "path", "path": str(tmp_path / "plant.csv"), "sep": ";"}}
         }
     }
-    assert materialize([raw_intel_lab], instance=instance, run_config=config).success
-    result = materialize(ASSETS, selection=[readings_lake], partition_key="2004-03-01", instance=instance)
+    assert materialize([raw_intel_lab], instance=instance, run_config=config, resources=at(home)).success
+    result = materialize(
+        ASSETS, selection=[readings_lake], partition_key="2004-03-01", instance=instance, resources=at(home)
+    )
     assert result.success
     [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "schema"]
     assert check.passed

@@ -27,19 +27,21 @@ from flead.local.services import free_port
 from flead.local.supervisor import Supervisor
 from flead.storage.mongo import get_database, make_mongo_client
 from flead_dagster.asset_metadata import COLUMN_SCHEMA
-from flead_dagster.data_assets import readings_lake
 from flead_dagster.definitions import defs
-from flead_dagster.jobs import MAIN_JOB_JOBS
-from flead_dagster.main_job import MAIN_JOB_TAG, SOURCE_TAG, TRIGGER_TAG, run_main_job
-from flead_dagster.pipeline_assets import PIPELINE, f1_check, global_model_evaluation, stream_replay
-from flead_dagster.resources import default_resources
-from flead_dagster.schedules import (
+from flead_dagster.defs.assets import PIPELINE
+from flead_dagster.defs.assets.data import readings_lake
+from flead_dagster.defs.assets.model import f1_check, global_model_evaluation
+from flead_dagster.defs.assets.stream import stream_replay
+from flead_dagster.defs.jobs import MAIN_JOB_JOBS
+from flead_dagster.defs.resources import FleadResource, default_resources
+from flead_dagster.defs.schedules import (
     RANGE_END_TAG,
     RANGE_START_TAG,
     daily_evaluation_schedule,
     global_aggregation_schedule,
     range_tags,
 )
+from flead_dagster.main_job import MAIN_JOB_TAG, SOURCE_TAG, TRIGGER_TAG, run_main_job
 
 DAYS = [date(2004, 2, 28), date(2004, 2, 29), date(2004, 3, 1)]
 
@@ -190,7 +192,9 @@ def test_main_job_then_a_two_day_backfill(pipeline_env: Settings):
 
 
 def test_daily_evaluation_schedule_requests_one_run_over_the_lake(pipeline_env: Settings):
-    context = build_schedule_context(scheduled_execution_time=datetime(2026, 11, 28, 3, 0))
+    context = build_schedule_context(
+        scheduled_execution_time=datetime(2026, 11, 28, 3, 0), resources={"flead": FleadResource()}
+    )
     skipped = daily_evaluation_schedule(context)
     assert "no day" in skipped.skip_message
     for day in DAYS[:2]:

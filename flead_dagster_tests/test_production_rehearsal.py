@@ -37,7 +37,7 @@ from flead.config import Settings
 from flead.evaluation.batch_scoring import score_lake
 from flead.local.services import free_port, tail_text
 from flead.storage.mongo import get_database, make_mongo_client
-from flead_dagster.schedules import range_tags
+from flead_dagster.defs.schedules import range_tags
 from flead_dagster_tests import test_spark_scoring
 from flead_dagster_tests.test_spark_scoring import DAYS
 from flead_dagster_tests.test_trainer_stream import wait_until

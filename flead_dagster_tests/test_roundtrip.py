@@ -9,12 +9,11 @@ from pathlib import Path
 
 from dagster import materialize
 
-from flead.config import Settings
 from flead.roundtrip import run_round_trip
 from flead.storage.mongo import get_database, make_mongo_client
-from flead_dagster.assets import platform_round_trip
 from flead_dagster.definitions import defs
-from flead_dagster.resources import default_resources
+from flead_dagster.defs.assets.platform import platform_round_trip
+from flead_dagster.defs.resources import FleadResource
 
 FLEAD = str(Path(sys.executable).parent / "flead")
 
@@ -35,11 +34,12 @@ def test_round_trip_goes_through_kafka_and_mongodb(settings):
 
 def test_definitions_load_with_resources():
     assert defs.resolve_asset_graph().get_all_asset_keys()
-    assert {"kafka", "mongo"} <= set(defs.resources)
+    assert set(defs.resources) == {"flead", "pyspark"}
+    assert defs.resources["flead"].overrides == {}  # the code location reads the environment at each use
 
 
 def test_round_trip_asset_materializes(settings):
-    result = materialize([platform_round_trip], resources=default_resources(Settings()))
+    result = materialize([platform_round_trip], resources={"flead": FleadResource.of(settings)})
     assert result.success
     metadata = result.asset_materializations_for_node("platform_round_trip")[0].metadata
     assert metadata["committed_offset"].value == metadata["offset"].value + 1

@@ -28,12 +28,13 @@ from flead.local.secrets import admin_key_file, local_admin_key
 from flead.local.services import free_port
 from flead.local.supervisor import API, NOTIFIER, TRAINER, State, Supervisor
 from flead.storage.mongo import make_mongo_client
-from flead_dagster.sensors import (
+from flead_dagster.defs.assets.services import service_assets
+from flead_dagster.defs.resources import FleadResource
+from flead_dagster.defs.sensors import (
     global_api_sensor,
     notifier_sensor,
     pending_updates_sensor,
     sensors,
-    service_assets,
     stream_trainer_sensor,
 )
 from flead_dagster_tests.test_alerts import SECRET, Receiver
@@ -89,13 +90,16 @@ def supervised(services_env, tmp_path, monkeypatch) -> Iterator[Settings]:
         client.close()
 
 
-def context():
-    return build_sensor_context(instance=DagsterInstance.ephemeral())
+def context(flead: FleadResource | None = None):
+    """A tick's context; its ``flead`` resource reads the environment at the tick unless given."""
+    return build_sensor_context(
+        instance=DagsterInstance.ephemeral(), resources={"flead": flead or FleadResource()}
+    )
 
 
-def observe(sensor_def) -> dict[str, object]:
+def observe(sensor_def, flead: FleadResource | None = None) -> dict[str, object]:
     """One tick of a service sensor: its observation's metadata as plain values."""
-    result = sensor_def(context())
+    result = sensor_def(context(flead))
     assert isinstance(result, SensorResult), result
     (event,) = result.asset_events
     assert event.asset_key.to_user_string() == sensor_def.name.removesuffix("_sensor")
@@ -288,15 +292,21 @@ def test_notifier_sensor_is_off_without_urls_then_keeps_it_delivering_until_stop
         receiver.close()
 
 
-def test_disabled_sensors_start_nothing(supervised, monkeypatch):
-    monkeypatch.setenv("FLEAD_SUPERVISE_API", "false")
-    monkeypatch.setenv("FLEAD_SUPERVISE_TRAINER", "false")
+def test_disabled_sensors_start_nothing(supervised):
+    disabled = FleadResource(overrides={"supervise_api": False, "supervise_trainer": False})
     for sensor_def in (global_api_sensor, stream_trainer_sensor):
-        tick = observe(sensor_def)
+        tick = observe(sensor_def, disabled)
         assert tick["outcome"] == "disabled" and tick["state"] == "down" and tick["pid"] is None
     assert not list((Path(supervised.state_dir) / "supervised").glob("*.pid"))
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{supervised.api_url}/health", timeout=2)
+
+
+def test_pending_updates_sensor_skips_while_the_api_does_not_answer(tmp_path):
+    down = FleadResource(overrides={"api_url": f"http://127.0.0.1:{free_port()}", "state_dir": str(tmp_path)})
+    skipped = pending_updates_sensor(context(down))
+    assert isinstance(skipped, SkipReason) and skipped.skip_message.startswith("global API unanswered")
+    assert "pending updates not counted" in skipped.skip_message
 
 
 def test_pending_updates_sensor_requests_one_run_per_new_batch(supervised):

@@ -320,7 +320,7 @@ def test_exchange_option_defaults_from_the_settings(monkeypatch):
 
     class Recorder:
         def __init__(self, settings, options):
-            chosen.append(options.exchange)
+            chosen.append(settings.trainer_exchange)
 
         def run(self) -> int:
             return 0

@@ -1,7 +1,7 @@
 """Keeps the long-running services alive: the global model API, the stream trainer and, when webhook
 URLs are set, the notifier (``flead alerts run``).
 
-Framework-free: the Dagster sensors (``flead_dagster/sensors.py``) and ``flead services ...`` call it.
+Framework-free: the Dagster sensors (``flead_dagster/defs/sensors.py``) and ``flead services ...`` call it.
 
 * ``check(name)`` says how a service is: ``healthy``, ``starting`` (recently started, or waiting for
   what it depends on), ``unhealthy`` (alive but not answering, or answering that it is not well) or

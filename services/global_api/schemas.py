@@ -51,6 +51,14 @@ class UpdateCounts(BaseModel):
     refused: int
 
 
+class PendingUpdates(BaseModel):
+    """The local updates awaiting aggregation (`GET /api/updates/pending`)."""
+
+    count: int = Field(description="How many are pending.")
+    newest_id: str | None = Field(description="The newest pending update's key (null: none pending).")
+    newest_received_at: UtcTime | None = Field(description="When the API received the newest one.")
+
+
 class RuntimeSettings(BaseModel):
     """The runtime configuration (`GET /api/config`)."""
 

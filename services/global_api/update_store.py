@@ -21,7 +21,7 @@ from enum import StrEnum
 
 import numpy as np
 from bson import Binary
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
@@ -89,6 +89,14 @@ class UpdateStore:
 
     def pending_count(self) -> int:
         return self._updates.count_documents({"status": str(UpdateStatus.PENDING)})
+
+    def newest_pending(self) -> dict | None:
+        """The ``_id`` and ``received_at`` of the newest pending update (None when none is pending)."""
+        return self._updates.find_one(
+            {"status": str(UpdateStatus.PENDING)},
+            projection={"_id": 1, "received_at": 1},
+            sort=[("received_at", DESCENDING), ("_id", DESCENDING)],
+        )
 
     def status_counts(self) -> dict[str, int]:
         return {

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import gc
 import logging
+from typing import get_args
 
 import typer
 from kafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 
 from flead.cli.output import fail
-from flead.config import load_settings_or_exit
+from flead.config import Settings, load_settings_or_exit
 from flead.model.config import TrainConfig, model_for_fleet
 from services.stream_trainer.options import TrainerOptions
-from services.stream_trainer.service import StreamTrainer
 
 trainer_app = typer.Typer(help="The stream trainer: per-device online detectors on the readings topic.")
 DEFAULTS = TrainerOptions()
+EXCHANGES = get_args(Settings.model_fields["trainer_exchange"].annotation)
 
 
 @trainer_app.command("run")
@@ -48,6 +49,8 @@ def run(
     log_level: str = typer.Option("INFO", envvar="FLEAD_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."),
 ) -> None:
     """Consume the readings topic as a member of the trainer's consumer group until SIGTERM."""
+    from services.stream_trainer.service import StreamTrainer  # the service's imports: when it runs
+
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
     )
@@ -55,6 +58,10 @@ def run(
     train = DEFAULTS.train
     try:
         settings = load_settings_or_exit()  # also for `python -m services.stream_trainer`
+        if exchange is not None:  # the one place of the choice stays the settings
+            if exchange not in EXCHANGES:
+                raise ValueError(f"--exchange must be one of {', '.join(EXCHANGES)}, got {exchange!r}")
+            settings = settings.model_copy(update={"trainer_exchange": exchange})
         model = model_for_fleet(settings.fleet)
         if window is not None or hidden is not None:
             sizes = tuple(int(h) for h in hidden.split(",")) if hidden else model.hidden
@@ -69,7 +76,6 @@ def run(
             model=model,
             train=train,
             seed=seed,
-            exchange=exchange or settings.trainer_exchange,
             name=name,
             flush_idle_s=flush_idle,
             heartbeat_s=heartbeat,

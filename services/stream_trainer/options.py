@@ -5,12 +5,8 @@ it trains, and the service's own knobs. Each knob is in one of the two."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import get_args
 
-from flead.config import Settings
 from flead.model.config import ModelConfig, TrainConfig
-
-EXCHANGES = get_args(Settings.model_fields["trainer_exchange"].annotation)
 
 
 @dataclass(frozen=True)
@@ -27,7 +23,6 @@ class TrainerOptions:
     model: ModelConfig | None = None  # None: `model_for_fleet` of the settings' fleet schema
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
-    exchange: str | None = None  # the command line's choice; None: `Settings.trainer_exchange`
     name: str = "stream-trainer"
     flush_idle_s: float = 5.0
     poll_timeout_ms: int = 500
@@ -39,7 +34,5 @@ class TrainerOptions:
     revoke_grace_s: float = 20.0  # how long a checkpoint on partition revocation keeps retrying
 
     def __post_init__(self) -> None:
-        if self.exchange is not None and self.exchange not in EXCHANGES:
-            raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
         if self.flush_idle_s < 0 or self.poll_timeout_ms < 1 or self.heartbeat_s <= 0:
             raise ValueError("flush_idle_s must be >= 0, poll_timeout_ms >= 1 and heartbeat_s > 0")

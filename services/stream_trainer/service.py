@@ -173,7 +173,7 @@ class StreamTrainer(RebalanceHandler):
 
     def _open_exchange(self) -> ModelExchange | None:
         settings, options = self.settings, self.options
-        if (options.exchange or settings.trainer_exchange) == "http":
+        if settings.trainer_exchange == "http":
             exchange = HttpExchange(settings, options)
             return exchange if exchange.open(self.stop_requested.is_set) else None
         local = InProcessExchange(settings, options.model, seed=options.seed)

@@ -1,4 +1,5 @@
-"""``POST /api/local-update``: a device's (or the trainer's) learning since a global version."""
+"""``POST /api/local-update``: a device's (or the trainer's) learning since a global version;
+``GET /api/updates/pending``: what awaits aggregation."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from flead.federated import SubmitStatus, UpdateRefused
 from services.global_api.auth import authenticated, get_service
 from services.global_api.codec import UpdateBody, UpdateFormatError, decode_binary_update, decode_json_update
 from services.global_api.keys import Principal
-from services.global_api.schemas import SubmitResult
+from services.global_api.schemas import PendingUpdates, SubmitResult
 from services.global_api.service import GlobalModelService
 
 router = APIRouter(tags=["updates"])
@@ -72,3 +73,18 @@ async def submit_local_update(
         metrics.count_aggregation("auto", outcome.aggregation.created)
     status = 202 if outcome.status is SubmitStatus.ACCEPTED else 200
     return JSONResponse(outcome.to_dict(), status_code=status)
+
+
+@router.get(
+    "/api/updates/pending",
+    dependencies=[Depends(authenticated)],
+    responses={401: {"description": "Missing or invalid token."}},
+    summary="How many local updates await aggregation, and the newest of them",
+)
+def get_pending_updates(service: GlobalModelService = Depends(get_service)) -> PendingUpdates:
+    newest = service.updates.newest_pending()
+    return PendingUpdates(
+        count=service.updates.pending_count(),
+        newest_id=None if newest is None else str(newest["_id"]),
+        newest_received_at=None if newest is None else newest.get("received_at"),
+    )

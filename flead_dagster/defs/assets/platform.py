@@ -1,11 +1,10 @@
-"""Assets. Until the data and streaming assets land, one asset proves the services' wiring."""
+"""The platform's own check: one reading through Kafka into MongoDB and back, proving the services' wiring."""
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from flead.config import Settings
 from flead.roundtrip import run_round_trip
 from flead_dagster.asset_metadata import OWNERS
-from flead_dagster.resources import KafkaResource, MongoResource
+from flead_dagster.defs.resources import FleadResource
 
 
 @asset(
@@ -15,11 +14,8 @@ from flead_dagster.resources import KafkaResource, MongoResource
     code_version="1",
     description="One reading through Kafka (consumer group) into MongoDB and back.",
 )
-def platform_round_trip(
-    context: AssetExecutionContext, kafka: KafkaResource, mongo: MongoResource
-) -> MaterializeResult:
-    settings = mongo.apply(kafka.apply(Settings()))
-    report = run_round_trip(settings, on_step=context.log.info)
+def platform_round_trip(context: AssetExecutionContext, flead: FleadResource) -> MaterializeResult:
+    report = run_round_trip(flead.settings(), on_step=context.log.info)
     return MaterializeResult(
         metadata={
             "partition": report.partition,

@@ -1,6 +1,6 @@
-"""The data set as assets: raw source -> day-partitioned lake -> device registry, labelled benchmark."""
+"""The data stage: raw source -> day-partitioned lake -> device registry, labelled benchmark."""
 
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import polars as pl
@@ -12,26 +12,21 @@ from dagster import (
     AssetKey,
     BackfillPolicy,
     Config,
-    DailyPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 from pydantic import Field
 
-from flead.config import Settings, load_settings
 from flead.datasets import lake, pipeline
 from flead.datasets.files import parse_separator
 from flead.datasets.inject import ANOMALY_TYPES, InjectionConfig
 from flead.fleet import FleetSchema
 from flead.schema import lake_schema
 from flead_dagster.asset_metadata import OWNERS, frame_table, labelled_columns, lake_columns
+from flead_dagster.defs.partitions import DAILY, FLEET
+from flead_dagster.defs.resources import FleadResource
 
-SETTINGS = load_settings()  # at import: bad settings fail with one clear SettingsError
-DAILY = DailyPartitionsDefinition(
-    start_date=SETTINGS.dataset_start.isoformat(),
-    end_date=(SETTINGS.dataset_end + timedelta(days=1)).isoformat(),  # exclusive: dataset_end is the last
-)
 LAKE_KEY = AssetKey("readings_lake")
 
 
@@ -64,8 +59,10 @@ class LabelConfig(Config):
     description="The raw readings (Intel Lab download, a synthetic fleet, or a local path: the Intel Lab "
     "format or the fleet schema's CSV / Parquet files), parsed once.",
 )
-def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> MaterializeResult:
-    settings = Settings()
+def raw_intel_lab(
+    context: AssetExecutionContext, config: RawSourceConfig, flead: FleadResource
+) -> MaterializeResult:
+    settings = flead.settings()
     raw = pipeline.acquire(
         settings,
         pipeline.SourceKind(config.source),
@@ -100,7 +97,7 @@ def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> Ma
     kinds={"polars", "parquet"},
     owners=OWNERS,
     code_version="1",
-    metadata=lake_columns(SETTINGS.fleet),
+    metadata=lake_columns(FLEET),
     partitions_def=DAILY,
     backfill_policy=BackfillPolicy.single_run(),
     check_specs=[
@@ -114,8 +111,8 @@ def raw_intel_lab(context: AssetExecutionContext, config: RawSourceConfig) -> Ma
     ],
     description="Typed readings, one Parquet folder per UTC day; impossible readings flagged, never dropped.",
 )
-def readings_lake(context: AssetExecutionContext) -> MaterializeResult:
-    settings = Settings()
+def readings_lake(context: AssetExecutionContext, flead: FleadResource) -> MaterializeResult:
+    settings = flead.settings()
     days = [date.fromisoformat(key) for key in context.partition_keys]
     written = pipeline.write_lake_days(settings, days).partitions
     rejects = pipeline.rejects_per_day(settings)
@@ -169,8 +166,8 @@ def lake_checks(frame: pl.DataFrame, flag_rate_warn: float, fleet: FleetSchema) 
     code_version="1",
     description="Devices seen in the lake, with locations when known.",
 )
-def device_registry(context: AssetExecutionContext) -> MaterializeResult:
-    settings = Settings()
+def device_registry(context: AssetExecutionContext, flead: FleadResource) -> MaterializeResult:
+    settings = flead.settings()
     registry = pipeline.build_device_registry(settings)
     context.log.info(f"{registry.height} devices")
     preview = registry.select("device_id", "readings", "days", "out_of_range", "x", "y").head(60)
@@ -190,11 +187,13 @@ def device_registry(context: AssetExecutionContext) -> MaterializeResult:
     kinds={"polars", "parquet"},
     owners=OWNERS,
     code_version="1",
-    metadata=labelled_columns(SETTINGS.fleet),
+    metadata=labelled_columns(FLEET),
     description="The lake with injected, labelled anomalies (a separate data set), one Parquet file per day.",
 )
-def labelled_benchmark(context: AssetExecutionContext, config: LabelConfig) -> MaterializeResult:
-    settings = Settings()
+def labelled_benchmark(
+    context: AssetExecutionContext, config: LabelConfig, flead: FleadResource
+) -> MaterializeResult:
+    settings = flead.settings()
     days = lake.list_partitions(Path(settings.lake_dir))
     first = date.fromisoformat(config.start) if config.start else None
     last = date.fromisoformat(config.end) if config.end else None

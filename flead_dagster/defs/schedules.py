@@ -15,10 +15,10 @@ from dagster import (
     schedule,
 )
 
-from flead.config import Settings
 from flead.datasets import lake
-from flead_dagster.data_assets import DAILY
-from flead_dagster.jobs import evaluation_job, global_model_job
+from flead_dagster.defs.jobs import evaluation_job, global_model_job
+from flead_dagster.defs.partitions import DAILY
+from flead_dagster.defs.resources import FleadResource
 
 # A run over a partition range (what a single-run backfill launches).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -43,9 +43,10 @@ def range_tags(first: str, last: str) -> dict[str, str]:
     cron_schedule="0 3 * * *",
     description="Every night: evaluate the latest global model over every day the lake holds, in one run.",
 )
-def daily_evaluation_schedule(context: ScheduleEvaluationContext):
+def daily_evaluation_schedule(context: ScheduleEvaluationContext, flead: FleadResource):
     keys = set(DAILY.get_partition_keys())
-    days = [d.isoformat() for d in lake.list_partitions(Path(Settings().lake_dir)) if d.isoformat() in keys]
+    lake_dir = Path(flead.settings().lake_dir)
+    days = [d.isoformat() for d in lake.list_partitions(lake_dir) if d.isoformat() in keys]
     if not days:
         return SkipReason("the lake holds no day yet")
     return RunRequest(
