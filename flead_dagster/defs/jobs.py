@@ -4,47 +4,46 @@ so that every run shows in the Dagster UI under the name of what it does (not
 
 from dagster import AssetSelection, define_asset_job
 
-raw_data_job = define_asset_job(
+
+def asset_job(name: str, assets: tuple[str, ...], description: str, tags: dict[str, str] | None = None):
+    return define_asset_job(
+        name, selection=AssetSelection.assets(*assets), description=description, tags=tags
+    )
+
+
+raw_data_job = asset_job(
     "raw_data_job",
-    selection=AssetSelection.assets("raw_intel_lab"),
-    description="Fetch or generate the raw readings and parse them once (the first step of flead demo).",
+    ("raw_intel_lab",),
+    "Fetch or generate the raw readings and parse them once (the first step of flead demo).",
 )
-
-lake_job = define_asset_job(
+lake_job = asset_job(
     "lake_job",
-    selection=AssetSelection.assets("readings_lake"),
-    description="Write the chosen days of the parsed readings into the day-partitioned lake.",
+    ("readings_lake",),
+    "Write the chosen days of the parsed readings into the day-partitioned lake.",
 )
-
-benchmark_job = define_asset_job(
+benchmark_job = asset_job(
     "benchmark_job",
-    selection=AssetSelection.assets("device_registry", "labelled_benchmark"),
-    description="The device registry and the labelled benchmark (the lake with injected anomalies).",
+    ("device_registry", "labelled_benchmark"),
+    "The device registry and the labelled benchmark (the lake with injected anomalies).",
 )
-
-replay_job = define_asset_job(
+replay_job = asset_job(
     "replay_job",
-    selection=AssetSelection.assets("stream_replay"),
-    description="Replay lake days into the readings topic and wait until the stream trainer has them.",
+    ("stream_replay",),
+    "Replay lake days into the readings topic and wait until the stream trainer has them.",
 )
-
-global_model_job = define_asset_job(
+global_model_job = asset_job(
     "global_model_job",
-    selection=AssetSelection.assets("global_model"),
-    description="Aggregate the pending local updates into a new global model version.",
+    ("global_model",),
+    "Aggregate the pending local updates into a new global model version.",
 )
-
-evaluation_job = define_asset_job(
+evaluation_job = asset_job(
     "evaluation_job",
-    selection=AssetSelection.assets("global_model_evaluation"),
+    ("global_model_evaluation",),
+    "Score lake days with the latest global model on Spark.",
     tags={"flead/spark": "evaluation"},  # the run queue lets one Spark evaluation run at a time
-    description="Score lake days with the latest global model on Spark.",
 )
-
-report_job = define_asset_job(
-    "report_job",
-    selection=AssetSelection.assets("anomaly_report"),
-    description="Build the anomaly report of the newest evaluation.",
+report_job = asset_job(
+    "report_job", ("anomaly_report",), "Build the anomaly report of the newest evaluation."
 )
 
 # The main job's steps that are Dagster runs, in order.

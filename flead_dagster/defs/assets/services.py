@@ -6,40 +6,32 @@ from dagster import AssetSpec
 from flead.local.supervisor import API, NOTIFIER, TRAINER
 from flead_dagster.asset_metadata import OWNERS
 
+
+def service_asset(name: str, kinds: set[str], description: str) -> AssetSpec:
+    return AssetSpec(
+        name, group_name="services", kinds=kinds, owners=OWNERS, code_version="1", description=description
+    )
+
+
 service_assets = [
-    AssetSpec(
+    service_asset(
         TRAINER,
-        group_name="services",
-        kinds={"python", "kafka"},
-        owners=OWNERS,
-        code_version="1",
-        description=(
-            "The stream trainer (`flead trainer run`): consumes the readings topic, trains one detector "
-            "per device, scores every reading and federates through the global API. Observed by "
-            "`stream_trainer_sensor`, which keeps it running."
-        ),
+        {"python", "kafka"},
+        "The stream trainer (`flead trainer run`): consumes the readings topic, trains one detector per "
+        "device, scores every reading and federates through the global API. Observed by "
+        "`stream_trainer_sensor`, which keeps it running.",
     ),
-    AssetSpec(
+    service_asset(
         API,
-        group_name="services",
-        kinds={"python", "fastapi"},
-        owners=OWNERS,
-        code_version="1",
-        description=(
-            "The global model API (`flead api run`): receives local updates, aggregates them and serves "
-            "every global model version. Observed by `global_api_sensor`, which keeps it running."
-        ),
+        {"python", "fastapi"},
+        "The global model API (`flead api run`): receives local updates, aggregates them and serves "
+        "every global model version. Observed by `global_api_sensor`, which keeps it running.",
     ),
-    AssetSpec(
+    service_asset(
         NOTIFIER,
-        group_name="services",
-        kinds={"python", "mongodb"},
-        owners=OWNERS,
-        code_version="1",
-        description=(
-            "The notifier (`flead alerts run`): follows the anomaly events and delivers signed webhook "
-            "notifications through a MongoDB outbox (FLEAD_ALERTS_*). Observed by `notifier_sensor`, "
-            "which keeps it running while webhook URLs are set."
-        ),
+        {"python", "mongodb"},
+        "The notifier (`flead alerts run`): follows the anomaly events and delivers signed webhook "
+        "notifications through a MongoDB outbox (FLEAD_ALERTS_*). Observed by `notifier_sensor`, which "
+        "keeps it running while webhook URLs are set.",
     ),
 ]
