@@ -18,14 +18,14 @@ peak >= 10 times the threshold), "major" (>= 4), else "minor".
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 
 from flead.model.events import EventBuilder, EventChange, EventConfig
+from flead.schema import EPOCH
 from services.stream_trainer.devices import DeviceSlot, ScoredChunk
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TOP_FEATURES = 3
 CRITICAL, MAJOR = 10.0, 4.0
 

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
@@ -30,11 +30,11 @@ import polars as pl
 from flead.bus.codec import Rejected, decode_batch
 from flead.config import Settings
 from flead.fleet import FleetSchema
+from flead.schema import EPOCH
 from services.stream_trainer.devices import reading_dtype
 
 log = logging.getLogger(__name__)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TS_US = "_ts_us"
 WATERMARK_US = "_watermark_us"
 

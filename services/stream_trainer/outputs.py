@@ -39,7 +39,7 @@ from flead.bus.codec import Rejected
 from flead.bus.dlq import dead_letter, truncated, value_limit
 from flead.config import Settings
 from flead.model.events import EventConfig
-from flead.schema import SCHEMA_VERSION
+from flead.schema import EPOCH, SCHEMA_VERSION
 from services.stream_trainer.backoff import Backoff
 from services.stream_trainer.devices import DeviceSlot, ScoredChunk, threshold_source
 from services.stream_trainer.events import DeviceEvents
@@ -48,7 +48,6 @@ from services.stream_trainer.normal_acks import recalibrating
 
 log = logging.getLogger(__name__)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SEND_ATTEMPTS = 3
 # what Kafka refuses for the record itself (retrying it unchanged cannot help)
 REFUSED_RECORD = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
