@@ -18,7 +18,7 @@ from flead.alerts import RateLimiter, RetrySchedule, SignatureError, Verdict, cl
 from flead.alerts.payload import event_snapshot, render_payload
 from flead.config import Settings
 from flead.local.services import free_port
-from flead_dagster_tests.test_api_events import event
+from flead_dagster_tests.helpers.events import event
 from services.notifier.service import Notifier
 
 SECRET = "s3cret-shared-with-the-receiver"

@@ -19,8 +19,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from flead_dagster_tests.helpers.events import event
 from flead_dagster_tests.test_api import api_harness
-from flead_dagster_tests.test_api_events import event
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = shutil.which("chromium")

@@ -31,7 +31,7 @@ from flead.config import Settings
 from flead.datasets.intel_lab import parse_files
 from flead.datasets.synthetic import generate_fleet
 from flead.storage.mongo import get_database, make_mongo_client
-from flead_dagster_tests.test_bus import consume
+from flead_dagster_tests.helpers.bus import consume
 
 PARTITIONS = 4
 SMALL_MODEL = ["--window", "8", "--hidden", "16,4", "--warmup", "200", "--heartbeat", "1"]
