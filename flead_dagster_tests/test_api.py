@@ -27,7 +27,7 @@ from flead.federated import LocalUpdate
 from flead.federated.wire import encode_binary_update, encode_json_update
 from flead.local.services import free_port
 from flead.model import AnomalyModel
-from flead_dagster_tests.test_trainer_stream import wait_until
+from flead_dagster_tests.helpers.trainer import wait_until
 from services.global_api.cli import api_app
 from services.global_api.live_server import LiveServer
 from services.global_api.service import GlobalModelService

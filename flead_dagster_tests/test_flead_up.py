@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from flead.local.services import free_port, service_env
-from flead_dagster_tests.test_trainer_stream import wait_until
+from flead_dagster_tests.helpers.trainer import wait_until
 
 FLEAD = str(Path(sys.executable).parent / "flead")
 UP_WITHIN_S = 240.0  # services, then dagster dev, on a loaded two-core machine
