@@ -11,6 +11,7 @@ from datetime import datetime
 import polars as pl
 
 from flead.config import Settings
+from flead_dagster_tests.helpers.api import api_harness
 from flead_dagster_tests.helpers.trainer import (
     STEP,
     T0,
@@ -25,7 +26,6 @@ from flead_dagster_tests.helpers.trainer import (
     stationary,
     wait_until,
 )
-from flead_dagster_tests.test_api import api_harness
 
 TRAINER_ARGS = ("--flush-idle", "3600", "--freeze-reference")  # whole chunks only: deterministic
 SHIFT_AT, ACK_AT, N = 1500, 2304, 4096  # calibrated by reading 1,200; chunks of 64

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from flead_dagster_tests.helpers.api import api_harness
 from flead_dagster_tests.helpers.events import event
-from flead_dagster_tests.test_api import api_harness
 
 
 @pytest.fixture(scope="module")

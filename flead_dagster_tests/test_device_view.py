@@ -25,6 +25,8 @@ from flead.reporting.device_view import (
     parse_range,
 )
 from flead.schema import EPOCH
+from flead_dagster_tests.helpers.api import api_harness
+from flead_dagster_tests.helpers.browser import ARTIFACTS, CHROMEDRIVER, CHROMIUM, browser  # noqa: F401
 from flead_dagster_tests.helpers.events import event
 from flead_dagster_tests.helpers.reports import (
     NEW,
@@ -34,8 +36,6 @@ from flead_dagster_tests.helpers.reports import (
     lake_rows,
     write_evaluation,
 )
-from flead_dagster_tests.test_api import api_harness
-from flead_dagster_tests.test_api_dashboard import ARTIFACTS, CHROMEDRIVER, CHROMIUM, browser  # noqa: F401
 
 FEATURES = ["temperature", "humidity", "light", "voltage"]
 DYING = [datetime(2004, 3, 2, h, 7, tzinfo=UTC) for h in range(14, 24, 2)]  # mote-02's rule alarms

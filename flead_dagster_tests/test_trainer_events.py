@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
+from flead_dagster_tests.helpers.api import api_harness
 from flead_dagster_tests.helpers.trainer import (
     STEP,
     T0,
@@ -26,7 +27,6 @@ from flead_dagster_tests.helpers.trainer import (
     twin_envs,
     wait_until,
 )
-from flead_dagster_tests.test_api import api_harness
 
 TRAINER_ARGS = ("--flush-idle", "3600")  # partial chunks stay buffered: no time-dependent scoring
 FAULT = slice(1500, 2500)  # a lasting fault: 1,000 readings
