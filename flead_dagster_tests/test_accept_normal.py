@@ -11,15 +11,19 @@ from datetime import datetime
 import polars as pl
 
 from flead.config import Settings
-from flead_dagster_tests.test_api import api_harness
-from flead_dagster_tests.test_trainer_events import STEP, T0, device_stats, documents, stationary
-from flead_dagster_tests.test_trainer_stream import (
+from flead_dagster_tests.helpers.api import api_harness
+from flead_dagster_tests.helpers.trainer import (
+    STEP,
+    T0,
     Trainer,
     create_topics,
+    device_stats,
+    documents,
     isolated_env,
     offsets_total,
     paced_replay,
     settings_for,
+    stationary,
     wait_until,
 )
 

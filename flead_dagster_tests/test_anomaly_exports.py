@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from flead.exports import BASE_COLUMNS, anomaly_columns
 from flead.schema import EPOCH
 from flead_cli import app
-from flead_dagster_tests.test_api import ApiHarness, all_items, api_harness
+from flead_dagster_tests.helpers.api import ApiHarness, all_items, api_harness
 
 START = datetime(2004, 3, 1, tzinfo=UTC)
 FEATURES = ("temperature", "humidity", "light", "voltage")

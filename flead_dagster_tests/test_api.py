@@ -1,169 +1,30 @@
 """The global model API over real HTTP (uvicorn on a free port) against the real MongoDB server: the
 full flow, every authentication case, the size limit, refusals, idempotency, formats and ETags.
 
-Other test_api_* modules reuse ``ApiHarness`` and ``api_harness`` from here.
+Other test modules reuse ``ApiHarness`` and ``api_harness`` from ``flead_dagster_tests.helpers.api``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from flead.api_client import ApiError, GlobalApiClient, PendingUpdates
 from flead.bus.codec import decode_batch
-from flead.config import Settings
 from flead.federated import LocalUpdate
-from flead.federated.wire import encode_binary_update, encode_json_update
-from flead.local.services import free_port
+from flead.federated.wire import encode_json_update
 from flead.model import AnomalyModel
-from flead_dagster_tests.test_trainer_stream import wait_until
+from flead_dagster_tests.helpers.api import ADMIN_KEY, ApiHarness, all_items, api_harness, weights_of
+from flead_dagster_tests.helpers.trainer import wait_until
 from services.global_api.cli import api_app
-from services.global_api.live_server import LiveServer
-from services.global_api.service import GlobalModelService
 from services.global_api.update_store import update_key
-
-ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
-
-
-def api_settings(**overrides: object) -> Settings:
-    """Settings for a private API: a fresh database and a free port on this machine."""
-    values: dict = {
-        "mongo_db": f"test_api_{uuid.uuid4().hex[:10]}",
-        "api_url": f"http://127.0.0.1:{free_port()}",
-        "api_admin_key": ADMIN_KEY,
-    }
-    return Settings(**{**values, **overrides})
-
-
-class ApiHarness:
-    """A live API plus direct access to its database, keys and a model-shaped update factory."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.server = LiveServer(settings).start()
-        self.http = httpx.Client(base_url=self.server.url, timeout=60.0)
-        self.service = GlobalModelService.open(settings)
-        self.db = self.service.client[settings.mongo_db]
-        self.shapes = {name: w.shape for name, w in self.service.registry.state(0).weights.items()}
-        self._ids = itertools.count()
-
-    def close(self) -> None:
-        self.http.close()
-        self.server.stop()
-        self.service.client.drop_database(self.settings.mongo_db)
-        self.service.close()
-
-    def token(self, role: str, device: str | None = None) -> str:
-        return self.service.keys.create(role, device_id=device).token
-
-    @staticmethod
-    def auth(token: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"}
-
-    @property
-    def admin(self) -> dict[str, str]:
-        return self.auth(ADMIN_KEY)
-
-    def update(
-        self, device_id: str, *, update_id: str | None = None, base_version: int | None = None, **kwargs
-    ) -> LocalUpdate:
-        """A random delta of the model's shapes; ids count up, the base is the current version."""
-        return make_update(
-            self.shapes,
-            device_id,
-            update_id=update_id or f"u{next(self._ids)}",
-            base_version=self.version() if base_version is None else base_version,
-            **kwargs,
-        )
-
-    def submit(self, update: LocalUpdate | dict, token: str, *, binary: bool = False) -> httpx.Response:
-        if binary:
-            return self.http.post(
-                "/api/local-update",
-                content=encode_binary_update(update),
-                headers={**self.auth(token), "Content-Type": "application/octet-stream"},
-            )
-        body = encode_json_update(update) if isinstance(update, LocalUpdate) else update
-        return self.http.post("/api/local-update", json=body, headers=self.auth(token))
-
-    def version(self) -> int:
-        return self.http.get("/api/status").json()["version"]
-
-    def aggregate(self) -> dict:
-        response = self.http.post("/api/aggregate", headers=self.admin)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def configure(self, **changes: object) -> dict:
-        response = self.http.post("/api/config", json=changes, headers=self.admin)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def model(self, version: int | None = None) -> dict:
-        params = {} if version is None else {"version": version}
-        response = self.http.get("/api/global-model", params=params)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-
-def make_update(
-    shapes: dict[str, tuple[int, ...]],
-    device_id: str,
-    *,
-    update_id: str,
-    base_version: int,
-    n_samples: int = 100,
-    seed: int = 0,
-    scale: float = 0.01,
-    loss: float = 0.5,
-) -> LocalUpdate:
-    rng = np.random.default_rng(seed)
-    return LocalUpdate(
-        device_id=device_id,
-        update_id=update_id,
-        base_version=base_version,
-        n_samples=n_samples,
-        arrays={
-            name: (rng.standard_normal(shape) * scale).astype(np.float32) for name, shape in shapes.items()
-        },
-        metrics={"loss": loss},
-    )
-
-
-def all_items(http: httpx.Client, path: str, **params: object) -> list[dict]:
-    """Every item of a list, page by page through its cursors (`after=<next>` until `next` is null)."""
-    items: list[dict] = []
-    after = None
-    while True:
-        response = http.get(path, params={**params, **({"after": after} if after else {})})
-        assert response.status_code == 200, response.text
-        page = response.json()
-        assert set(page) >= {"items", "limit", "next"}, page
-        assert len(page["items"]) <= page["limit"]
-        items += page["items"]
-        after = page["next"]
-        if after is None:
-            return items
-
-
-@contextlib.contextmanager
-def api_harness(**overrides: object) -> Iterator[ApiHarness]:
-    harness = ApiHarness(api_settings(**overrides))
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +55,6 @@ def fedavg(base: dict[str, np.ndarray], updates: list[LocalUpdate]) -> dict[str,
 def as_json(body: dict) -> dict:
     """httpx request arguments for a JSON body that may hold NaN or Infinity (httpx refuses them)."""
     return {"content": json.dumps(body).encode(), "headers": {"Content-Type": "application/json"}}
-
-
-def weights_of(model_json: dict) -> dict[str, np.ndarray]:
-    return AnomalyModel.from_json_dict(model_json["model"]).get_weights()
 
 
 # ------------------------------------------------------------------------------ the full flow

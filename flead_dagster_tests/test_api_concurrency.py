@@ -9,36 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flead_dagster_tests.test_api import ApiHarness, all_items, api_harness
+from flead_dagster_tests.helpers.api import (
+    api_harness,
+    assert_each_update_counted_once,
+)
 
 
 @pytest.fixture(scope="module")
 def api(services_env):
     with api_harness() as harness:
         yield harness
-
-
-def consumed_by_version(api: ApiHarness) -> dict[int, list[str]]:
-    versions = api.db[api.settings.collection_global_models].find({}, {"update_keys": 1})
-    return {doc["_id"]: doc.get("update_keys", []) for doc in versions}
-
-
-def assert_each_update_counted_once(api: ApiHarness, submitted: int) -> dict[int, list[str]]:
-    consumed = consumed_by_version(api)
-    assert sorted(consumed) == list(range(len(consumed)))  # versions 0..N, no gaps
-    keys = [key for version_keys in consumed.values() for key in version_keys]
-    assert len(keys) == len(set(keys)) == submitted  # nothing counted twice, nothing lost
-    updates = api.db[api.settings.collection_local_updates]
-    for version, version_keys in consumed.items():
-        for key in version_keys:
-            doc = updates.find_one({"_id": key})
-            assert (doc["status"], doc["version"]) == ("aggregated", version)
-    history = all_items(api.http, "/api/history", limit=1000)
-    assert [entry["version"] for entry in history] == sorted(consumed, reverse=True)
-    for entry in history:
-        assert entry["parent_version"] == (entry["version"] - 1 if entry["version"] else None)
-        assert entry["n_updates"] == len(consumed[entry["version"]])
-    return consumed
 
 
 def test_concurrent_aggregations_make_consecutive_versions_and_lose_nothing(api):

@@ -9,22 +9,21 @@ be reached, so a page that needed a CDN would fail here even on a machine with i
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from flead_dagster_tests.test_api import api_harness
-from flead_dagster_tests.test_api_events import event
+from flead_dagster_tests.helpers.api import api_harness
+from flead_dagster_tests.helpers.browser import (
+    ARTIFACTS,
+    CHROMEDRIVER,
+    CHROMIUM,
+    browser,  # noqa: F401 (fixture)
+)
+from flead_dagster_tests.helpers.events import event
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
 DEVICES = ("mote-01", "mote-02", "mote-03")
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
@@ -86,32 +85,7 @@ def api(services_env):
         yield harness
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1000",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # no CDN: only this API is reachable
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def test_dashboard_renders_charts_and_tables_in_chromium(api, browser):
+def test_dashboard_renders_charts_and_tables_in_chromium(api, browser):  # noqa: F811 (fixture)
     browser.get(f"{api.server.url}/")
     wait = WebDriverWait(browser, 30)
     for chart in ("versions-chart", "anomalies-chart"):
@@ -144,7 +118,7 @@ def test_dashboard_renders_charts_and_tables_in_chromium(api, browser):
     assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
 
 
-def test_dashboard_shows_the_latest_events_and_judged_counts(api, browser):
+def test_dashboard_shows_the_latest_events_and_judged_counts(api, browser):  # noqa: F811 (fixture)
     browser.get(f"{api.server.url}/")
     rows = WebDriverWait(browser, 30).until(
         lambda b: b.find_elements(By.CSS_SELECTOR, "#events-table tbody tr")
@@ -184,20 +158,20 @@ def operations(api) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, methods in paths.items() for method in methods}
 
 
-def at_least(browser, selector: str, n: int) -> list:
+def at_least(browser, selector: str, n: int) -> list:  # noqa: F811 (fixture)
     """The elements ``selector`` finds, once there are ``n`` of them (the page drew them)."""
     return WebDriverWait(browser, 60).until(
         lambda b: found if len(found := b.find_elements(By.CSS_SELECTOR, selector)) >= n else None
     )
 
 
-def loaded_from_elsewhere(browser, url: str) -> list[str]:
+def loaded_from_elsewhere(browser, url: str) -> list[str]:  # noqa: F811 (fixture)
     """Resources the page loaded (or tried to) from anywhere but this API."""
     names = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     return [name for name in names if not name.startswith(url)]
 
 
-def test_swagger_ui_renders_every_operation_with_no_cdn(api, browser):
+def test_swagger_ui_renders_every_operation_with_no_cdn(api, browser):  # noqa: F811 (fixture)
     wanted = operations(api)
     browser.get(f"{api.server.url}/docs")
     blocks = at_least(browser, ".opblock", len(wanted))
@@ -224,7 +198,7 @@ def test_swagger_ui_renders_every_operation_with_no_cdn(api, browser):
     assert browser.save_screenshot(str(ARTIFACTS / "docs.png"))
 
 
-def test_redoc_renders_every_operation_with_no_cdn(api, browser):
+def test_redoc_renders_every_operation_with_no_cdn(api, browser):  # noqa: F811 (fixture)
     wanted = operations(api)
     browser.get(f"{api.server.url}/redoc")
     sections = at_least(browser, '[data-section-id*="/operation/"]', len(wanted))

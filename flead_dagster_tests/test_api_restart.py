@@ -3,59 +3,13 @@ duplicate detection, and an aggregation that stopped half way is completed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import httpx
 import pytest
 
-from flead.config import Settings
 from flead.federated.wire import encode_json_update
-from flead_dagster_tests.test_api import ADMIN_KEY, api_settings, make_update
+from flead_dagster_tests.helpers.api import ADMIN_KEY, api_process, api_settings, make_update
 from services.global_api.service import GlobalModelService
 from services.global_api.update_store import update_key
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def api_process(settings: Settings, log: Path) -> Iterator[str]:
-    """`python -m services.global_api` in its own process; yields its URL once /health answers."""
-    env = {
-        **os.environ,
-        "FLEAD_MONGO_DB": settings.mongo_db,
-        "FLEAD_API_URL": settings.api_url,
-        "FLEAD_API_ADMIN_KEY": ADMIN_KEY,
-    }
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.global_api"], cwd=REPO, env=env, stdout=out, stderr=out
-        )
-    url = settings.api_url.rstrip("/")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"the API process exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"the API never became healthy: {log.read_text()[-2000:]}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)  # poll interval between health checks
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from flead_dagster_tests.test_api import ADMIN_KEY, api_harness
+from flead_dagster_tests.helpers.api import ADMIN_KEY, api_harness
 
 EXAMPLES_PER_OPERATION_AND_MODE = 40
 

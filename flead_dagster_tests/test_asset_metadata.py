@@ -25,7 +25,7 @@ from flead_dagster.definitions import defs
 from flead_dagster.defs.assets.report import REPORT_DAYS, anomaly_report
 from flead_dagster.defs.jobs import MAIN_JOB_JOBS
 from flead_dagster.defs.resources import FleadResource
-from flead_dagster_tests.test_anomaly_report import NEW, OLD, evaluation_rows, lake_rows, write_evaluation
+from flead_dagster_tests.helpers.reports import NEW, OLD, evaluation_rows, lake_rows, write_evaluation
 
 TABLES = {
     "readings_lake": list(LAKE_SCHEMA),

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from kafka.structs import TopicPartition
 
 from flead.bus.clients import make_consumer, make_producer
 from flead.bus.topics import ensure_topics
-
-
-def consume(consumer, expected: int, timeout_s: float = 30.0) -> list:
-    """Poll until `expected` records arrived (or the timeout), then one more short poll for extras."""
-    records, deadline = [], time.monotonic() + timeout_s
-    while len(records) < expected and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=500).values():
-            records += batch
-    for batch in consumer.poll(timeout_ms=1000).values():
-        records += batch
-    return records
+from flead_dagster_tests.helpers.bus import consume
 
 
 def test_platform_topics_are_created_once_with_enough_partitions(settings):

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
-from flead_dagster_tests.test_flead_up import SessionLeader, alive, private_env
-from flead_dagster_tests.test_trainer_stream import wait_until
+from flead_dagster_tests.helpers.processes import SessionLeader, alive, private_env
+from flead_dagster_tests.helpers.trainer import wait_until
 
 FLEAD = str(Path(sys.executable).parent / "flead")
 READY_WITHIN_S = 300.0  # services, data, replay and aggregation on a loaded two-core machine

@@ -17,7 +17,7 @@ from flead.bus.dlq import dead_letter, value_limit
 from flead.bus.topics import ensure_topics
 from flead.fleet import INTEL_LAB, Feature, FleetSchema
 from flead.schema import MEASUREMENTS, Reading
-from flead_dagster_tests.test_bus import consume
+from flead_dagster_tests.helpers.bus import consume
 
 GOOD = {
     "schema_version": 2,

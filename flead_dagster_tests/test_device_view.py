@@ -25,7 +25,10 @@ from flead.reporting.device_view import (
     parse_range,
 )
 from flead.schema import EPOCH
-from flead_dagster_tests.test_anomaly_report import (
+from flead_dagster_tests.helpers.api import api_harness
+from flead_dagster_tests.helpers.browser import ARTIFACTS, CHROMEDRIVER, CHROMIUM, browser  # noqa: F401
+from flead_dagster_tests.helpers.events import event
+from flead_dagster_tests.helpers.reports import (
     NEW,
     OLD,
     PNG_MAGIC,
@@ -33,9 +36,6 @@ from flead_dagster_tests.test_anomaly_report import (
     lake_rows,
     write_evaluation,
 )
-from flead_dagster_tests.test_api import api_harness
-from flead_dagster_tests.test_api_dashboard import ARTIFACTS, CHROMEDRIVER, CHROMIUM, browser  # noqa: F401
-from flead_dagster_tests.test_api_events import event
 
 FEATURES = ["temperature", "humidity", "light", "voltage"]
 DYING = [datetime(2004, 3, 2, h, 7, tzinfo=UTC) for h in range(14, 24, 2)]  # mote-02's rule alarms

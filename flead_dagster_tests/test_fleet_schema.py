@@ -24,7 +24,7 @@ from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import model_for_fleet
 from flead.reporting.anomaly_report import build_report
 from flead.schema import LAKE_SCHEMA, lake_schema
-from flead_dagster_tests.test_trainer_stream import (
+from flead_dagster_tests.helpers.trainer import (
     Trainer,
     create_topics,
     device_table,

@@ -26,10 +26,15 @@ import pytest
 from flead.config import Settings
 from flead.federated.wire import encode_json_update
 from flead.local.services import LocalServices, free_port, service_env
-from flead_dagster_tests.test_api import ADMIN_KEY, api_harness, api_settings, make_update
-from flead_dagster_tests.test_api_concurrency import assert_each_update_counted_once
-from flead_dagster_tests.test_api_restart import api_process
-from flead_dagster_tests.test_trainer_stream import settings_for, wait_until
+from flead_dagster_tests.helpers.api import (
+    ADMIN_KEY,
+    api_harness,
+    api_process,
+    api_settings,
+    assert_each_update_counted_once,
+    make_update,
+)
+from flead_dagster_tests.helpers.trainer import settings_for, wait_until
 from services.global_api.service import GlobalModelService
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

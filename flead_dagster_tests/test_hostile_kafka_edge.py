@@ -23,7 +23,7 @@ from flead.bus.clients import make_producer
 from flead.config import Settings
 from flead.fleet import INTEL_LAB
 from flead.schema import MEASUREMENTS
-from flead_dagster_tests.test_trainer_stream import (
+from flead_dagster_tests.helpers.trainer import (
     PARTITIONS,
     Trainer,
     create_topics,

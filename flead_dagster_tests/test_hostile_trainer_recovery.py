@@ -24,9 +24,9 @@ from flead.model.config import TrainConfig
 from flead.schema import MEASUREMENTS
 from flead_dagster.defs.assets.stream import stream_replay
 from flead_dagster.defs.resources import default_resources
-from flead_dagster_tests.test_trainer_http_exchange import OPTIONS, api, feed  # noqa: F401 (fixture)
-from flead_dagster_tests.test_trainer_state import SMALL, readings, records
-from flead_dagster_tests.test_trainer_stream import (
+from flead_dagster_tests.helpers.exchange import OPTIONS, api, feed  # noqa: F401 (fixture)
+from flead_dagster_tests.helpers.readings import SMALL, readings, records
+from flead_dagster_tests.helpers.trainer import (
     PARTITIONS,
     Trainer,
     create_topics,

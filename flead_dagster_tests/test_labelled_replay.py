@@ -25,7 +25,7 @@ from flead.evaluation.runner import EvaluationPlan, evaluate, load_lake_benchmar
 from flead.federated.simulate import SimulationConfig
 from flead.model.config import ModelConfig, TrainConfig
 from flead.model.events import EventConfig
-from flead_dagster_tests.test_trainer_stream import (
+from flead_dagster_tests.helpers.trainer import (
     Trainer,
     create_topics,
     isolated_env,

@@ -39,8 +39,8 @@ from flead.local.services import free_port, tail_text
 from flead.storage.mongo import get_database, make_mongo_client
 from flead_dagster.defs.schedules import range_tags
 from flead_dagster_tests import test_spark_scoring
-from flead_dagster_tests.test_spark_scoring import DAYS
-from flead_dagster_tests.test_trainer_stream import wait_until
+from flead_dagster_tests.helpers.reports import DAYS
+from flead_dagster_tests.helpers.trainer import wait_until
 from services.global_api.live_server import LiveServer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from flead.bus.topics import ensure_topics
 from flead.config import Settings
 from flead.datasets import pipeline
 from flead.schema import Reading
-from flead_dagster_tests.test_bus import consume
+from flead_dagster_tests.helpers.bus import consume
 
 FLEAD = str(Path(sys.executable).parent / "flead")
 

@@ -37,10 +37,10 @@ from flead_dagster.defs.sensors import (
     sensors,
     stream_trainer_sensor,
 )
-from flead_dagster_tests.test_alerts import SECRET, Receiver
-from flead_dagster_tests.test_api import make_update, weights_of
-from flead_dagster_tests.test_api_events import event
-from flead_dagster_tests.test_trainer_stream import wait_until
+from flead_dagster_tests.helpers.alerts import SECRET, Receiver
+from flead_dagster_tests.helpers.api import make_update, weights_of
+from flead_dagster_tests.helpers.events import event
+from flead_dagster_tests.helpers.trainer import wait_until
 from services.global_api.codec import encode_json_update
 from services.notifier.cli import alerts_app
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -16,9 +14,9 @@ from flead.datasets.synthetic import generate_fleet
 from flead.evaluation.batch_scoring import score_lake
 from flead.model import ModelConfig, OnlineDetector
 from flead_dagster.spark_scoring import _devices, make_local_spark, score_lake_spark, spark_config
+from flead_dagster_tests.helpers.reports import DAYS
 
 Q = 0.98
-DAYS = [date(2004, 2, 28), date(2004, 2, 29)]
 
 
 @pytest.fixture(scope="module")

@@ -5,65 +5,31 @@ in an uninterrupted run. Real trainer processes, the real broker and MongoDB, th
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from flead.config import Settings
-from flead_dagster_tests.test_api import api_harness
-from flead_dagster_tests.test_trainer_stream import (
+from flead_dagster_tests.helpers.api import api_harness
+from flead_dagster_tests.helpers.trainer import (
+    STEP,
+    T0,
     Trainer,
     checkpoint_offsets,
     create_topics,
+    device_stats,
+    documents,
     isolated_env,
-    mongo_db,
     offsets_total,
     paced_replay,
     settings_for,
+    stationary,
     twin_envs,
     wait_until,
 )
 
-T0 = datetime(2004, 3, 1, tzinfo=UTC)
-STEP = timedelta(seconds=30)
 TRAINER_ARGS = ("--flush-idle", "3600")  # partial chunks stay buffered: no time-dependent scoring
 FAULT = slice(1500, 2500)  # a lasting fault: 1,000 readings
-
-
-def stationary(devices: list[str], n: int, *, seed: int, first: int = 0) -> pl.DataFrame:
-    """Devices reading steady values with sensor noise, every 30 s from reading `first` on, in time order."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for device in devices:
-        frames.append(
-            pl.DataFrame(
-                {
-                    "device_id": [device] * n,
-                    "ts": [T0 + (first + i) * STEP for i in range(n)],
-                    "epoch": list(range(first, first + n)),
-                    "temperature": 20.0 + rng.normal(0, 0.3, n),
-                    "humidity": 40.0 + rng.normal(0, 0.5, n),
-                    "light": 300.0 + rng.normal(0, 10.0, n),
-                    "voltage": 2.7 + rng.normal(0, 0.005, n),
-                }
-            )
-        )
-    frame = pl.concat(frames).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
-    return frame.sort("ts", "device_id")
-
-
-def documents(settings: Settings, collection: str, query: dict | None = None) -> list[dict]:
-    client, db = mongo_db(settings)
-    try:
-        return list(db[collection].find(query or {}))
-    finally:
-        client.close()
-
-
-def device_stats(settings: Settings) -> dict[str, dict]:
-    return {d["_id"]: d for d in documents(settings, settings.collection_devices)}
 
 
 def test_short_lived_devices_are_judged_and_a_newcomer_from_its_first_reading(services_env, tmp_path):

@@ -4,72 +4,24 @@ refusals, a bad token and an API outage are handled without blocking the caller.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import httpx
 import numpy as np
-import pytest
-from kafka.structs import TopicPartition
 from pydantic import SecretStr
 
-from flead.config import Settings
 from flead.federated import LocalUpdate
-from flead.fleet import INTEL_LAB
-from flead.local.services import free_port
-from flead.model.config import TrainConfig
-from flead.storage.mongo import make_mongo_client
-from flead_dagster_tests.test_trainer_state import readings, records
-from flead_dagster_tests.test_trainer_stream import wait_until
+from flead_dagster_tests.helpers.exchange import (
+    OPTIONS,
+    api,  # noqa: F401 (fixture)
+    feed,
+)
+from flead_dagster_tests.helpers.trainer import wait_until
 from services.global_api.live_server import LiveServer
 from services.stream_trainer.devices import Federation
 from services.stream_trainer.exchange_http import HttpExchange
 from services.stream_trainer.health import Counters
-from services.stream_trainer.intake import Watermarks, take_in
-from services.stream_trainer.options import TrainerOptions
-
-KEY = "trainer-test-key-" + uuid.uuid4().hex
-OPTIONS = TrainerOptions(train=TrainConfig(warmup=100), global_poll_s=0.2, http_timeout_s=5.0)
 
 
-@pytest.fixture
-def api(services_env) -> Iterator[tuple[Settings, LiveServer]]:
-    settings = Settings(
-        mongo_db=f"test_trainer_api_{uuid.uuid4().hex[:8]}",
-        api_url=f"http://127.0.0.1:{free_port()}",
-        api_admin_key=KEY,
-        api_key=KEY,
-        auto_aggregate_threshold=2,
-        trainer_push_every=128,
-    )
-    servers = [LiveServer(settings).start()]
-    try:
-        yield settings, servers
-    finally:
-        for server in servers:
-            server.stop()
-        client = make_mongo_client(settings)
-        client.drop_database(settings.mongo_db)
-        client.close()
-
-
-def feed(federation: Federation, slots: dict, device: str, n: int, seed: int) -> None:
-    """Stream `n` readings of one device through its slot, in whole chunks, federating after each."""
-    intake = take_in(
-        {TopicPartition("t", 0): records(readings(device, n, seed=seed))},
-        max_bytes=65536,
-        watermarks=Watermarks(3600),
-        columns=federation.columns,
-        fleet=INTEL_LAB,
-    )
-    slot = slots.get(device) or slots.setdefault(device, federation.new_slot(device, 0))
-    for run in intake.runs:
-        slot.receive(run.rows, run.max_event_us)
-        for _ in range(slot.whole_chunks() // slot.quantum):
-            federation.after_scoring(slot, slot.score(slot.pending.take(slot.quantum)))
-
-
-def test_devices_federate_through_the_api(api):
+def test_devices_federate_through_the_api(api):  # noqa: F811 (fixture)
     settings, servers = api
     exchange = HttpExchange(settings, OPTIONS)
     assert exchange.open(lambda: False)
@@ -124,7 +76,7 @@ def test_devices_federate_through_the_api(api):
         exchange.close()
 
 
-def test_a_rejected_token_is_counted_and_dropped(api):
+def test_a_rejected_token_is_counted_and_dropped(api):  # noqa: F811 (fixture)
     settings, _ = api
     exchange = HttpExchange(settings.model_copy(update={"api_key": SecretStr("not-a-key")}), OPTIONS)
     assert exchange.open(lambda: False)  # reading the model needs no token

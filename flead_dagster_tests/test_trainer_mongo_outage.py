@@ -13,7 +13,7 @@ import pytest
 
 from flead.local.services import LocalServices
 from flead_dagster_tests.conftest import service_env
-from flead_dagster_tests.test_trainer_stream import (
+from flead_dagster_tests.helpers.trainer import (
     PARTITIONS,
     Trainer,
     anomaly_scores,

@@ -7,15 +7,13 @@ import base64
 import gc
 import itertools
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
 import pytest
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from flead.bus.codec import encode_readings
 from flead.config import Settings
 from flead.federated import ClientConfig, GlobalState
 from flead.federated.wire import global_state_fields, global_state_from_fields, read_legacy_global_state
@@ -23,6 +21,7 @@ from flead.fleet import INTEL_LAB
 from flead.model.config import ModelConfig, TrainConfig
 from flead.schema import MEASUREMENTS
 from flead.storage.mongo import get_database, make_mongo_client
+from flead_dagster_tests.helpers.readings import SMALL, readings, records
 from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition
 from services.stream_trainer.devices import Federation, PendingReadings, reading_dtype
 from services.stream_trainer.exchange import InProcessExchange
@@ -31,36 +30,7 @@ from services.stream_trainer.intake import Watermarks, take_in
 from services.stream_trainer.options import TrainerOptions
 from services.stream_trainer.state_codec import SharedWeights, slot_document, slot_from_document
 
-T0 = datetime(2004, 3, 1, tzinfo=UTC)
-SMALL = ModelConfig(window=8, hidden=(16, 4))
 TRAIN = TrainConfig(warmup=100)
-
-
-def readings(device: str, n: int, *, start: int = 0, seed: int = 0, step_s: int = 31) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    t = np.arange(start, start + n)
-    day = np.sin(2 * np.pi * t * step_s / 86_400)
-    temperature = 21 + 3 * day + rng.normal(0, 0.1, n)
-    temperature[(t % 450) == 449] += 15  # spikes: something to flag
-    return pl.DataFrame(
-        {
-            "device_id": [device] * n,
-            "ts": [T0 + timedelta(seconds=int(s) * step_s) for s in t],
-            "epoch": t,
-            "temperature": temperature,
-            "humidity": 40 - 5 * day + rng.normal(0, 0.3, n),
-            "light": np.where(day > 0, 300 * day, 0.0) + rng.normal(0, 1, n),
-            "voltage": 2.7 - t * 1e-6 + rng.normal(0, 0.002, n),
-        }
-    ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
-
-
-def records(frame: pl.DataFrame, partition: int = 0, topic: str = "t") -> list[ConsumerRecord]:
-    keys, values = encode_readings(frame)
-    return [
-        ConsumerRecord(topic, partition, None, i, 0, 0, k, v, [], None, len(k), len(v), -1)
-        for i, (k, v) in enumerate(zip(keys, values, strict=True))
-    ]
 
 
 def polls(recs: list, cuts: list[int], partition: int = 0) -> list[dict]:

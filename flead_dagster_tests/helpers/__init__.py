@@ -1,0 +1,1 @@
+"""Helpers shared by test modules: harnesses, fixtures, constants (not collected as tests)."""
