@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from flead.config import Settings
-from flead.local.services import LocalServices, free_port
-
-
-def service_env(home: Path) -> dict[str, str]:
-    """FLEAD_* variables for a private set of local services under `home`, on free ports."""
-    return {
-        "FLEAD_HOME": str(home),
-        "FLEAD_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-        "FLEAD_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-    }
+from flead.local.services import LocalServices
+from flead_dagster_tests.helpers.services import service_env
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import pytest
 
 from flead.config import Settings
 from flead.federated.wire import encode_json_update
-from flead.local.services import LocalServices, free_port, service_env
+from flead.local.services import LocalServices, free_port
 from flead_dagster_tests.helpers.api import (
     ADMIN_KEY,
     api_harness,
@@ -34,6 +34,7 @@ from flead_dagster_tests.helpers.api import (
     assert_each_update_counted_once,
     make_update,
 )
+from flead_dagster_tests.helpers.services import service_env
 from flead_dagster_tests.helpers.trainer import settings_for, wait_until
 from services.global_api.service import GlobalModelService
 

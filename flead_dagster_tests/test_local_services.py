@@ -15,7 +15,7 @@ import pytest
 
 from flead.config import Settings
 from flead.local.services import LocalServiceError, LocalServices
-from flead_dagster_tests.conftest import service_env
+from flead_dagster_tests.helpers.services import service_env
 
 FLEAD = str(Path(sys.executable).parent / "flead")
 

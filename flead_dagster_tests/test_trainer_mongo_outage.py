@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from flead.local.services import LocalServices
-from flead_dagster_tests.conftest import service_env
+from flead_dagster_tests.helpers.services import service_env
 from flead_dagster_tests.helpers.trainer import (
     PARTITIONS,
     Trainer,

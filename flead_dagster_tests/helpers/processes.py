@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from flead.local.services import free_port, service_env
+from flead.local.services import free_port
+from flead_dagster_tests.helpers.services import service_env
 
 FLEAD = str(Path(sys.executable).parent / "flead")
 

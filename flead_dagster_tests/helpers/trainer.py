@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from flead.bus.topics import ensure_topics
 from flead.config import Settings
 from flead.datasets.intel_lab import parse_files
 from flead.datasets.synthetic import generate_fleet
+from flead.local.services import free_port
 from flead.storage.mongo import get_database, make_mongo_client
 from flead_dagster_tests.helpers.bus import consume
 
@@ -39,12 +39,6 @@ FAST = {
     "FLEAD_TRAINER_PUSH_EVERY": "1000000000",  # no federation: scores depend on each device's stream only
     "FLEAD_MONGO_SERVER_SELECTION_TIMEOUT_MS": "1000",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.2):
