@@ -10,10 +10,8 @@ from pathlib import Path
 import matplotlib.image
 import polars as pl
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from flead.cli.report import report_command
 from flead.datasets.lake import scan_lake, write_days
 from flead.evaluation.metrics import point_scores
 from flead.reporting import anomaly_report
@@ -25,6 +23,7 @@ from flead.reporting.anomaly_report import (
     build_report,
     evaluation_versions,
 )
+from flead_cli import app
 from flead_dagster_tests.helpers.reports import (
     DAY_3,
     EVAL_DAYS,
@@ -334,12 +333,6 @@ def test_a_lake_without_the_evaluated_days_still_gives_a_report(dirs, tmp_path):
     assert report.per_device["readings"].sum() == 0
 
 
-def cli_app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(report_command)
-    return app
-
-
 def test_cli_builds_the_report_with_settings_defaults_and_options(dirs, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setenv("FLEAD_LAKE_DIR", str(dirs["lake"]))
@@ -347,7 +340,13 @@ def test_cli_builds_the_report_with_settings_defaults_and_options(dirs, monkeypa
     monkeypatch.setenv("FLEAD_REPORTS_DIR", str(dirs["out"]))
     runner = CliRunner()
 
-    result = runner.invoke(cli_app(), [], env={"COLUMNS": "200"})
+    result = runner.invoke(
+        app,
+        [
+            "report",
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert f"evaluation version {NEW}" in result.output
     assert str((dirs["out"] / REPORT_FILE).absolute()) in result.output
@@ -357,13 +356,13 @@ def test_cli_builds_the_report_with_settings_defaults_and_options(dirs, monkeypa
 
     elsewhere = tmp_path / "elsewhere"
     result = runner.invoke(
-        cli_app(), ["--version", str(OLD), "--out", str(elsewhere)], env={"COLUMNS": "200"}
+        app, ["report", "--version", str(OLD), "--out", str(elsewhere)], env={"COLUMNS": "200"}
     )
     assert result.exit_code == 0, result.output
     assert f"evaluation version {OLD}" in result.output
     assert f"version {OLD}" in (elsewhere / REPORT_FILE).read_text(encoding="utf-8")
 
-    result = runner.invoke(cli_app(), ["--version", "3"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["report", "--version", "3"], env={"COLUMNS": "200"})
     assert result.exit_code == 1
     assert "no evaluation of version 3" in result.output
 

@@ -11,12 +11,10 @@ from datetime import UTC, datetime
 import matplotlib.image
 import polars as pl
 import pytest
-import typer
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from typer.testing import CliRunner
 
-from flead.cli.plot import plot_command
 from flead.datasets.lake import write_days
 from flead.reporting.device_view import (
     DeviceViewError,
@@ -25,6 +23,7 @@ from flead.reporting.device_view import (
     parse_range,
 )
 from flead.schema import EPOCH
+from flead_cli import app
 from flead_dagster_tests.helpers.api import api_harness
 from flead_dagster_tests.helpers.browser import ARTIFACTS, CHROMEDRIVER, CHROMIUM, browser  # noqa: F401
 from flead_dagster_tests.helpers.events import event
@@ -37,6 +36,7 @@ from flead_dagster_tests.helpers.reports import (
     write_evaluation,
 )
 
+WIDE = {"COLUMNS": "200"}
 FEATURES = ["temperature", "humidity", "light", "voltage"]
 DYING = [datetime(2004, 3, 2, h, 7, tzinfo=UTC) for h in range(14, 24, 2)]  # mote-02's rule alarms
 MODEL_ALARMS = [datetime(2004, 3, 1, h, 7, tzinfo=UTC) for h in (4, 6, 8)] + [
@@ -232,22 +232,16 @@ def test_device_page_errors(fleet):
 # ------------------------------------------------------------------------------------ flead plot
 
 
-def cli_app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(plot_command)
-    return app
-
-
 def test_flead_plot_writes_a_png_and_refuses_bad_input(fleet, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setenv("FLEAD_LAKE_DIR", str(fleet["lake"]))
     monkeypatch.setenv("FLEAD_EVALUATIONS_DIR", str(fleet["evaluations"]))
     monkeypatch.setenv("FLEAD_MONGO_DB", fleet["api"].settings.mongo_db)
     monkeypatch.setenv("FLEAD_REPORTS_DIR", str(tmp_path / "reports"))
-    runner, env = CliRunner(), {"COLUMNS": "200"}
+    runner, env = CliRunner(), WIDE
 
     out = tmp_path / "plots" / "mote-02.png"
-    result = runner.invoke(cli_app(), ["--device", "mote-02", "--out", str(out)], env=env)
+    result = runner.invoke(app, ["plot", "--device", "mote-02", "--out", str(out)], env=env)
     assert result.exit_code == 0, result.output
     assert "36 readings, 9 alarms (5 rule), 2 events, 2 model versions" in result.output
     data = out.read_bytes()
@@ -257,21 +251,21 @@ def test_flead_plot_writes_a_png_and_refuses_bad_input(fleet, monkeypatch, tmp_p
     assert image.std() > 0.05  # not a blank canvas
 
     result = runner.invoke(
-        cli_app(), ["--device", "mote-02", "--start", "2004-03-02", "--end", "2004-03-02"], env=env
+        app, ["plot", "--device", "mote-02", "--start", "2004-03-02", "--end", "2004-03-02"], env=env
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "reports" / "device-mote-02.png").read_bytes().startswith(PNG_MAGIC)
 
-    result = runner.invoke(cli_app(), ["--device", "mote-77", "--out", str(tmp_path / "x.png")], env=env)
+    result = runner.invoke(app, ["plot", "--device", "mote-77", "--out", str(tmp_path / "x.png")], env=env)
     assert result.exit_code == 1 and "no readings, alarms or events for device 'mote-77'" in result.output
     assert not (tmp_path / "x.png").exists()
-    result = runner.invoke(cli_app(), ["--device", "mote-02", "--start", "03/02/2004"], env=env)
+    result = runner.invoke(app, ["plot", "--device", "mote-02", "--start", "03/02/2004"], env=env)
     assert result.exit_code == 2 and "not an ISO 8601" in result.output
     result = runner.invoke(
-        cli_app(), ["--device", "mote-02", "--start", "2004-03-03", "--end", "2004-03-01"], env=env
+        app, ["plot", "--device", "mote-02", "--start", "2004-03-03", "--end", "2004-03-01"], env=env
     )
     assert result.exit_code == 2 and "not before" in result.output
-    result = runner.invoke(cli_app(), ["--device", "bad id"], env=env)
+    result = runner.invoke(app, ["plot", "--device", "bad id"], env=env)
     assert result.exit_code == 2
 
 
@@ -281,6 +275,8 @@ def test_flead_plot_without_mongodb_draws_the_lake_and_evaluation(fleet, monkeyp
     monkeypatch.setenv("FLEAD_EVALUATIONS_DIR", str(fleet["evaluations"]))
     monkeypatch.setenv("FLEAD_MONGO_URI", "mongodb://127.0.0.1:1/")  # nothing listens there
     out = tmp_path / "mote-01.png"
-    result = CliRunner().invoke(cli_app(), ["--device", "mote-01", "--out", str(out)], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app, ["plot", "--device", "mote-01", "--out", str(out)], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     assert "MongoDB unreachable" in result.output and out.read_bytes().startswith(PNG_MAGIC)
