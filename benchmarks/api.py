@@ -32,10 +32,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from flead.config import Settings
 from flead.federated import LocalUpdate
-from flead.local.services import LocalServices, free_port
+from flead.local.services import LocalServices, free_port, terminate
 from flead.model.serialization import nested_lists
 from services.global_api.codec import encode_binary_update
 from services.global_api.service import GlobalModelService
@@ -86,15 +87,6 @@ def start_process(args: list[str], env: dict[str, str], health_url: str) -> subp
         time.sleep(0.05)  # poll interval between health checks
     process.kill()
     raise TimeoutError(f"{args} did not answer {health_url}")
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # ------------------------------------------------------------------------------ load generator
@@ -331,7 +323,7 @@ def main() -> None:
             round_trips = mongo_round_trips(settings, sizes["binary"])
         finally:
             for process in processes:
-                stop_process(process)
+                terminate(psutil.Process(process.pid), grace_s=20)
             services.down()
 
     print(

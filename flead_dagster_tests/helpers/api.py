@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from flead.config import Settings
 from flead.federated import LocalUpdate
 from flead.federated.wire import encode_binary_update, encode_json_update
-from flead.local.services import free_port
+from flead.local.services import free_port, terminate
 from flead.model import AnomalyModel
 from services.global_api.live_server import LiveServer
 from services.global_api.service import GlobalModelService
@@ -214,9 +215,4 @@ def api_process(settings: Settings, log: Path) -> Iterator[str]:
             time.sleep(0.05)  # poll interval between health checks
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(psutil.Process(process.pid), grace_s=20)
