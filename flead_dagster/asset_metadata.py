@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 
 import polars as pl
-from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, asset
 
 from flead.datasets.inject import labelled_schema
 from flead.evaluation.batch_scoring import DATE, SCORED_SCHEMA
@@ -20,6 +20,14 @@ from flead.fleet import FleetSchema
 from flead.schema import lake_schema
 
 OWNERS = ["team:flead"]
+CODE_VERSION = "1"  # every asset's: raise it when what an asset computes changes
+
+
+def flead_asset(**kwargs):
+    """Dagster's ``@asset`` with FLEAD's owners and code version."""
+    return asset(owners=OWNERS, code_version=CODE_VERSION, **kwargs)
+
+
 COLUMN_SCHEMA = "dagster/column_schema"
 
 COLUMN_DESCRIPTIONS = {

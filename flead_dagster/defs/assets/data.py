@@ -14,7 +14,6 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
-    asset,
 )
 from pydantic import Field
 
@@ -23,7 +22,7 @@ from flead.datasets.files import parse_separator
 from flead.datasets.inject import ANOMALY_TYPES, InjectionConfig
 from flead.fleet import FleetSchema
 from flead.schema import lake_schema
-from flead_dagster.asset_metadata import OWNERS, frame_table, labelled_columns, lake_columns
+from flead_dagster.asset_metadata import flead_asset, frame_table, labelled_columns, lake_columns
 from flead_dagster.defs.partitions import DAILY, FLEET
 from flead_dagster.defs.resources import FleadResource
 
@@ -51,11 +50,9 @@ class LabelConfig(Config):
     rate_scale: float = Field(1.0, gt=0, description="multiplies every anomaly type's rate")
 
 
-@asset(
+@flead_asset(
     group_name="data",
     kinds={"python", "polars"},
-    owners=OWNERS,
-    code_version="1",
     description="The raw readings (Intel Lab download, a synthetic fleet, or a local path: the Intel Lab "
     "format or the fleet schema's CSV / Parquet files), parsed once.",
 )
@@ -91,12 +88,10 @@ def raw_intel_lab(
     )
 
 
-@asset(
+@flead_asset(
     group_name="data",
     deps=[raw_intel_lab],
     kinds={"polars", "parquet"},
-    owners=OWNERS,
-    code_version="1",
     metadata=lake_columns(FLEET),
     partitions_def=DAILY,
     backfill_policy=BackfillPolicy.single_run(),
@@ -158,12 +153,10 @@ def lake_checks(frame: pl.DataFrame, flag_rate_warn: float, fleet: FleetSchema) 
     ]
 
 
-@asset(
+@flead_asset(
     group_name="data",
     deps=[readings_lake],
     kinds={"polars", "parquet"},
-    owners=OWNERS,
-    code_version="1",
     description="Devices seen in the lake, with locations when known.",
 )
 def device_registry(context: AssetExecutionContext, flead: FleadResource) -> MaterializeResult:
@@ -181,12 +174,10 @@ def device_registry(context: AssetExecutionContext, flead: FleadResource) -> Mat
     )
 
 
-@asset(
+@flead_asset(
     group_name="data",
     deps=[readings_lake],
     kinds={"polars", "parquet"},
-    owners=OWNERS,
-    code_version="1",
     metadata=labelled_columns(FLEET),
     description="The lake with injected, labelled anomalies (a separate data set), one Parquet file per day.",
 )

@@ -11,14 +11,13 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
-    asset,
 )
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
 from flead.evaluation import batch_scoring, store
 from flead.storage.mongo import get_database
-from flead_dagster.asset_metadata import EVALUATION_COLUMNS, OWNERS, frame_table
+from flead_dagster.asset_metadata import EVALUATION_COLUMNS, flead_asset, frame_table
 from flead_dagster.defs.assets.data import labelled_benchmark, readings_lake
 from flead_dagster.defs.assets.stream import stream_replay
 from flead_dagster.defs.partitions import DAILY, partition_days
@@ -32,12 +31,10 @@ class EvaluationConfig(Config):
     version: int | None = Field(None, ge=0, description="global model version to evaluate; None = latest")
 
 
-@asset(
+@flead_asset(
     group_name="model",
     deps=[stream_replay],
     kinds={"fastapi", "mongodb", "numpy"},
-    owners=OWNERS,
-    code_version="1",
     description="The global model: pending local updates aggregated through the global API.",
 )
 def global_model(context: AssetExecutionContext, flead: FleadResource) -> MaterializeResult:
@@ -67,12 +64,10 @@ def global_model(context: AssetExecutionContext, flead: FleadResource) -> Materi
     )
 
 
-@asset(
+@flead_asset(
     group_name="model",
     deps=[global_model, readings_lake, labelled_benchmark],
     kinds={"spark", "parquet", "mongodb"},
-    owners=OWNERS,
-    code_version="1",
     metadata=EVALUATION_COLUMNS,
     partitions_def=DAILY,
     backfill_policy=BackfillPolicy.single_run(),

@@ -1,17 +1,15 @@
 """The platform's own check: one reading through Kafka into MongoDB and back, proving the services' wiring."""
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from flead.roundtrip import run_round_trip
-from flead_dagster.asset_metadata import OWNERS
+from flead_dagster.asset_metadata import flead_asset
 from flead_dagster.defs.resources import FleadResource
 
 
-@asset(
+@flead_asset(
     group_name="platform",
     kinds={"kafka", "mongodb"},
-    owners=OWNERS,
-    code_version="1",
     description="One reading through Kafka (consumer group) into MongoDB and back.",
 )
 def platform_round_trip(context: AssetExecutionContext, flead: FleadResource) -> MaterializeResult:

@@ -4,10 +4,10 @@ import base64
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, MetadataValue
 
 from flead.reporting.anomaly_report import AnomalyReport, build_report
-from flead_dagster.asset_metadata import OWNERS, frame_table
+from flead_dagster.asset_metadata import flead_asset, frame_table
 from flead_dagster.defs.assets.model import global_model_evaluation
 from flead_dagster.defs.resources import FleadResource
 
@@ -20,12 +20,10 @@ REPORT_AFTER_EVALUATION = (
 )
 
 
-@asset(
+@flead_asset(
     group_name="model",
     deps=[global_model_evaluation],
     kinds={"duckdb", "matplotlib", "markdown"},
-    owners=OWNERS,
-    code_version="1",
     automation_condition=REPORT_AFTER_EVALUATION,
     description="DuckDB over the lake and the newest evaluation: per-device and per-day summaries, charts.",
 )

@@ -4,12 +4,17 @@ state as observations (`flead_dagster.defs.sensors`)."""
 from dagster import AssetSpec
 
 from flead.local.supervisor import API, NOTIFIER, TRAINER
-from flead_dagster.asset_metadata import OWNERS
+from flead_dagster.asset_metadata import CODE_VERSION, OWNERS
 
 
 def service_asset(name: str, kinds: set[str], description: str) -> AssetSpec:
     return AssetSpec(
-        name, group_name="services", kinds=kinds, owners=OWNERS, code_version="1", description=description
+        name,
+        group_name="services",
+        kinds=kinds,
+        owners=OWNERS,
+        code_version=CODE_VERSION,
+        description=description,
     )
 
 

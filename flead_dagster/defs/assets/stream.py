@@ -8,14 +8,13 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    asset,
 )
 from pydantic import Field
 
 from flead.bus import lag
 from flead.bus.replay import lake_readings, replay
 from flead.config import Settings
-from flead_dagster.asset_metadata import OWNERS
+from flead_dagster.asset_metadata import flead_asset
 from flead_dagster.defs.assets.data import readings_lake
 from flead_dagster.defs.partitions import DAILY, partition_days
 from flead_dagster.defs.resources import FleadResource
@@ -34,12 +33,10 @@ class ReplayConfig(Config):
     )
 
 
-@asset(
+@flead_asset(
     group_name="stream",
     deps=[readings_lake],
     kinds={"kafka", "polars"},
-    owners=OWNERS,
-    code_version="1",
     partitions_def=DAILY,
     backfill_policy=BackfillPolicy.single_run(),
     description="The days' lake readings replayed into the readings topic, keyed by device, in event-time "
