@@ -9,6 +9,7 @@ returns a list of problems, and each is also shown to catch a broken copy of the
 from __future__ import annotations
 
 import copy
+import fnmatch
 import hashlib
 import importlib
 import json
@@ -543,6 +544,24 @@ def test_dockerfile_copies_only_files_that_exist_and_are_not_docker_ignored():
         for source in shlex.split(rest)[:-1]:
             assert (REPO / source).exists(), source
             assert source.rstrip("/") not in ignored, f"{source} is in .dockerignore"
+
+
+def test_the_image_copies_every_package_it_installs():
+    """Every package pyproject's setuptools find installs (the `flead` script's `flead_cli` too)."""
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {
+        path.parent.name
+        for path in REPO.glob("*/__init__.py")
+        if any(fnmatch.fnmatch(path.parent.name, p) for p in find["include"])
+        and not any(fnmatch.fnmatch(path.parent.name, p) for p in find["exclude"])
+    }
+    copied = {
+        shlex.split(rest)[0].rstrip("/")
+        for kind, rest in dockerfile_instructions(DOCKER / "Dockerfile")
+        if kind == "COPY" and not rest.startswith("--from")
+    }
+    assert {"flead", "flead_cli", "services", "flead_dagster"} <= packages
+    assert packages <= copied, f"installed but not copied into the image: {sorted(packages - copied)}"
 
 
 def production_extra() -> list[str]:
