@@ -151,8 +151,18 @@ def main() -> None:
                 "out_of_range_left_out": dropped,
                 "modes": {},
             }
+            # Federated with a quarter of the fleet training at once, the rest resting on the global
+            # weights (`flead.federated.cohort`: how a large fleet fits one trainer's memory).
+            cohort = max(1, entry["devices"] // 4)
+            sampled = [
+                (
+                    "federated",
+                    f", {cohort} of {entry['devices']} devices training at once",
+                    {"simulation": SimulationConfig(training_devices=cohort)},
+                )
+            ]
             for fraction in splits.get(name, args.train_fractions):
-                for mode, variant, changes in [(m, "", {}) for m in EVALUATION_MODES] + ABLATIONS:
+                for mode, variant, changes in [(m, "", {}) for m in EVALUATION_MODES] + ABLATIONS + sampled:
                     plan = EvaluationPlan(
                         mode=mode,
                         train_fraction=fraction,

@@ -98,9 +98,10 @@ def bare_consume(settings: Settings, topic: str, expected: int) -> float:
 
 
 def start_trainer(
-    env: dict, topic: str, group: str, database: str, model: list[str], log: Path
+    env: dict, topic: str, group: str, database: str, model: list[str], log: Path, profile: Path | None
 ) -> tuple[subprocess.Popen, int]:
-    """A trainer process on `topic` in `group` (idle flushes off), logging to `log`; (process, port)."""
+    """A trainer process on `topic` in `group` (idle flushes off), logging to `log`; (process, port).
+    With `profile`, under `py-spy record`, its collapsed stacks written there."""
     port = free_port()
     trainer_env = {
         **os.environ,
@@ -110,9 +111,12 @@ def start_trainer(
         "FLEAD_MONGO_DB": database,
         "FLEAD_TRAINER_HEALTH_PORT": str(port),
     }
+    command = [sys.executable, "-m", "services.stream_trainer", *model, "--flush-idle", "3600"]
+    if profile is not None:
+        command = ["py-spy", "record", "--format", "raw", "--rate", "50", "-o", str(profile), "--", *command]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.stream_trainer", *model, "--flush-idle", "3600"],
+            command,
             env=trainer_env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -120,12 +124,24 @@ def start_trainer(
     return process, port
 
 
+def trainer_rss(pid: int) -> int:
+    """The trainer's RSS: the largest process of the tree (under py-spy, the trainer is its child)."""
+    root = psutil.Process(pid)
+    return max(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+
+
 def run_trainer(
-    settings: Settings, env: dict, topic: str, expected: int, model: list[str], home: Path
+    settings: Settings,
+    env: dict,
+    topic: str,
+    expected: int,
+    model: list[str],
+    home: Path,
+    profile: Path | None,
 ) -> dict:
     group, database = f"bench-{uuid.uuid4().hex[:8]}", f"bench_{uuid.uuid4().hex[:8]}"
     log = home / f"trainer-{group}.log"
-    process, port = start_trainer(env, topic, group, database, model, log)
+    process, port = start_trainer(env, topic, group, database, model, log, profile)
     peak_rss, health = 0, None
     deadline = time.monotonic() + 3600
     try:
@@ -133,7 +149,7 @@ def run_trainer(
             if process.poll() is not None:
                 raise RuntimeError(f"trainer exited {process.returncode}: {log.read_text()[-2000:]}")
             try:
-                peak_rss = max(peak_rss, psutil.Process(process.pid).memory_info().rss)
+                peak_rss = max(peak_rss, trainer_rss(process.pid))
                 health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
             except (httpx.HTTPError, ValueError, psutil.Error):
                 health = None
@@ -143,7 +159,9 @@ def run_trainer(
         else:
             raise TimeoutError("the trainer did not finish within an hour")
     finally:
-        process.send_signal(signal.SIGTERM)
+        # under py-spy, stop the trainer: py-spy writes its stacks when its child exits
+        children = psutil.Process(process.pid).children()
+        os.kill(children[0].pid if profile is not None and children else process.pid, signal.SIGTERM)
         code = process.wait(300)
     seconds = (
         datetime.fromisoformat(health["last_checkpoint_at"])
@@ -165,7 +183,9 @@ def run_trainer(
     }
 
 
-def bench_fleet(settings, env, home, devices, days, hours, models, checkpoint: tuple[int, float]) -> dict:
+def bench_fleet(
+    settings, env, home, devices, days, hours, models, checkpoint: tuple[int, float], profile: Path | None
+) -> dict:
     frame = fleet(home / f"fleet-{devices}", devices, days, hours)
     topic = f"bench.stream.{devices}.{uuid.uuid4().hex[:6]}"
     ensure_topics(settings, {topic: settings.topic_readings_partitions})
@@ -187,7 +207,8 @@ def bench_fleet(settings, env, home, devices, days, hours, models, checkpoint: t
         "trainer": {},
     }
     for name in models:
-        trainer = run_trainer(settings, env, topic, frame.height, MODELS[name], home)
+        stacks = None if profile is None else profile / f"trainer-{devices}-{name}.txt"
+        trainer = run_trainer(settings, env, topic, frame.height, MODELS[name], home, stacks)
         trainer["ratio_vs_bare"] = round(trainer["readings_per_s"] / result["bare_consumer"]["msgs_per_s"], 3)
         result["trainer"][name] = trainer
     return result
@@ -207,7 +228,15 @@ def main() -> None:
         default=None,
         help="readings between the large fleet's checkpoints (default 100 per device, or every 60 s)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run each trainer under py-spy (pip install py-spy) and write its collapsed stacks here",
+    )
     args = parser.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     models = [m for m in args.models.split(",") if m]
     fleets = args.fleets.split(",")
 
@@ -215,8 +244,9 @@ def main() -> None:
         results = {"machine": {"cpus": os.cpu_count()}, "fleets": []}
         if "small" in fleets:
             checkpoint = (settings.trainer_checkpoint_records, settings.trainer_checkpoint_seconds)
+            small = (args.devices, args.days, None)
             results["fleets"].append(
-                bench_fleet(settings, env, home, args.devices, args.days, None, models, checkpoint)
+                bench_fleet(settings, env, home, *small, models, checkpoint, args.profile)
             )
         if "large" in fleets:
             # a checkpoint writes every device changed since the last one: its cost grows with the
@@ -225,7 +255,9 @@ def main() -> None:
             if args.large_checkpoint_records is not None:  # above the fleet's readings: the final one only
                 checkpoint = (args.large_checkpoint_records, 3600.0)
             large = (args.large_devices, 1, args.large_hours)
-            results["fleets"].append(bench_fleet(settings, env, home, *large, models, checkpoint))
+            results["fleets"].append(
+                bench_fleet(settings, env, home, *large, models, checkpoint, args.profile)
+            )
     print(json.dumps(results, indent=2))
 
 

@@ -192,6 +192,12 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds between the trainer's checkpoints."
     )
     trainer_push_every: int = Field(1024, ge=1, description="Samples a device learns between local updates.")
+    trainer_training_devices: int = Field(
+        500,
+        ge=0,
+        description="Devices of one trainer process that train at once, one round each in turn; the others "
+        "score with the global weights held once (0: every device, always).",
+    )
     trainer_allowed_lateness_s: float = Field(
         300.0, ge=0, description="Event-time lateness after which a reading goes to the late side output."
     )

@@ -83,7 +83,7 @@ def test_online_the_warm_up_fits_the_calibration_window_judges_and_a_restart_equ
 
     first = OnlineDetector(config, train=train)
     head = first.process_many(frame(values[:768]))  # mid-calibration: held-out scores in the state
-    assert first.subspace.held_out and not first.subspace.decided
+    assert first.subspace.held_out.size and not first.subspace.decided
     resumed = OnlineDetector.from_bytes(first.to_bytes())
     tail = resumed.process_many(frame(values[768:]))
     assert pl.concat([head, tail]).equals(whole)
@@ -130,4 +130,4 @@ def test_a_calibration_window_too_short_to_judge_a_fit_decides_the_check_off() -
     check.fit(1e-3)
     assert check.decided and not check.active
     check.observe(correlated(500, seed=6))  # nothing more is collected once decided
-    assert check.held_out == []
+    assert check.held_out.size == 0

@@ -56,6 +56,7 @@ def run_polls(fed: Federation, batches: list[dict], watermarks: Watermarks) -> t
             )
             slot.receive(run.rows, run.max_event_us)
             if slot.whole_chunks():
+                fed.before_scoring(slot)
                 chunk = slot.score(slot.pending.take(slot.whole_chunks()))
                 fed.after_scoring(slot, chunk)
                 scores[run.device_id] = np.concatenate([scores.get(run.device_id, []), chunk.score])
@@ -318,3 +319,37 @@ def test_an_adopting_device_holds_no_private_copy_of_the_global_weights(mu):
     adopted = exchange.latest(None).weights
     assert client.adopted is adopted and client.reported is adopted
     assert client.anchor is (adopted if mu else None)  # FedProx only
+
+
+def test_a_cohort_of_one_trains_in_turns_and_resting_devices_store_no_weights(settings, monkeypatch):
+    monkeypatch.setenv("FLEAD_TRAINER_PUSH_EVERY", "128")
+    monkeypatch.setenv("FLEAD_TRAINER_TRAINING_DEVICES", "1")
+    fed = federation(Settings())
+    frame = pl.concat([readings(f"dev-{d}", 512, seed=10 + i) for i, d in enumerate("abc")]).sort("ts")
+    slots, _ = run_polls(fed, polls(records(frame), list(range(64, 1536, 64))), Watermarks(3600))
+    private = [s for s in slots.values() if not s.client.detector.weights_shared]
+    assert len(private) <= 1 and len(fed.cohort.training) <= 1
+    assert all(s.client.sequence >= 1 for s in slots.values())  # each took its turn and pushed
+    resting = next(s for s in slots.values() if s.client.detector.weights_shared)
+    shared = SharedWeights()
+    digest = shared.digest_of(resting.client.adopted)
+    document = slot_document(resting, state_id="x", owner={"partition": 0}, adopted_digest=digest)
+    network_bytes = resting.client.detector.model.network.size * 4
+    full = resting.client.detector.to_bytes()
+    assert len(full) - len(document["detector"]) >= network_bytes  # the adopted weights, by digest
+    restored, _ = slot_from_document(document, adopted=shared.get, push_every=128)
+    assert restored.client.detector.weights_shared and not restored.client.training
+    tail = records(readings("dev-x", 64, seed=99))
+    window = Watermarks(3600)
+    intake = take_in(
+        {TopicPartition("t", 0): tail},
+        max_bytes=65536,
+        watermarks=window,
+        columns=MEASUREMENTS,
+        fleet=INTEL_LAB,
+    )
+    outputs = []
+    for slot in (resting, restored):
+        slot.receive(intake.runs[0].rows, intake.runs[0].max_event_us)
+        outputs.append(slot.score(slot.pending.take(slot.whole_chunks())))
+    np.testing.assert_array_equal(outputs[0].score, outputs[1].score)

@@ -17,8 +17,10 @@ import numpy as np
 import polars as pl
 
 from flead.federated.client import ClientConfig, personalise, weight_delta
+from flead.federated.cohort import shared_flat
 from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
+from flead.federated.weights import Weights
 from flead.model.detector import Batch, OnlineDetector
 
 
@@ -42,21 +44,44 @@ class DeviceClient:
         self.reported: dict[str, np.ndarray] | None = None  # weights as of the last push
         self.epoch = new_epoch()  # of this state; with `sequence` it makes update ids unique
         self.sequence = 0
+        # A resting device scores with the adopted global weights, shared, and learns nothing
+        # (`flead.federated.cohort`); `round_samples`: what it learned since it last started training.
+        self.training = True
+        self.round_samples = 0
+
+    def wake(self) -> None:
+        """Train from the next batch (the weights are copied when it first learns)."""
+        self.training, self.round_samples = True, 0
+
+    def rest(self) -> None:
+        """Score with the adopted global weights, shared with every resting device, and stop learning:
+        the weights learned since the last push are dropped (they were pushed), with the optimiser."""
+        self.training = False
+        self.detector.optimizer.reset()
+        if self.adopted is not None:
+            self._share(self.adopted)
+
+    def _share(self, weights: Weights) -> None:
+        self.detector.share_weights(shared_flat(weights, self.detector.model.network))
+        self.reported = self.adopted
+        self.anchor = self.adopted if self.client.proximal_mu > 0 else None
+        self.detector.reset_sample_counter()
 
     def adopt(self, state: GlobalState) -> None:
         """Continue from global `state`, keeping a `personal_mix` share of what was learned locally."""
-        if self.adopted is None:
-            weights = {name: np.array(w, dtype=np.float32) for name, w in state.weights.items()}
-        else:
-            weights = personalise(
-                self.detector.get_weights(), state.weights, self.adopted, self.client.personal_mix
-            )
+        if self.adopted is None or not self.training:
+            # Nothing learned to keep: score with the global weights themselves, held once for every
+            # such device; the first learning step copies them.
+            self.adopted, self.base_version = state.weights, state.version
+            self._share(state.weights)
+            return
+        weights = personalise(
+            self.detector.get_weights(), state.weights, self.adopted, self.client.personal_mix
+        )
         self.detector.set_weights(weights)
-        # Both equal the detector's weights now and are only ever read, so they share one object (the
-        # global's own the first time): a device holds no private copy until it pushes or personalises.
-        start = state.weights if self.adopted is None else weights
-        self.anchor = start if self.client.proximal_mu > 0 else None  # FedProx only
-        self.reported = start
+        # Both equal the detector's weights now and are only ever read, so they share one object.
+        self.anchor = weights if self.client.proximal_mu > 0 else None  # FedProx only
+        self.reported = weights
         self.adopted = state.weights
         self.base_version = state.version
         self.detector.reset_sample_counter()
@@ -68,7 +93,7 @@ class DeviceClient:
         `OnlineDetector.process_many`; `explain` adds the per-feature errors)."""
         mu = self.client.proximal_mu if self.anchor is not None else 0.0
         return self.detector.process_many(
-            batch, ts=ts, learn=learn, proximal_mu=mu, anchor=self.anchor, explain=explain
+            batch, ts=ts, learn=learn and self.training, proximal_mu=mu, anchor=self.anchor, explain=explain
         )
 
     def take_update(self, *, force: bool = False) -> LocalUpdate | None:
@@ -81,6 +106,7 @@ class DeviceClient:
         delta = weight_delta(current, self.reported)
         self.reported = current
         self.detector.reset_sample_counter()
+        self.round_samples += samples
         self.sequence += 1
         return LocalUpdate(
             device_id=self.device_id,

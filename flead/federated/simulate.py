@@ -27,6 +27,7 @@ import polars as pl
 
 from flead.federated.buffer import UpdateBuffer
 from flead.federated.client import ClientConfig
+from flead.federated.cohort import TrainingCohort
 from flead.federated.config import AggregationConfig
 from flead.federated.device import DeviceClient
 from flead.federated.state import GlobalState
@@ -48,6 +49,8 @@ class SimulationConfig:
     push_every: int = 1024  # samples between a device's updates
     aggregate_every: int | None = None  # pending updates that trigger an aggregation (default: devices / 2)
     max_delay_steps: int = 2  # an update arrives 0..max_delay_steps steps after it was sent
+    # Federated devices training at once (`flead.federated.cohort`); None: every device, always.
+    training_devices: int | None = None
     epochs: int = 1  # passes over the train streams
     # None (the default): each device's threshold is calibrated on its train part, taken as normal,
     # at the train config's false-alarm rate (online: on its first readings, or the fleet's until
@@ -157,6 +160,7 @@ class _Run:
         self.step = 0
         self.in_flight: list[tuple[int, LocalUpdate]] = []  # (arrival step, update)
         first = next(iter(self.clients.values())).detector
+        self.cohort = TrainingCohort(config.training_devices if mode == "federated" else None)
         if mode == "federated":
             self.buffer = UpdateBuffer(GlobalState.initial(first.get_weights()), config.aggregation)
             self.aggregate_every = config.aggregate_every or max(1, len(devices) // 2)
@@ -231,11 +235,13 @@ class _Run:
         if self.mode == "centralized":
             client.detector.set_weights(self.shared_weights)
         if self.mode == "federated" and learn:
+            self.cohort.admit(client)
             if client.base_version != self.buffer.version:
                 self._send(client.take_update(force=True))
                 client.adopt(self.buffer.state)
             out = client.process(batch, learn=True)
             self._send(client.take_update())
+            self.cohort.after_push(client)
             return out
         return client.process(batch, learn=learn)
 

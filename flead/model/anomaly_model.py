@@ -110,9 +110,10 @@ class AnomalyModel:
 
     @classmethod
     def _from_parts(
-        cls, header: dict, arrays: dict[str, np.ndarray], order: list[str] | None
+        cls, header: dict, arrays: dict[str, np.ndarray] | None, order: list[str] | None
     ) -> AnomalyModel:
-        """A model from a parsed header and its arrays; `order`, if given, must be the layout's."""
+        """A model from a parsed header and its arrays (None: the weights come later, e.g. shared);
+        `order`, if given, must be the layout's."""
         try:
             architecture = dict(header["architecture"])
             architecture["features"] = header["features"]
@@ -126,7 +127,8 @@ class AnomalyModel:
         expected = list(model.network.shapes)
         if order is not None and order != expected:
             raise ValueError(f"arrays {order} do not match the architecture's {expected}")
-        model.set_weights(arrays)
+        if arrays is not None:
+            model.set_weights(arrays)
         model.normalizer = RunningNormalizer.from_state_dict(header.get("normalizer") or {}, config.n_columns)
         samples = header.get("n_samples_seen", 0)
         if not isinstance(samples, int) or samples < 0:

@@ -19,7 +19,7 @@ anomalous ones would lock a device whose normal range has moved into flagging it
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,6 +29,7 @@ import polars as pl
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig, TrainConfig
 from flead.model.gaps import GapCheck
+from flead.model.network import Network
 from flead.model.optim import Adam, clip_by_global_norm
 from flead.model.serialization import pack, unpack
 from flead.model.stuck import StuckCheck
@@ -148,6 +149,15 @@ class OnlineDetector:
         self.model.set_weights(weights)
         if reset_optimizer:
             self.optimizer.reset()
+
+    def share_weights(self, flat: np.ndarray) -> None:
+        """Score with `flat` (weights in the network's layout, e.g. a global version's, held once for
+        many devices) without a copy; learning makes a private copy again (copy-on-write)."""
+        self.model.network.share(flat)
+
+    @property
+    def weights_shared(self) -> bool:
+        return self.model.network.shared
 
     @property
     def n_samples_seen(self) -> int:
@@ -588,6 +598,7 @@ class OnlineDetector:
             entry_weights = np.repeat(row_windows(row_weights, cfg.window), cfg.n_features, axis=1)
             mask = np.isfinite(target) * entry_weights
         target = np.clip(np.nan_to_num(target, nan=0.0), -cfg.input_clip, cfg.input_clip)
+        net.own()  # copy-on-write of shared weights
         forward = run.forward
         first_loss = None
         for _ in range(self.train.steps_per_batch):
@@ -662,8 +673,10 @@ class OnlineDetector:
 
     # ---------------------------------------------------------------------------------- checkpoints
 
-    def to_bytes(self) -> bytes:
-        """Everything needed to resume this device exactly (model, optimiser, threshold, context)."""
+    def to_bytes(self, *, weights: bool = True) -> bytes:
+        """Everything needed to resume this device exactly (model, optimiser, threshold, context).
+        ``weights=False`` leaves the network's weights out (shared ones, stored once elsewhere):
+        `from_bytes` then needs them."""
         header = {
             "format": DETECTOR_FORMAT,
             "format_version": DETECTOR_FORMAT_VERSION,
@@ -681,16 +694,27 @@ class OnlineDetector:
             "stuck": None if self.stuck is None else self.stuck.state_dict(),
             "gaps": None if self.gaps is None else self.gaps.state_dict(),
             "subspace": None if self.subspace is None else self.subspace.state_dict(),
+            "weights": "included" if weights else "shared",
         }
-        arrays = {**self.model.network.params, "adam.m": self.optimizer.m, "adam.v": self.optimizer.v}
+        arrays = dict(self.model.network.params) if weights else {}
+        if self.optimizer.m is not None:
+            arrays.update({"adam.m": self.optimizer.m, "adam.v": self.optimizer.v})
         return pack(header, arrays)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> OnlineDetector:
+    def from_bytes(
+        cls, data: bytes, *, shared: Callable[[Network], np.ndarray] | None = None
+    ) -> OnlineDetector:
+        """The detector `to_bytes` saved; `shared` gives a checkpoint saved without its weights the
+        (flat, read-only) weights to share, in the layout of the network it is given."""
         header, arrays = unpack(data, DETECTOR_FORMAT, (DETECTOR_FORMAT_VERSION,))
         try:
-            m, v = arrays.pop("adam.m"), arrays.pop("adam.v")
-            model = AnomalyModel._from_parts(header["model"], arrays, list(arrays))
+            m, v = arrays.pop("adam.m", None), arrays.pop("adam.v", None)
+            included = header.get("weights", "included") == "included"
+            if not included and shared is None:
+                raise ValueError("bad detector checkpoint: it was saved without its shared weights")
+            parts = (arrays, list(arrays)) if included else (None, None)
+            model = AnomalyModel._from_parts(header["model"], *parts)
             detector = cls(
                 model=model,
                 train=TrainConfig.from_dict(header["train"]),
@@ -715,9 +739,12 @@ class OnlineDetector:
                 subspace = SubspaceCheck.from_state_dict(subspace, model.config.n_features)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad detector checkpoint: {exc!r}") from exc
-        if m.shape != (model.network.size,) or v.shape != m.shape:
+        if not included:
+            detector.model.network.share(shared(detector.model.network))
+        size = (model.network.size,)
+        if (m is None) != (v is None) or (m is not None and (m.shape != size or v.shape != size)):
             raise ValueError("optimiser state does not match the network")
-        detector.optimizer.m[...], detector.optimizer.v[...], detector.optimizer.t = m, v, adam_t
+        detector.optimizer.m, detector.optimizer.v, detector.optimizer.t = m, v, adam_t
         detector.context = context
         detector.readings_seen, detector.suspect_run = readings_seen, suspect_run
         detector.readings_unjudged, detector.smoothed = unjudged, smoothed

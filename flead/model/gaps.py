@@ -29,7 +29,7 @@ MAX_GAPS = 5_000  # calibration gaps kept
 class GapCheck:
     def __init__(self) -> None:
         self.last_us: int | None = None
-        self.calibration: list[float] = []  # gaps (s) between normal readings
+        self.calibration = np.empty(0)  # gaps (s) between normal readings
         self.window_s = math.inf  # fitted; inf = not checked
 
     def gaps(self, ts_us: np.ndarray) -> np.ndarray:
@@ -45,11 +45,10 @@ class GapCheck:
     def observe(self, gaps: np.ndarray) -> None:
         room = MAX_GAPS - len(self.calibration)
         if room > 0:
-            self.calibration.extend(np.asarray(gaps, dtype=np.float64)[:room].tolist())
+            self.calibration = np.concatenate([self.calibration, np.asarray(gaps, dtype=np.float64)[:room]])
 
     def fit(self, false_alarm_rate: float) -> None:
-        gaps = np.asarray(self.calibration)
-        gaps = gaps[gaps > 0]
+        gaps = self.calibration[self.calibration > 0]
         self.window_s = math.inf
         if gaps.size >= 10:
             typical = float(np.median(gaps))
@@ -57,10 +56,10 @@ class GapCheck:
                 if np.mean(gaps >= multiple * typical) <= false_alarm_rate:
                     self.window_s = multiple * typical
                     break
-        self.calibration = []
+        self.calibration = np.empty(0)
 
     def reset_calibration(self) -> None:
-        self.calibration = []
+        self.calibration = np.empty(0)
 
     def severity(self, gaps: np.ndarray) -> np.ndarray:
         return np.asarray(gaps, dtype=np.float64) / self.window_s
@@ -68,7 +67,7 @@ class GapCheck:
     def state_dict(self) -> dict:
         return {
             "last_us": self.last_us,
-            "calibration": list(self.calibration),
+            "calibration": self.calibration.tolist(),
             "window_s": None if math.isinf(self.window_s) else self.window_s,
         }
 
@@ -77,7 +76,7 @@ class GapCheck:
         check = cls()
         try:
             check.last_us = None if state["last_us"] is None else int(state["last_us"])
-            check.calibration = [float(x) for x in state["calibration"]]
+            check.calibration = np.array([float(x) for x in state["calibration"]], dtype=np.float64)
             check.window_s = math.inf if state["window_s"] is None else float(state["window_s"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad gap-check state: {exc!r}") from exc

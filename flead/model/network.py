@@ -59,7 +59,28 @@ class Network:
         return {name: view.copy() for name, view in self.params.items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        if self.shared:
+            self.own()
         self.flat[...] = self.flatten(weights)
+
+    def share(self, flat: np.ndarray) -> None:
+        """Use `flat` (this layout, e.g. a global version's weights held once for many devices) as the
+        parameters, read-only: training needs `own` first, and a write raises instead of leaking."""
+        if flat.shape != (self.size,) or flat.dtype != self.dtype:
+            raise ValueError(f"shared weights must be ({self.size},) {self.dtype}: {flat.shape} {flat.dtype}")
+        view = flat.view()
+        view.flags.writeable = False
+        self.flat, self.params = view, self._views(view)
+
+    def own(self) -> None:
+        """A private, writable copy of the parameters (copy-on-write after `share`)."""
+        if self.shared:
+            self.flat = self.flat.copy()
+            self.params = self._views(self.flat)
+
+    @property
+    def shared(self) -> bool:
+        return not self.flat.flags.writeable
 
     def flatten(self, weights: dict[str, np.ndarray]) -> np.ndarray:
         """`weights` as one vector in this network's layout, after checking names, shapes and values."""

@@ -20,12 +20,16 @@ class Adam:
         self, size: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7
     ) -> None:
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
-        self.m = np.zeros(size, np.float32)
-        self.v = np.zeros(size, np.float32)
+        self.size = size
+        # The moments are made by the first step: a device that does not train holds none.
+        self.m: np.ndarray | None = None
+        self.v: np.ndarray | None = None
         self.t = 0
 
     def step(self, params: np.ndarray, grad: np.ndarray) -> None:
         """One update of `params` (in place) from `grad` (not changed)."""
+        if self.m is None or self.v is None:
+            self.m, self.v = np.zeros(self.size, np.float32), np.zeros(self.size, np.float32)
         self.t += 1
         scratch = (1.0 - self.beta2) * grad  # the same operations, in the same order, as the textbook form
         scratch *= grad
@@ -43,6 +47,5 @@ class Adam:
 
     def reset(self) -> None:
         """Forget the moments, e.g. after adopting new global weights."""
-        self.m[...] = 0.0
-        self.v[...] = 0.0
+        self.m = self.v = None
         self.t = 0

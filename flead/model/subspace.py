@@ -50,7 +50,7 @@ class SubspaceCheck:
     def __init__(self, n_features: int) -> None:
         self.n_features = n_features
         self.pca: PCADetector | None = None  # None until it has rows
-        self.held_out: list[float] = []  # online: scores of the calibration window
+        self.held_out = np.empty(0)  # online: scores of the calibration window (float64, per device)
         self.threshold: float | None = None  # fitted and kept; None = not judging
         self.decided = False  # fitted (kept or not)
         self.audited = 0  # readings the network found normal, in the current audit
@@ -73,12 +73,11 @@ class SubspaceCheck:
         if self.decided or not self._fittable():
             return
         rows = values[np.isfinite(values).any(axis=1)]
-        self.held_out.extend(self.pca.score_many(rows).tolist())
+        self.held_out = np.concatenate([self.held_out, self.pca.score_many(rows)])
 
     def fit(self, false_alarm_rate: float) -> None:
         """Keep the member or not, from the held-out scores observed; decided once, whatever it had."""
-        held_out = np.asarray(self.held_out)
-        self.held_out = []
+        held_out, self.held_out = self.held_out, np.empty(0)
         if self.decided:
             return
         self.decided = True
@@ -92,7 +91,7 @@ class SubspaceCheck:
         cut = int(len(rows) * (1.0 - HELD_OUT))
         if self.n_features >= 2 and cut >= MIN_ROWS and len(rows) - cut >= MIN_ROWS:
             self.pca = PCADetector(VARIANCE).learn_many(rows[:cut])
-            self.held_out = self.pca.score_many(rows[cut:]).tolist()
+            self.held_out = np.asarray(self.pca.score_many(rows[cut:]), dtype=np.float64)
             self.fit(false_alarm_rate)
         self.decided = True  # judged by the readings given, never by later ones
 
@@ -118,7 +117,7 @@ class SubspaceCheck:
         stats = None if self.pca is None else self.pca.statistics
         return {
             "statistics": None if stats is None else stats.to_dict(),
-            "held_out": list(self.held_out),
+            "held_out": self.held_out.tolist(),
             "threshold": self.threshold,
             "decided": self.decided,
             "audited": self.audited,
@@ -133,7 +132,7 @@ class SubspaceCheck:
             stats = state["statistics"]
             if stats is not None:
                 check.pca = PCADetector(VARIANCE, statistics=PCAStatistics.from_dict(stats, n_features))
-            check.held_out = [float(x) for x in state["held_out"]]
+            check.held_out = np.array([float(x) for x in state["held_out"]], dtype=np.float64)
             threshold = state["threshold"]
             check.threshold = None if threshold is None else float(threshold)
             check.decided = bool(state["decided"])
@@ -146,7 +145,7 @@ class SubspaceCheck:
         return check
 
     def reset(self) -> None:
-        self.pca, self.held_out, self.threshold, self.decided = None, [], None, False
+        self.pca, self.held_out, self.threshold, self.decided = None, np.empty(0), None, False
         self.audited = self.disagreed = 0
         self.stale = False
 

@@ -57,4 +57,5 @@ def feed(federation: Federation, slots: dict, device: str, n: int, seed: int) ->
     for run in intake.runs:
         slot.receive(run.rows, run.max_event_us)
         for _ in range(slot.whole_chunks() // slot.quantum):
+            federation.before_scoring(slot)
             federation.after_scoring(slot, slot.score(slot.pending.take(slot.quantum)))

@@ -27,6 +27,7 @@ import numpy as np
 
 from flead.config import Settings
 from flead.federated import GlobalState
+from flead.federated.cohort import TrainingCohort
 from flead.federated.device import DeviceClient
 from flead.fleet import INTEL_LAB
 from flead.model import rules
@@ -376,6 +377,7 @@ class Federation:
         self, settings: Settings, options: TrainerOptions, exchange: ModelExchange, counters: Counters
     ) -> None:
         self.settings, self.options, self.exchange, self.counters = settings, options, exchange, counters
+        self.cohort = TrainingCohort(settings.trainer_training_devices or None)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -395,6 +397,10 @@ class Federation:
         self.counters.add("devices_created")
         return slot
 
+    def before_scoring(self, slot: DeviceSlot) -> None:
+        """Whether the device trains on its next chunk is the cohort's to say."""
+        self.cohort.admit(slot.client)
+
     def after_scoring(self, slot: DeviceSlot, chunk: ScoredChunk) -> None:
         same_lineage = slot.lineage == self.exchange.lineage
         state = self.exchange.latest(slot.client.base_version if same_lineage else None)
@@ -408,6 +414,7 @@ class Federation:
             }
             self.exchange.push(dataclasses.replace(update, metrics=metrics))
             self.counters.add("updates_pushed")
+            self.cohort.after_push(slot.client)
         if state is not None:
             self.adopt(slot, state)
 

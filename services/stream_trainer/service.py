@@ -108,6 +108,7 @@ class StreamTrainer(RebalanceHandler):
             "checkpointed_offsets": {},
             "thresholds": {"own": 0, "fleet": 0, "none": 0},
             "fleet_calibration": {},
+            "training_cohort": {},
         }
         self._persisted_global: int | None = None
         self._process = psutil.Process()
@@ -275,6 +276,7 @@ class StreamTrainer(RebalanceHandler):
     def _score(self, slot: DeviceSlot, n: int) -> None:
         rows = slot.pending.take(n)
         part = self.owned.get(slot.partition)
+        self.federation.before_scoring(slot)
         try:
             chunk = slot.score(
                 rows, None if part is None else self._fleet(part), self.settings.fleet.valid_ranges
@@ -378,6 +380,7 @@ class StreamTrainer(RebalanceHandler):
             "checkpointed_offsets": {str(p.number): p.committed_offset for p in parts},
             "thresholds": threshold_sources(s for p in parts for s in p.slots.values()),
             "fleet_calibration": {str(p.number): self._fleet(p).summary() for p in parts},
+            "training_cohort": self.federation.cohort.summary(),
         }
 
     # ---------------------------------------------------------------------------------- checkpoints
@@ -482,7 +485,9 @@ class StreamTrainer(RebalanceHandler):
             self._persisted_global = state.version
 
     def _drop(self, number: int) -> None:
-        self.owned.pop(number, None)
+        part = self.owned.pop(number, None)
+        for device_id in () if part is None else part.slots:
+            self.federation.cohort.forget(device_id)
         self._parked.pop(number, None)
         self.watermarks.drop(number)
 

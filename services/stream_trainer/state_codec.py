@@ -5,6 +5,7 @@ many devices are held and stored once (`SharedWeights`) and referenced by digest
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ import numpy as np
 from bson.binary import Binary
 
 from flead.federated import ClientConfig, LocalUpdate
+from flead.federated.cohort import shared_flat
 from flead.federated.device import DeviceClient
 from flead.federated.weights import Weights
 from flead.federated.wire import (
@@ -43,8 +45,11 @@ def slot_document(
         "kind": "device",
         **owner,  # group, topic, partition, epoch, gen
         "device_id": slot.device_id,
-        "detector": client.detector.to_bytes(),  # bytes are stored as BSON binary (no Binary copy)
+        # bytes are stored as BSON binary (no Binary copy); shared weights are the adopted ones
+        "detector": client.detector.to_bytes(weights=not client.detector.weights_shared),
         "client": {
+            "weights": ADOPTED if client.detector.weights_shared else None,
+            "training": client.training,
             "base_version": client.base_version,
             "epoch": client.epoch,
             "sequence": client.sequence,
@@ -75,14 +80,21 @@ def slot_from_document(
     document: Mapping, *, adopted: Callable[[str], Mapping[str, np.ndarray] | None], push_every: int
 ) -> tuple[DeviceSlot, list[LocalUpdate]]:
     """The slot and its undelivered updates. `adopted` looks shared global weights up by digest."""
-    detector = OnlineDetector.from_bytes(bytes(document["detector"]))
     fields = document["client"]
+    shared = None
+    if fields.get("weights") == ADOPTED:
+        weights = None if fields["adopted"] is None else adopted(fields["adopted"])
+        if weights is None:
+            raise ValueError(f"global weights {fields['adopted']} of {document['device_id']} are missing")
+        shared = functools.partial(shared_flat, weights)
+    detector = OnlineDetector.from_bytes(bytes(document["detector"]), shared=shared)
     config = ClientConfig(proximal_mu=fields["proximal_mu"], personal_mix=fields["personal_mix"])
     client = DeviceClient(document["device_id"], detector, config, push_every=push_every)
     client.base_version = fields["base_version"]
     # a state saved before update ids had an epoch keeps the fresh one: its old ids had another form
     client.epoch = fields.get("epoch") or client.epoch
     client.sequence = fields["sequence"]
+    client.training = fields.get("training", True)
     if fields["adopted"] is not None:
         client.adopted = adopted(fields["adopted"])
         if client.adopted is None:
