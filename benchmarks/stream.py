@@ -2,8 +2,9 @@
 kafka-python consumer loop reading the same topic in the same run, and the trainer's memory.
 
     python benchmarks/stream.py [--devices 54 --days 7] [--large-devices 5000 --large-hours 4]
-                                [--models default,small] [--fleets small,large]
-                                [--large-checkpoint-records N]
+                                [--huge-motes 5000 --huge-split 10 --huge-hours 6]
+                                [--models default,small] [--fleets small,large,huge]
+                                [--large-checkpoint-records N] [--profile DIR]
 
 Starts its own embedded broker and MongoDB on free ports under a temporary home. For each fleet
 (synthetic, `flead.datasets.synthetic.generate_fleet` parsed by `intel_lab.parse_files`): replay it
@@ -69,11 +70,20 @@ def local_services(**extra_env: str) -> Iterator[tuple[Path, dict, Settings]]:
             services.down()
 
 
-def fleet(out: Path, devices: int, days: int, hours: float | None) -> pl.DataFrame:
+def fleet(out: Path, devices: int, days: int, hours: float | None, split: int = 1) -> pl.DataFrame:
+    """`devices` synthetic motes; with `split` > 1 each mote's readings are dealt in turn to `split`
+    devices (``<mote>.<k>``), so `devices * split` devices stream at once, each a reading every
+    `split` of its mote's (the generator makes whole days, too many for 50,000 motes)."""
     generated = generate_fleet(out, n_devices=devices, days=days, seed=1)
     rows = parse_files(generated.paths, mote_ids=range(1, devices + 1)).rows
     if hours is not None:
         rows = rows.filter(pl.col("ts") < rows["ts"].min() + timedelta(hours=hours))
+    if split > 1:
+        rows = rows.sort("device_id", "ts").with_columns(
+            pl.concat_str(
+                "device_id", pl.lit("."), (pl.int_range(pl.len()).over("device_id") % split).cast(pl.String)
+            ).alias("device_id")
+        )
     return rows.sort("ts", "device_id", "epoch")
 
 
@@ -178,15 +188,27 @@ def run_trainer(
         "anomalies": health["counters"]["anomalies"],
         "checkpoints": health["counters"]["checkpoints"],
         "devices": health["devices"],
+        "training_cohort": health.get("training_cohort"),
+        "checkpoint_writes": health.get("checkpoint_writes"),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "exit_code": code,
     }
 
 
 def bench_fleet(
-    settings, env, home, devices, days, hours, models, checkpoint: tuple[int, float], profile: Path | None
+    settings,
+    env,
+    home,
+    devices,
+    days,
+    hours,
+    models,
+    checkpoint: tuple[int, float],
+    profile: Path | None,
+    split: int = 1,
 ) -> dict:
-    frame = fleet(home / f"fleet-{devices}", devices, days, hours)
+    frame = fleet(home / f"fleet-{devices}", devices, days, hours, split)
+    devices = frame["device_id"].n_unique()
     topic = f"bench.stream.{devices}.{uuid.uuid4().hex[:6]}"
     ensure_topics(settings, {topic: settings.topic_readings_partitions})
     summary = replay(settings, frame, topic=topic)
@@ -221,7 +243,14 @@ def main() -> None:
     parser.add_argument("--large-devices", type=int, default=5000)
     parser.add_argument("--large-hours", type=float, default=4.0)
     parser.add_argument("--models", default="default,small")
-    parser.add_argument("--fleets", default="small,large", help="small (--devices), large (--large-devices)")
+    parser.add_argument(
+        "--fleets",
+        default="small,large,huge",
+        help="small (--devices), large (--large-devices), huge (--huge-motes x --huge-split devices)",
+    )
+    parser.add_argument("--huge-motes", type=int, default=5000)
+    parser.add_argument("--huge-split", type=int, default=10, help="devices per mote in the huge fleet")
+    parser.add_argument("--huge-hours", type=float, default=6.0)
     parser.add_argument(
         "--large-checkpoint-records",
         type=int,
@@ -257,6 +286,13 @@ def main() -> None:
             large = (args.large_devices, 1, args.large_hours)
             results["fleets"].append(
                 bench_fleet(settings, env, home, *large, models, checkpoint, args.profile)
+            )
+        if "huge" in fleets:
+            # every device changes between two checkpoints: each writes the whole fleet
+            checkpoint = (100 * args.huge_motes, 60.0)
+            huge = (args.huge_motes, 1, args.huge_hours)
+            results["fleets"].append(
+                bench_fleet(settings, env, home, *huge, models, checkpoint, args.profile, args.huge_split)
             )
     print(json.dumps(results, indent=2))
 

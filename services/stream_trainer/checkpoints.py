@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,6 +110,34 @@ class OwnedPartition:
         return bool(self.dirty) or self.offset != self.committed_offset
 
 
+@dataclass
+class SaveCost:
+    """What the checkpoints' device-state writes cost: the last save and all of them."""
+
+    last: dict = field(default_factory=dict)
+    devices: int = 0
+    state_bytes: int = 0
+    seconds: float = 0.0
+
+    def record(self, devices: int, state_bytes: int, seconds: float) -> None:
+        self.last = {"devices": devices, "state_bytes": state_bytes, "seconds": round(seconds, 4)}
+        self.devices, self.state_bytes, self.seconds = (
+            self.devices + devices,
+            self.state_bytes + state_bytes,
+            self.seconds + seconds,
+        )
+
+    def summary(self) -> dict:
+        per_1000 = 1000 * self.seconds / self.devices if self.devices else None
+        return {
+            "last": self.last,
+            "devices_written": self.devices,
+            "state_bytes_written": self.state_bytes,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_1000_devices": None if per_1000 is None else round(per_1000, 4),
+        }
+
+
 class CheckpointStore:
     def __init__(
         self, db: Database, settings: Settings, owner: Mapping[str, object], shared: SharedWeights
@@ -122,6 +151,7 @@ class CheckpointStore:
         self.shared = shared
         self.topic_id: str | None = None  # the readings topic's id as last looked up, saved with offsets
         self._stored_digests: set[str] = set()
+        self.cost = SaveCost()
 
     def partition_id(self, partition: int) -> str:
         return f"{self.group}|{self.topic}|{partition}"
@@ -242,8 +272,9 @@ class CheckpointStore:
         unsent: Mapping[str, list[LocalUpdate]],
     ) -> list[int]:
         """Checkpoint the partitions; returns those refused because another member claimed them."""
-        now = datetime.now(UTC)
+        now, started = datetime.now(UTC), time.perf_counter()
         plans, batch, batch_bytes = [], [], 0
+        written, written_bytes = 0, 0
         for part in parts:
             gen = part.next_gen
             part.next_gen += 1
@@ -256,6 +287,7 @@ class CheckpointStore:
                     ReplaceOne({"_id": target, "epoch": {"$lte": part.epoch}}, document, upsert=True)
                 )
                 batch_bytes += len(document["detector"])
+                written, written_bytes = written + 1, written_bytes + len(document["detector"])
                 targets[device_id] = target
                 if batch_bytes >= WRITE_BATCH_BYTES:  # bounded memory, whatever the fleet size
                     _write_ignoring_fenced(self.states, batch)
@@ -288,6 +320,7 @@ class CheckpointStore:
                 part.slots[device_id].state_id = target
             part.gen, part.committed_offset = gen, part.offset
             part.dirty.clear()
+        self.cost.record(written, written_bytes, time.perf_counter() - started)
         return fenced
 
     def state_id(self, partition: int, device_id: str, copy: str) -> str:

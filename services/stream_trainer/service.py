@@ -647,5 +647,6 @@ class StreamTrainer(RebalanceHandler):
             "exchange": exchange,
             "partition_resets": self.resets,
             "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
+            "checkpoint_writes": self.store.cost.summary(),
             **view,
         }
