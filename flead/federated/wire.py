@@ -47,6 +47,8 @@ SERVER_STATE_FORMAT = "flead-server-state"
 SERVER_STATE_FORMAT_VERSION = 1
 BATCH_MAGIC = b"FLEADUB1"  # a batch of binary updates (`encode_binary_updates`)
 _U32 = struct.Struct(">I")
+BATCH_OVERHEAD = len(BATCH_MAGIC) + _U32.size  # and _U32.size more per update
+
 LEGACY_GLOBAL_FORMAT = "flead-global-state"  # the stream trainer's checkpoints before one form
 CONTAINER_FIELDS = ("format", "format_version", "dtype", "arrays")
 
@@ -80,7 +82,11 @@ def encode_binary_update(update: LocalUpdate) -> bytes:
 def encode_binary_updates(updates: Iterable[LocalUpdate]) -> bytes:
     """A batch of binary updates: ``BATCH_MAGIC``, their count, then each container after its length
     (unsigned 32-bit big-endian integers)."""
-    containers = [encode_binary_update(update) for update in updates]
+    return frame_binary_updates([encode_binary_update(update) for update in updates])
+
+
+def frame_binary_updates(containers: list[bytes]) -> bytes:
+    """`encode_binary_updates` of updates encoded already (`encode_binary_update`)."""
     parts = [BATCH_MAGIC, _U32.pack(len(containers))]
     for container in containers:
         parts += [_U32.pack(len(container)), container]
