@@ -15,7 +15,7 @@ an index range), and the arrays collection holds only what is pending.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -30,6 +30,7 @@ from flead.federated.wire import UPDATE_FORMAT, UPDATE_FORMAT_VERSION, local_upd
 from flead.model.serialization import pack, unpack
 
 DUPLICATE_KEY = 11000
+IN_CHUNK = 100
 MISSING_ARRAYS = "its arrays were not stored (the submission did not complete); resubmit with a new update_id"
 
 
@@ -124,10 +125,11 @@ class UpdateStore:
 
     def existing(self, keys: Iterable[str]) -> set[str]:
         """Those of ``keys`` that were stored (whatever their status)."""
-        keys = list(keys)
-        if not keys:
-            return set()
-        return {doc["_id"] for doc in self._updates.find({"_id": {"$in": keys}}, {"_id": 1})}
+        return {
+            doc["_id"]
+            for chunk in _chunks(list(keys))
+            for doc in self._updates.find({"_id": {"$in": chunk}}, {"_id": 1})
+        }
 
     def pending_count(self) -> int:
         return self._updates.count_documents({"status": str(UpdateStatus.PENDING)})
@@ -157,7 +159,8 @@ class UpdateStore:
             return []
         blobs = {
             blob["_id"]: blob["arrays"]
-            for blob in self._arrays.find({"_id": {"$in": [d["_id"] for d in docs]}})
+            for keys in _chunks([d["_id"] for d in docs])
+            for blob in self._arrays.find({"_id": {"$in": keys}})
         }
         self.mark_refused(
             [(d["_id"], MISSING_ARRAYS) for d in docs if d["_id"] not in blobs], at_version=None
@@ -172,15 +175,14 @@ class UpdateStore:
 
     def mark_aggregated(self, keys: Iterable[str], version: int) -> int:
         """Idempotent: marks those of ``keys`` still pending as consumed by ``version``."""
-        keys = list(keys)
-        if not keys:
-            return 0
-        result = self._updates.update_many(
-            {"_id": {"$in": keys}, "status": str(UpdateStatus.PENDING)},
-            {"$set": {"status": str(UpdateStatus.AGGREGATED), "version": version}},
-        )
-        self._arrays.delete_many({"_id": {"$in": keys}})
-        return result.modified_count
+        modified = 0
+        for chunk in _chunks(list(keys)):
+            modified += self._updates.update_many(
+                {"_id": {"$in": chunk}, "status": str(UpdateStatus.PENDING)},
+                {"$set": {"status": str(UpdateStatus.AGGREGATED), "version": version}},
+            ).modified_count
+            self._arrays.delete_many({"_id": {"$in": chunk}})
+        return modified
 
     def mark_refused(self, refusals: Iterable[tuple[str, str]], *, at_version: int | None) -> int:
         """``refusals``: (key, reason) of pending updates an aggregation could not use."""
@@ -209,6 +211,13 @@ class UpdateStore:
             }
         ]
         return {doc["_id"]: doc for doc in self._updates.aggregate(pipeline)}
+
+
+def _chunks(keys: list[str]) -> Iterator[list[str]]:
+    """``keys`` in lists of at most ``IN_CHUNK``: some MongoDB-compatible servers (SecantusDB) take
+    more than linear time over a long ``$in`` list (measured: 100 keys 0.12 s, 500 keys 0.9 s)."""
+    for start in range(0, len(keys), IN_CHUNK):
+        yield keys[start : start + IN_CHUNK]
 
 
 def _container(update: LocalUpdate) -> bytes:
