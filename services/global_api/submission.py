@@ -134,30 +134,22 @@ class Submissions:
         return BatchOutcome([o for o in outcomes if o is not None], pending, latest, outcome)
 
     def _aggregate_at_threshold(self, threshold: int) -> AggregationOutcome | None:
-        """Aggregate while at least ``threshold`` updates are pending; returns the first version made.
+        """Aggregate if at least ``threshold`` updates are still pending; the version made, if any.
 
-        One thread of this process aggregates at a time: a submission that finds one at work leaves its
-        update to it, since that thread checks the pending count again after releasing the lock (and
-        the update was stored before). Without this, every submission arriving during an aggregation
-        would start one more, all racing for the same version.
+        One thread of this process aggregates at a time: a submission that finds one at work waits for
+        it, then finds its update consumed (nothing to do) or still pending with others that arrived
+        meanwhile (one more aggregation). An aggregation takes every pending update, so one round per
+        submission drains the buffer, and no submission's latency grows with the ones that follow it
+        (when the holder went on aggregating for everyone who arrived, a steady stream of batches kept
+        one request waiting for tens of seconds).
         """
-        first = None
-        while True:
-            if not self._auto_lock.acquire(blocking=False):
-                return first
-            try:
-                while self._updates.pending_count() >= threshold:
-                    try:
-                        outcome = self._aggregator.aggregate(trigger="auto")
-                    except AggregationBusy:  # other replicas are aggregating these updates
-                        return first
-                    first = first or outcome
-                    if not outcome.created:
-                        return first
-            finally:
-                self._auto_lock.release()
+        with self._auto_lock:
             if self._updates.pending_count() < threshold:
-                return first
+                return None
+            try:
+                return self._aggregator.aggregate(trigger="auto")
+            except AggregationBusy:  # other replicas are aggregating these updates
+                return None
 
     def _duplicate(self) -> SubmitOutcome:
         return SubmitOutcome(
