@@ -1,6 +1,7 @@
 """The global model API against a bare Starlette endpoint answering the same bytes, in the same run.
 
     python benchmarks/api.py [--concurrency 8] [--gets 3000] [--posts 600]
+                             [--batch-sizes 100 500] [--batch-updates 6000] [--batch-concurrency 2]
 
 Starts its own embedded MongoDB (and Kafka) on free ports under a temporary home, then two servers,
 each one uvicorn worker in its own process: the FLEAD API (`python -m services.global_api`) and a bare
@@ -9,8 +10,13 @@ the body and returns the API's 202 body. A keep-alive HTTP/1.1 load generator (a
 connections, in this process) measures:
 
 - `GET /api/global-model` requests/s, as JSON (~200 kB) and binary (~39 kB), against `GET /model`;
+- `GET /api/global-model` revalidated (If-None-Match, answered 304) requests/s;
 - `POST /api/local-update` latency p50/p99 (JSON and binary bodies of the default model's shape,
-  automatic aggregation at the configured threshold included) against `POST /update`.
+  automatic aggregation at the configured threshold included) against `POST /update`;
+- `POST /api/local-updates` (binary batches of each `--batch-sizes` of the default model's updates, each
+  update for its own device, `--batch-concurrency` connections, as that many trainer processes would
+  send them; automatic aggregation included): device updates/s, p50/p99 per request and per update
+  (the request's latency over its updates), against `POST /update` reading the same bodies.
 
 Prints one JSON object; ratios are FLEAD / bare (throughput) and bare / FLEAD (latency is inverted so
 that 1.0 is "as fast as the bare endpoint" in both).
@@ -38,7 +44,7 @@ from flead.config import Settings
 from flead.federated import LocalUpdate
 from flead.local.services import LocalServices, free_port, terminate
 from flead.model.serialization import nested_lists
-from services.global_api.codec import encode_binary_update
+from services.global_api.codec import encode_binary_update, encode_binary_updates
 from services.global_api.service import GlobalModelService
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +200,41 @@ class UpdateRequests:
             self.version = max(self.version, json.loads(payload)["version"])
 
 
+class BatchRequests:
+    """Binary batches of `size` updates, each for its own device; bodies made before the clock starts
+    (the API is configured with a staleness limit that keeps them valid however many versions it makes)."""
+
+    def __init__(self, path: str, token: str, shapes: dict, size: int, n_batches: int, tag: str, base: int):
+        rng = np.random.default_rng(1)
+        arrays = {name: (rng.standard_normal(s) * 0.001).astype(np.float32) for name, s in shapes.items()}
+        metrics = {"loss": 0.1}
+        self.bodies = [
+            encode_binary_updates(
+                LocalUpdate(f"dev-{b * size + j:06d}", f"{tag}-{b}-{j}", base, 64, arrays, metrics=metrics)
+                for j in range(size)
+            )
+            for b in range(n_batches)
+        ]
+        self.path = path
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+        self.accepted = 0
+
+    def __call__(self, i: int) -> tuple[str, str, dict, bytes]:
+        return "POST", self.path, self.headers, self.bodies[i]
+
+    def seen(self, status: int, payload: bytes) -> None:
+        if status == 200 and payload.startswith(b"{"):
+            self.accepted += json.loads(payload).get("accepted", 0)
+
+
+def per_update(result: dict, size: int) -> dict:
+    return {
+        "updates_per_s": round(result["requests_per_s"] * size, 1),
+        "p50_ms_per_update": round(result["p50_ms"] / size, 3),
+        "p99_ms_per_update": round(result["p99_ms"] / size, 3),
+    }
+
+
 def mongo_round_trips(settings: Settings, body_bytes: int, n: int = 200) -> dict:
     """What one MongoDB operation costs here: the floor under every request that touches the database."""
     from bson import Binary
@@ -236,6 +277,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--gets", type=int, default=3000)
     parser.add_argument("--posts", type=int, default=600)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--batch-updates", type=int, default=6000, help="updates sent per batch size")
+    parser.add_argument("--batch-concurrency", type=int, default=2)
     parser.add_argument("--serve-bare", nargs=4, help=argparse.SUPPRESS)  # HOST PORT MODEL_FILE ACCEPTED_FILE
     args = parser.parse_args()
     if args.serve_bare:
@@ -306,6 +350,21 @@ def main() -> None:
                     "bare": bare,
                     "ratio": ratio(flead, bare),
                 }
+                etag = httpx.get(f"{settings.api_url}/api/global-model", headers={"Accept": accept}).headers
+                revalidate = {"Accept": accept, "If-None-Match": etag["etag"]}
+                not_modified = asyncio.run(
+                    run_load(
+                        host,
+                        int(api_port),
+                        args.concurrency,
+                        args.gets,
+                        lambda i, h=revalidate: ("GET", "/api/global-model", h, b""),
+                    )
+                )
+                results[f"get_global_model_{fmt}_304"] = {
+                    "flead": not_modified,
+                    "vs_bare_200": ratio(not_modified, bare),
+                }
 
             for fmt in ("json", "binary"):
                 requests = UpdateRequests("/api/local-update", token, shapes, fmt == "binary", f"bench-{fmt}")
@@ -320,6 +379,25 @@ def main() -> None:
                     "ratio": ratio(flead, bare),
                 }
             status = httpx.get(f"{settings.api_url}/api/status").json()
+            admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+            httpx.post(f"{settings.api_url}/api/config", json={"max_staleness": 1_000_000}, headers=admin)
+            for size in args.batch_sizes:
+                n_batches = max(1, args.batch_updates // size)
+                base = httpx.get(f"{settings.api_url}/api/status").json()["version"]
+                tag = f"b{size}"
+                requests = BatchRequests("/api/local-updates", token, shapes, size, n_batches, tag, base)
+                flead = asyncio.run(
+                    run_load(host, int(api_port), args.batch_concurrency, n_batches, requests)
+                )
+                bare = asyncio.run(run_load(host, bare_port, args.batch_concurrency, n_batches, requests))
+                results[f"post_local_updates_binary_batch_{size}"] = {
+                    "body_bytes": len(requests.bodies[0]),
+                    "updates_accepted": requests.accepted,
+                    "flead": {**flead, **per_update(flead, size)},
+                    "bare": {**bare, **per_update(bare, size)},
+                    "ratio": ratio(flead, bare),
+                }
+            versions_after_batches = httpx.get(f"{settings.api_url}/api/status").json()["version"]
             round_trips = mongo_round_trips(settings, sizes["binary"])
         finally:
             for process in processes:
@@ -335,6 +413,8 @@ def main() -> None:
                 "auto_aggregate_threshold": threshold,
                 "model_bytes": sizes,
                 "versions_created_during_posts": status["version"],
+                "versions_created_during_batches": versions_after_batches - status["version"],
+                "batch_concurrency": args.batch_concurrency,
                 "mongodb_sequential_round_trips": round_trips,
                 **results,
             },

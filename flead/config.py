@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body the API accepts."
     )
+    api_max_batch_updates: int = Field(
+        500, ge=1, description="Most local updates in one POST /api/local-updates request."
+    )
+    api_max_batch_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest POST /api/local-updates body the API accepts."
+    )
     api_body_timeout_s: float = Field(
         30.0, gt=0, description="Time a request body has to arrive in full before the API answers 408."
     )

@@ -406,7 +406,8 @@ def test_clients_reach_the_api_through_the_proxy_and_the_api_binds_all_interface
     for name in ("stream-trainer", "dagster-code"):
         assert _environment(services[name])["FLEAD_API_URL"] == f"http://api-proxy:{listen}", name
     body = re.search(r"client_max_body_size (\d+)m;", nginx).group(1)
-    assert int(body) * 1024 * 1024 >= Settings.model_fields["api_max_body_bytes"].default
+    for limit in ("api_max_body_bytes", "api_max_batch_body_bytes"):
+        assert int(body) * 1024 * 1024 >= Settings.model_fields[limit].default, limit
     assert services["api"]["deploy"]["replicas"] == 2
 
 

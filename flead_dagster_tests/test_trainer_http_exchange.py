@@ -57,8 +57,18 @@ def test_devices_federate_through_the_api(api):  # noqa: F811 (fixture)
         wrong = LocalUpdate(
             "dev-b", "wrong-shapes", newer.version, 10, {"enc.0.W": np.zeros((2, 2), np.float32)}
         )
+        good = LocalUpdate("dev-a", "beside-the-wrong-one", newer.version, 10, delta)
+        delivered = exchange.stats()["delivered"]
         exchange.push(wrong)
+        exchange.push(good)
         assert exchange.flush(20) and exchange.stats()["refused"] == 1
+        assert exchange.stats()["delivered"] == delivered + 1  # refused on its own, the other kept
+
+        # everything went through the batch endpoint, in fewer requests than updates
+        requests = api_requests(settings.api_url)
+        assert requests.get("/api/local-updates", 0) == exchange.stats()["requests"] > 0
+        assert "/api/local-update" not in requests
+        assert exchange.stats()["requests"] < exchange.stats()["pushed"]
 
         # the API away: pushing still returns at once, the update waits and is retried
         servers.pop().stop()
@@ -74,6 +84,16 @@ def test_devices_federate_through_the_api(api):  # noqa: F811 (fixture)
         assert exchange.unsent() == [] and exchange.stats()["failed"] == 0
     finally:
         exchange.close()
+
+
+def api_requests(url: str) -> dict[str, float]:
+    """POST requests answered by the API, by route (its Prometheus metrics)."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith('flead_api_requests_total{method="POST"'):
+            route = line.split('route="', 1)[1].split('"', 1)[0]
+            counts[route] = counts.get(route, 0) + float(line.split()[-1])
+    return counts
 
 
 def test_a_rejected_token_is_counted_and_dropped(api):  # noqa: F811 (fixture)

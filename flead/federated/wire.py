@@ -9,6 +9,9 @@ JSON (``Content-Type: application/json``)::
 Binary (``Content-Type: application/octet-stream``): ``flead.model.serialization.pack(header, arrays)``
 with ``header = {"format": "flead-update", "format_version": 1, <the fields above but arrays>}``.
 
+A batch of updates (``POST /api/local-updates``): JSON ``{"updates": [<update>, ...]}``, or binary
+``encode_binary_updates``: ``FLEADUB1``, a count, then each update's container after its length.
+
 A global model version (`GlobalState`) is stored as document fields (`global_state_fields`, read back by
 `global_state_from_fields`): the weights (``flead-weights``) and the server optimiser's state
 (``flead-server-state``, absent for the stateless strategies) as containers, ``created_at`` and
@@ -24,7 +27,8 @@ trust the sender validates the fields (the API: ``services.global_api.codec``) a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import struct
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +45,10 @@ WEIGHTS_FORMAT = "flead-weights"
 WEIGHTS_FORMAT_VERSION = 1
 SERVER_STATE_FORMAT = "flead-server-state"
 SERVER_STATE_FORMAT_VERSION = 1
+BATCH_MAGIC = b"FLEADUB1"  # a batch of binary updates (`encode_binary_updates`)
+_U32 = struct.Struct(">I")
+BATCH_OVERHEAD = len(BATCH_MAGIC) + _U32.size  # and _U32.size more per update
+
 LEGACY_GLOBAL_FORMAT = "flead-global-state"  # the stream trainer's checkpoints before one form
 CONTAINER_FIELDS = ("format", "format_version", "dtype", "arrays")
 
@@ -69,6 +77,45 @@ def encode_binary_update(update: LocalUpdate) -> bytes:
     """The binary container of `update`."""
     header = {"format": UPDATE_FORMAT, "format_version": UPDATE_FORMAT_VERSION, **update_fields(update)}
     return pack(header, {name: np.asarray(value) for name, value in update.arrays.items()})
+
+
+def encode_binary_updates(updates: Iterable[LocalUpdate]) -> bytes:
+    """A batch of binary updates: ``BATCH_MAGIC``, their count, then each container after its length
+    (unsigned 32-bit big-endian integers)."""
+    return frame_binary_updates([encode_binary_update(update) for update in updates])
+
+
+def frame_binary_updates(containers: list[bytes]) -> bytes:
+    """`encode_binary_updates` of updates encoded already (`encode_binary_update`)."""
+    parts = [BATCH_MAGIC, _U32.pack(len(containers))]
+    for container in containers:
+        parts += [_U32.pack(len(container)), container]
+    return b"".join(parts)
+
+
+def batch_count(data: bytes) -> int:
+    """How many updates a binary batch announces; ValueError if it does not start like one."""
+    if len(data) < len(BATCH_MAGIC) + _U32.size or not data.startswith(BATCH_MAGIC):
+        raise ValueError("not a flead-updates batch (bad magic bytes or too short)")
+    return _U32.unpack_from(data, len(BATCH_MAGIC))[0]
+
+
+def split_binary_updates(data: bytes) -> list[bytes]:
+    """The containers of a binary batch, undecoded; ValueError when the framing is broken."""
+    count = batch_count(data)
+    containers, offset = [], len(BATCH_MAGIC) + _U32.size
+    for index in range(count):
+        if offset + _U32.size > len(data):
+            raise ValueError(f"batch truncated before update {index} of {count}")
+        (length,) = _U32.unpack_from(data, offset)
+        offset += _U32.size
+        if offset + length > len(data):
+            raise ValueError(f"batch truncated inside update {index} of {count}")
+        containers.append(data[offset : offset + length])
+        offset += length
+    if offset != len(data):
+        raise ValueError(f"batch has {len(data) - offset} trailing bytes after its {count} updates")
+    return containers
 
 
 def read_binary_update(data: bytes) -> tuple[dict[str, Any], Weights]:

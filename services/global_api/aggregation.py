@@ -65,11 +65,14 @@ class Aggregator:
         self._registry = registry
         self._updates = updates
         self._config = config
+        self._marked: int | None = None  # a version whose consumed updates this process has marked
 
     def repair(self) -> ModelVersion:
         """Step 1: mark what the latest version consumed; returns that version."""
         latest = self._registry.latest()
-        self._updates.mark_aggregated(latest.update_keys, latest.version)
+        if latest.version != self._marked:  # marking is idempotent: done once is enough
+            self._updates.mark_aggregated(latest.update_keys, latest.version)
+            self._marked = latest.version
         return latest
 
     def aggregate(self, *, trigger: str = "manual") -> AggregationOutcome:
@@ -118,6 +121,7 @@ class Aggregator:
             except VersionConflict:
                 continue
             self._updates.mark_aggregated(keys, created.version)
+            self._marked = created.version
             self._updates.mark_refused(refusals, at_version=created.version)
             return AggregationOutcome(
                 True,

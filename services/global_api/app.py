@@ -11,10 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from pymongo.errors import PyMongoError
 
 from flead.config import Settings
+from services.global_api import model_fast_path
 from services.global_api.errors import install_error_handlers
 from services.global_api.health import MongoHealth
 from services.global_api.limits import BodyReadTimeout, BodySizeLimit
 from services.global_api.metrics import ApiMetrics, MetricsMiddleware
+from services.global_api.model_fast_path import CachedModelResponses
 from services.global_api.routers import (
     admin,
     dashboard,
@@ -91,8 +93,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in routers:
         app.include_router(module.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.api_max_body_bytes,
+        per_path={updates.BATCH_PATH: settings.api_max_batch_body_bytes},
+    )
     app.add_middleware(BodyReadTimeout, timeout_s=settings.api_body_timeout_s)
+    model_route = next(route for route in models.router.routes if route.path == model_fast_path.PATH)
+    app.add_middleware(
+        CachedModelResponses, registry=service.registry, payloads=service.payloads, route=model_route
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

@@ -8,14 +8,23 @@ the current model is ``flead.federated.prepare_update``'s job.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from flead.federated import LocalUpdate
-from flead.federated.wire import UPDATE_FORMAT, local_update, read_binary_update
+from flead.federated.wire import (
+    UPDATE_FORMAT,
+    batch_count,
+    local_update,
+    read_binary_update,
+    split_binary_updates,
+)
 from flead.federated.wire import encode_binary_update as encode_binary_update  # for the API's clients
+from flead.federated.wire import encode_binary_updates as encode_binary_updates
 from flead.federated.wire import encode_json_update as encode_json_update
 from flead.schema import DEVICE_ID_PATTERN
 
@@ -63,14 +72,23 @@ class UpdateBody(UpdateFields):
     )
 
 
+class BatchTooLarge(ValueError):
+    """A batch holds more updates than the limit (answered 413)."""
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One update of a batch: decoded, or the reason it could not be (with its ids when readable)."""
+
+    index: int
+    update: LocalUpdate | None
+    device_id: str | None = None
+    update_id: str | None = None
+    error: str | None = None
+
+
 def decode_json_update(body: bytes) -> LocalUpdate:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise UpdateFormatError(f"the body is not valid JSON: {_short(exc)}") from None
-    parsed = _validated(UpdateBody, data)
-    arrays = {name: numeric_array(name, value) for name, value in parsed.arrays.items()}
-    return _local_update(parsed, arrays)
+    return _json_update(_json(body))
 
 
 def decode_binary_update(body: bytes) -> LocalUpdate:
@@ -79,6 +97,74 @@ def decode_binary_update(body: bytes) -> LocalUpdate:
     except ValueError as exc:
         raise UpdateFormatError(f"not a valid {UPDATE_FORMAT} container: {exc}") from None
     return _local_update(_validated(UpdateFields, fields), arrays)
+
+
+def decode_json_updates(body: bytes, max_updates: int) -> list[BatchItem]:
+    """``{"updates": [<update>, ...]}``, each decoded on its own. ``UpdateFormatError`` when the envelope
+    is malformed, ``BatchTooLarge`` over ``max_updates``."""
+    data = _json(body)
+    if not isinstance(data, dict) or set(data) != {"updates"} or not isinstance(data["updates"], list):
+        raise UpdateFormatError('a batch must be a JSON object {"updates": [<update>, ...]} and nothing else')
+    _check_count(len(data["updates"]), max_updates)
+    return [_item(i, item, _json_update) for i, item in enumerate(data["updates"])]
+
+
+def decode_binary_updates(body: bytes, max_updates: int) -> list[BatchItem]:
+    """`flead.federated.wire.encode_binary_updates`, each container decoded on its own."""
+    try:
+        _check_count(batch_count(body), max_updates)
+        containers = split_binary_updates(body)
+    except BatchTooLarge:
+        raise
+    except ValueError as exc:
+        raise UpdateFormatError(f"not a valid batch of {UPDATE_FORMAT} containers: {exc}") from None
+    return [_item(i, container, decode_binary_update) for i, container in enumerate(containers)]
+
+
+def _check_count(count: int, max_updates: int) -> None:
+    if count > max_updates:
+        raise BatchTooLarge(f"the batch holds {count} updates, over the limit of {max_updates} per request")
+    if count == 0:
+        raise UpdateFormatError("the batch holds no update")
+
+
+def _item(index: int, raw: Any, decode: Callable[[Any], LocalUpdate]) -> BatchItem:
+    try:
+        update = decode(raw)
+    except UpdateFormatError as exc:
+        device_id, update_id = _ids(raw)
+        return BatchItem(index, None, device_id, update_id, str(exc))
+    return BatchItem(index, update, update.device_id, update.update_id)
+
+
+def _ids(raw: Any) -> tuple[str | None, str | None]:
+    """The ids of an update that failed to decode, when they are there and plausible, to name it."""
+    if isinstance(raw, bytes):
+        try:
+            raw, _ = read_binary_update(raw)
+        except ValueError:
+            return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    device_id, update_id = (raw.get(name) for name in ("device_id", "update_id"))
+    return _plausible(device_id), _plausible(update_id)
+
+
+def _plausible(value: Any) -> str | None:
+    return value if isinstance(value, str) and len(value) <= 128 else None
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise UpdateFormatError(f"the body is not valid JSON: {_short(exc)}") from None
+
+
+def _json_update(data: Any) -> LocalUpdate:
+    parsed = _validated(UpdateBody, data)
+    arrays = {name: numeric_array(name, value) for name, value in parsed.arrays.items()}
+    return _local_update(parsed, arrays)
 
 
 def numeric_array(name: str, value: Any) -> np.ndarray:

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from services.global_api.registry import ModelRegistry
 
@@ -26,6 +27,11 @@ CACHE_SIZE = 16
 class ModelFormat(StrEnum):
     JSON = "json"
     BINARY = "binary"
+
+    @classmethod
+    def of(cls, accept: str | None) -> ModelFormat:
+        """The format an Accept header asks for: binary when it names application/octet-stream."""
+        return cls.BINARY if accept and "application/octet-stream" in accept.lower() else cls.JSON
 
     @property
     def media_type(self) -> str:
@@ -39,12 +45,37 @@ class Payload:
     media_type: str
     etag: str
 
+    def headers(self, *, pinned: bool) -> dict[str, str]:
+        return {
+            "ETag": self.etag,
+            "Vary": "Accept",
+            "X-Flead-Model-Version": str(self.version),
+            # A given version never changes; "the latest" must be revalidated.
+            "Cache-Control": "public, max-age=31536000, immutable" if pinned else "no-cache",
+        }
+
+    @cached_property
+    def raw_headers(self) -> dict[bool, list[tuple[bytes, bytes]]]:
+        """ASGI headers of a 200 (pinned, latest), rendered once; a 304 sends the first four."""
+        length = str(len(self.body)).encode()
+        body = [(b"content-type", self.media_type.encode()), (b"content-length", length)]
+        return {
+            pinned: [(k.lower().encode(), v.encode()) for k, v in self.headers(pinned=pinned).items()] + body
+            for pinned in (True, False)
+        }
+
 
 class ModelPayloads:
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
         self._cache: OrderedDict[tuple[int, ModelFormat], Payload] = OrderedDict()
         self._lock = threading.Lock()
+        self._render_lock = threading.Lock()
+
+    def cached(self, version: int, fmt: ModelFormat) -> Payload | None:
+        """The payload if it is rendered already (memory only, never blocks on the database)."""
+        with self._lock:
+            return self._cache.get((version, fmt))
 
     def get(self, version: int, fmt: ModelFormat) -> Payload | None:
         key = (version, fmt)
@@ -52,12 +83,17 @@ class ModelPayloads:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        payload = self._render(version, fmt)
-        if payload is not None:
+        # One rendering at a time: the requests that arrive with a new version wait for it, not redo it.
+        with self._render_lock:
             with self._lock:
-                self._cache[key] = payload
-                while len(self._cache) > CACHE_SIZE:
-                    self._cache.popitem(last=False)
+                if key in self._cache:
+                    return self._cache[key]
+            payload = self._render(version, fmt)
+            if payload is not None:
+                with self._lock:
+                    self._cache[key] = payload
+                    while len(self._cache) > CACHE_SIZE:
+                        self._cache.popitem(last=False)
         return payload
 
     def _render(self, version: int, fmt: ModelFormat) -> Payload | None:

@@ -115,6 +115,13 @@ class ModelRegistry:
         self._remember_latest(version, checked_at)
         return version
 
+    def fresh_latest_version(self, max_age_s: float) -> int | None:
+        """The newest version if this process checked it within ``max_age_s``, else None (memory only)."""
+        with self._lock:
+            if self._latest is not None and time.monotonic() - self._latest_at <= max_age_s:
+                return self._latest
+        return None
+
     def known_latest_version(self) -> int | None:
         """The newest version this process has seen, from memory only (no database call)."""
         with self._lock:

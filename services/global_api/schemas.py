@@ -105,6 +105,26 @@ class SubmitResult(BaseModel):
     )
 
 
+class BatchItemResult(BaseModel):
+    index: int = Field(description="The update's position in the request.")
+    device_id: str | None = Field(None, description="Absent when the update was too malformed to name.")
+    update_id: str | None = None
+    status: Literal["accepted", "duplicate", "refused"]
+    reason: str | None = Field(None, description="Why it was refused.")
+
+
+class BatchSubmitResult(BaseModel):
+    results: list[BatchItemResult] = Field(description="One per update, in the order of the request.")
+    accepted: int
+    duplicate: int
+    refused: int
+    pending: int = Field(description="Updates pending aggregation.")
+    version: int = Field(description="The latest global version after this submission.")
+    aggregation: AggregationResult | None = Field(
+        None, description="Present when this submission triggered the automatic aggregation."
+    )
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     mongodb: bool

@@ -10,7 +10,7 @@ from flead.federated import LocalUpdate, SubmitStatus, UpdateRefused, prepare_up
 from services.global_api.aggregation import AggregationBusy, AggregationOutcome, Aggregator
 from services.global_api.registry import LATEST_MAX_AGE_S, ModelRegistry
 from services.global_api.runtime_config import CONFIG_MAX_AGE_S, RuntimeConfigStore
-from services.global_api.update_store import UpdateStore
+from services.global_api.update_store import UpdateStore, update_key
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,20 @@ class SubmitOutcome:
         if self.aggregation is not None:
             body["aggregation"] = self.aggregation.to_dict()
         return body
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    status: SubmitStatus
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    items: list[ItemOutcome]  # in the order of the updates submitted
+    pending: int
+    version: int
+    aggregation: AggregationOutcome | None = None
 
 
 class Submissions:
@@ -69,31 +83,73 @@ class Submissions:
             latest = outcome.version
         return SubmitOutcome(SubmitStatus.ACCEPTED, self._updates.pending_count(), latest, outcome)
 
-    def _aggregate_at_threshold(self, threshold: int) -> AggregationOutcome | None:
-        """Aggregate while at least ``threshold`` updates are pending; returns the first version made.
-
-        One thread of this process aggregates at a time: a submission that finds one at work leaves its
-        update to it, since that thread checks the pending count again after releasing the lock (and
-        the update was stored before). Without this, every submission arriving during an aggregation
-        would start one more, all racing for the same version.
-        """
-        first = None
-        while True:
-            if not self._auto_lock.acquire(blocking=False):
-                return first
+    def submit_many(self, updates: list[LocalUpdate], *, submitted_by: str) -> BatchOutcome:
+        """`submit` for many updates at once: each one accepted, a duplicate, or refused with its reason;
+        the accepted ones stored in two bulk writes, then the automatic aggregation if due (once)."""
+        config = self._config.load(max_age_s=CONFIG_MAX_AGE_S)
+        aggregation = config.aggregation()
+        latest = self._registry.latest_version(max_age_s=LATEST_MAX_AGE_S)
+        if updates and max(int(u.base_version) for u in updates) > latest:
+            latest = self._registry.latest_version()
+        state = self._registry.state(latest)
+        history = self._registry.weights_history(
+            {int(u.base_version) for u in updates if u.kind == "weights" and u.base_version != latest}
+        )
+        keys = [update_key(u.device_id, u.update_id) for u in updates]
+        outcomes: list[ItemOutcome | None] = [None] * len(updates)
+        valid: list[tuple[int, LocalUpdate, float]] = []
+        refused: dict[int, str] = {}
+        seen: set[str] = set()
+        for index, (key, update) in enumerate(zip(keys, updates, strict=True)):
+            if key in seen:  # the same update twice in one batch: counted once
+                outcomes[index] = ItemOutcome(SubmitStatus.DUPLICATE)
+                continue
+            seen.add(key)
             try:
-                while self._updates.pending_count() >= threshold:
-                    try:
-                        outcome = self._aggregator.aggregate(trigger="auto")
-                    except AggregationBusy:  # other replicas are aggregating these updates
-                        return first
-                    first = first or outcome
-                    if not outcome.created:
-                        return first
-            finally:
-                self._auto_lock.release()
+                prepared = prepare_update(update, state, aggregation, history)
+            except UpdateRefused as exc:
+                refused[index] = exc.reason
+                continue
+            valid.append((index, update, prepared.norm))
+        # As in `submit`: a resubmission of an update received earlier (when it still fitted) is a duplicate.
+        known = self._updates.existing(keys[index] for index in refused)
+        for index, reason in refused.items():
+            if keys[index] in known:
+                outcomes[index] = ItemOutcome(SubmitStatus.DUPLICATE)
+            else:
+                outcomes[index] = ItemOutcome(SubmitStatus.REFUSED, reason)
+        stored = self._updates.insert_pending_many(
+            [(update, norm) for _, update, norm in valid], submitted_by=submitted_by
+        )
+        for index, _, _ in valid:
+            new = keys[index] in stored
+            outcomes[index] = ItemOutcome(SubmitStatus.ACCEPTED if new else SubmitStatus.DUPLICATE)
+        pending = self._updates.pending_count()
+        outcome = None
+        if stored and pending >= config.auto_aggregate_threshold:
+            outcome = self._aggregate_at_threshold(config.auto_aggregate_threshold)
+            if outcome is not None:
+                latest = outcome.version
+            pending = self._updates.pending_count()
+        return BatchOutcome([o for o in outcomes if o is not None], pending, latest, outcome)
+
+    def _aggregate_at_threshold(self, threshold: int) -> AggregationOutcome | None:
+        """Aggregate if at least ``threshold`` updates are still pending; the version made, if any.
+
+        One thread of this process aggregates at a time: a submission that finds one at work waits for
+        it, then finds its update consumed (nothing to do) or still pending with others that arrived
+        meanwhile (one more aggregation). An aggregation takes every pending update, so one round per
+        submission drains the buffer, and no submission's latency grows with the ones that follow it
+        (when the holder went on aggregating for everyone who arrived, a steady stream of batches kept
+        one request waiting for tens of seconds).
+        """
+        with self._auto_lock:
             if self._updates.pending_count() < threshold:
-                return first
+                return None
+            try:
+                return self._aggregator.aggregate(trigger="auto")
+            except AggregationBusy:  # other replicas are aggregating these updates
+                return None
 
     def _duplicate(self) -> SubmitOutcome:
         return SubmitOutcome(

@@ -15,7 +15,7 @@ an index range), and the arrays collection holds only what is pending.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -23,12 +23,14 @@ import numpy as np
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from flead.federated import LocalUpdate
 from flead.federated.wire import UPDATE_FORMAT, UPDATE_FORMAT_VERSION, local_update, update_fields
 from flead.model.serialization import pack, unpack
 
+DUPLICATE_KEY = 11000
+IN_CHUNK = 100
 MISSING_ARRAYS = "its arrays were not stored (the submission did not complete); resubmit with a new update_id"
 
 
@@ -66,9 +68,7 @@ class UpdateStore:
         the status document, whose insertion is what accepts the update.
         """
         key = update_key(update.device_id, update.update_id)
-        header = {"format": UPDATE_FORMAT, "format_version": UPDATE_FORMAT_VERSION}
-        arrays = {name: np.asarray(value, dtype=np.float32) for name, value in update.arrays.items()}
-        self._arrays.replace_one({"_id": key}, {"arrays": Binary(pack(header, arrays))}, upsert=True)
+        self._arrays.replace_one({"_id": key}, {"arrays": Binary(_container(update))}, upsert=True)
         try:
             self._updates.insert_one(
                 {
@@ -86,6 +86,50 @@ class UpdateStore:
                 self._arrays.delete_one({"_id": key})
             return False
         return True
+
+    def insert_pending_many(self, items: list[tuple[LocalUpdate, float]], *, submitted_by: str) -> set[str]:
+        """`insert_pending` for many validated ``(update, norm)`` of distinct keys in two bulk writes;
+        returns the keys accepted (the others were stored before: duplicates)."""
+        if not items:
+            return set()
+        now = datetime.now(UTC)
+        keyed = [(update_key(update.device_id, update.update_id), update, norm) for update, norm in items]
+        keys = [key for key, _, _ in keyed]
+        blobs = [{"_id": key, "arrays": Binary(_container(update))} for key, update, _ in keyed]
+        for index in _insert_new(self._arrays, blobs):
+            # Arrays under this key already: a pending duplicate or what an interrupted submission left.
+            self._arrays.replace_one({"_id": keys[index]}, blobs[index], upsert=True)
+        docs = [
+            {
+                "_id": key,
+                **update_fields(update),
+                "norm": float(norm),
+                "status": str(UpdateStatus.PENDING),
+                "received_at": now,
+                "submitted_by": submitted_by,
+            }
+            for key, update, norm in keyed
+        ]
+        known = [keys[index] for index in _insert_new(self._updates, docs)]
+        if known:  # as in insert_pending: drop the arrays copies of those already consumed
+            still_pending = {
+                doc["_id"]
+                for doc in self._updates.find(
+                    {"_id": {"$in": known}, "status": str(UpdateStatus.PENDING)}, {"_id": 1}
+                )
+            }
+            consumed = [key for key in known if key not in still_pending]
+            if consumed:
+                self._arrays.delete_many({"_id": {"$in": consumed}})
+        return set(keys) - set(known)
+
+    def existing(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` that were stored (whatever their status)."""
+        return {
+            doc["_id"]
+            for chunk in _chunks(list(keys))
+            for doc in self._updates.find({"_id": {"$in": chunk}}, {"_id": 1})
+        }
 
     def pending_count(self) -> int:
         return self._updates.count_documents({"status": str(UpdateStatus.PENDING)})
@@ -115,7 +159,8 @@ class UpdateStore:
             return []
         blobs = {
             blob["_id"]: blob["arrays"]
-            for blob in self._arrays.find({"_id": {"$in": [d["_id"] for d in docs]}})
+            for keys in _chunks([d["_id"] for d in docs])
+            for blob in self._arrays.find({"_id": {"$in": keys}})
         }
         self.mark_refused(
             [(d["_id"], MISSING_ARRAYS) for d in docs if d["_id"] not in blobs], at_version=None
@@ -130,15 +175,14 @@ class UpdateStore:
 
     def mark_aggregated(self, keys: Iterable[str], version: int) -> int:
         """Idempotent: marks those of ``keys`` still pending as consumed by ``version``."""
-        keys = list(keys)
-        if not keys:
-            return 0
-        result = self._updates.update_many(
-            {"_id": {"$in": keys}, "status": str(UpdateStatus.PENDING)},
-            {"$set": {"status": str(UpdateStatus.AGGREGATED), "version": version}},
-        )
-        self._arrays.delete_many({"_id": {"$in": keys}})
-        return result.modified_count
+        modified = 0
+        for chunk in _chunks(list(keys)):
+            modified += self._updates.update_many(
+                {"_id": {"$in": chunk}, "status": str(UpdateStatus.PENDING)},
+                {"$set": {"status": str(UpdateStatus.AGGREGATED), "version": version}},
+            ).modified_count
+            self._arrays.delete_many({"_id": {"$in": chunk}})
+        return modified
 
     def mark_refused(self, refusals: Iterable[tuple[str, str]], *, at_version: int | None) -> int:
         """``refusals``: (key, reason) of pending updates an aggregation could not use."""
@@ -167,3 +211,28 @@ class UpdateStore:
             }
         ]
         return {doc["_id"]: doc for doc in self._updates.aggregate(pipeline)}
+
+
+def _chunks(keys: list[str]) -> Iterator[list[str]]:
+    """``keys`` in lists of at most ``IN_CHUNK``: some MongoDB-compatible servers (SecantusDB) take
+    more than linear time over a long ``$in`` list (measured: 100 keys 0.12 s, 500 keys 0.9 s)."""
+    for start in range(0, len(keys), IN_CHUNK):
+        yield keys[start : start + IN_CHUNK]
+
+
+def _container(update: LocalUpdate) -> bytes:
+    header = {"format": UPDATE_FORMAT, "format_version": UPDATE_FORMAT_VERSION}
+    return pack(header, {name: np.asarray(value, dtype=np.float32) for name, value in update.arrays.items()})
+
+
+def _insert_new(collection: Collection, docs: list[dict]) -> list[int]:
+    """``insert_many(ordered=False)``: every document whose ``_id`` is new goes in; returns the indexes of
+    those whose ``_id`` existed (any other write error is raised)."""
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(error.get("code") != DUPLICATE_KEY for error in errors):
+            raise
+        return sorted(error["index"] for error in errors)
+    return []

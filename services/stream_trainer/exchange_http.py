@@ -1,20 +1,26 @@
 """The global model API as a `ModelExchange` (httpx).
 
-Contract: ``POST {api_url}/api/local-update`` (``Authorization: Bearer <FLEAD_API_KEY>``, JSON
-``{"device_id", "update_id", "base_version", "n_samples", "kind": "delta", "arrays", "metrics"}``) answers
-202 accepted, 200 duplicate or 422 with the reason; ``GET {api_url}/api/global-model`` answers the
+Contract: ``POST {api_url}/api/local-updates`` (``Authorization: Bearer <FLEAD_API_KEY>``, the binary
+batch of `flead.federated.wire.encode_binary_updates`) answers 200 with one result per update
+(accepted, duplicate, or refused with the reason); ``GET {api_url}/api/global-model`` answers the
 current version (``version, created_at, parent_version, strategy, model, client``) with an ETag, 304 to
-``If-None-Match`` when unchanged.
+``If-None-Match`` when unchanged. An API without the batch endpoint (404) gets one update per
+``POST /api/local-update`` (JSON; 202 accepted, 200 duplicate or 422 refused).
 
-`push` only queues: a background thread delivers updates in order (retried with backoff on network
-errors, 408, 429 and 5xx; dropped and counted on other refusals) and asks for a newer global model every
-``global_poll_s``. The queue is bounded (``outbox_limit``, oldest dropped and counted); what has not
-been delivered at a checkpoint is saved with its device and queued again after a restart (the API
-ignores an update id it has already seen).
+`push` only queues: a background thread delivers the waiting updates in order, in batches of at most
+``settings.api_max_batch_updates`` updates and ``settings.api_max_batch_body_bytes`` (halved after a 413
+or a timeout, grown back after a success); a batch is retried whole with backoff on network errors,
+408, 429 and 5xx (the API counts an update id once, so a retried batch that had arrived is harmless),
+dropped and counted on other refusals of the request, and each update refused in a batch is dropped and
+counted as a refusal. It also asks for a newer global model every ``global_poll_s``. The queue is
+bounded (``outbox_limit``, oldest dropped and counted); what has not been delivered at a checkpoint is
+saved with its device and queued again after a restart (the API ignores an update id it has already
+seen).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -26,7 +32,12 @@ import httpx
 
 from flead.config import Settings
 from flead.federated import ClientConfig, GlobalState, LocalUpdate
-from flead.federated.wire import encode_json_update
+from flead.federated.wire import (
+    BATCH_OVERHEAD,
+    encode_binary_update,
+    encode_json_update,
+    frame_binary_updates,
+)
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig, model_for_fleet
 from services.stream_trainer.backoff import Backoff
@@ -35,8 +46,12 @@ from services.stream_trainer.options import TrainerOptions
 log = logging.getLogger(__name__)
 
 UPDATE_PATH = "/api/local-update"
+BATCH_PATH = "/api/local-updates"
 MODEL_PATH = "/api/global-model"
 RETRIED_STATUS = {408, 429}
+BINARY = {"Content-Type": "application/octet-stream"}
+ITEM_OUTCOMES = {"accepted": "delivered", "duplicate": "duplicate", "refused": "refused"}
+_U32_SIZE = 4  # the length before each update in a binary batch
 
 
 class HttpExchange:
@@ -62,7 +77,15 @@ class HttpExchange:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._counts = dict.fromkeys(("pushed", "delivered", "duplicate", "refused", "failed", "dropped"), 0)
-        self._counts |= {"models_fetched": 0, "not_modified": 0}
+        self._counts |= {"models_fetched": 0, "not_modified": 0, "requests": 0}
+        self._batched = True
+        self._max_batch = settings.api_max_batch_updates
+        self._max_batch_bytes = settings.api_max_batch_body_bytes
+        self._batch_size = self._max_batch
+        # A batch takes longer than one update; the read timeout grows with the most a batch may hold.
+        self._batch_timeout = httpx.Timeout(
+            options.http_timeout_s * max(1.0, self._max_batch / 50), connect=min(2.0, options.http_timeout_s)
+        )
         self._api_errors = 0
 
     # ------------------------------------------------------------------------------ the protocol
@@ -181,11 +204,79 @@ class HttpExchange:
                 self._lock.wait(max(0.0, wake_at - time.monotonic()))
 
     def _deliver_next(self) -> str:
-        """Send the oldest waiting update: "sent" (delivered or finally refused), "retry" or "idle"."""
+        """Send the oldest waiting updates: "sent" (delivered or finally refused), "retry" or "idle"."""
         with self._lock:
-            if not self._outbox:
-                return "idle"
-            update = self._outbox[0]
+            chunk = list(itertools.islice(self._outbox, self._batch_size if self._batched else 1))
+        if not chunk:
+            return "idle"
+        if not self._batched:
+            return self._deliver_one(chunk[0])
+        containers, size = [], BATCH_OVERHEAD
+        for update in chunk:
+            container = encode_binary_update(update)
+            if containers and size + _U32_SIZE + len(container) > self._max_batch_bytes:
+                break
+            containers.append(container)
+            size += _U32_SIZE + len(container)
+        chunk = chunk[: len(containers)]
+        try:
+            response = self._http.post(
+                BATCH_PATH,
+                content=frame_binary_updates(containers),
+                headers=BINARY,
+                timeout=self._batch_timeout,
+            )
+        except httpx.TimeoutException as exc:
+            self._api_errors += 1
+            self._batch_size = max(1, len(chunk) // 2)  # the API may be slow on big batches: smaller ones
+            log.warning("a batch of %d updates timed out (%s); will retry smaller", len(chunk), exc)
+            return "retry"
+        except httpx.HTTPError as exc:
+            self._api_errors += 1
+            log.warning("could not deliver a batch of %d updates: %s", len(chunk), exc)
+            return "retry"
+        status = response.status_code
+        if status in (404, 405):  # an API from before batches: one update per request
+            log.warning("the API has no %s (%d); sending updates one by one", BATCH_PATH, status)
+            self._batched = False
+            return "sent"
+        if status == 413 and len(chunk) > 1:
+            self._batch_size = max(1, len(chunk) // 2)
+            log.warning("the API refused a batch of %d updates as too large; halving", len(chunk))
+            return "sent"
+        if status in RETRIED_STATUS or status >= 500:
+            self._api_errors += 1
+            log.warning("the API answered %d to a batch of %d updates; will retry", status, len(chunk))
+            return "retry"
+        if status == 200:
+            outcomes = self._item_outcomes(chunk, response)
+            self._batch_size = min(self._max_batch, self._batch_size * 2)
+        else:
+            log.error(
+                "the API answered %d to a batch of %d updates (%s); dropped",
+                status,
+                len(chunk),
+                _reason(response),
+            )
+            outcomes = ["failed"] * len(chunk)
+        self._done(chunk, outcomes)
+        return "sent"
+
+    def _item_outcomes(self, chunk: list[LocalUpdate], response: httpx.Response) -> list[str]:
+        results = response.json()["results"]
+        if len(results) != len(chunk):
+            raise ValueError(f"the API answered {len(results)} results to a batch of {len(chunk)} updates")
+        outcomes = []
+        for update, result in zip(chunk, results, strict=True):
+            outcome = ITEM_OUTCOMES.get(result["status"], "failed")
+            if outcome == "refused":
+                log.info(
+                    "update %s of %s refused: %s", update.update_id, update.device_id, result.get("reason")
+                )
+            outcomes.append(outcome)
+        return outcomes
+
+    def _deliver_one(self, update: LocalUpdate) -> str:
         try:
             response = self._http.post(UPDATE_PATH, json=encode_json_update(update))
         except httpx.HTTPError as exc:
@@ -209,12 +300,18 @@ class HttpExchange:
             log.error(
                 "the API answered %d to update %s (%s); dropped", status, update.update_id, _reason(response)
             )
-        with self._lock:
-            if self._outbox and self._outbox[0] is update:
-                self._outbox.popleft()
-            self._counts[outcome] += 1
-            self._lock.notify_all()
+        self._done([update], [outcome])
         return "sent"
+
+    def _done(self, chunk: list[LocalUpdate], outcomes: list[str]) -> None:
+        """Take the answered updates off the outbox (those the outbox has not dropped meanwhile)."""
+        with self._lock:
+            for update, outcome in zip(chunk, outcomes, strict=True):
+                if self._outbox and self._outbox[0] is update:
+                    self._outbox.popleft()
+                self._counts[outcome] += 1
+            self._counts["requests"] += 1
+            self._lock.notify_all()
 
     def _fetch_model(self) -> bool:
         """Ask for the current global model; True when one is known (new or unchanged)."""

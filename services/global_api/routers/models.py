@@ -37,7 +37,7 @@ def get_global_model(
     if_none_match: str | None = Header(None),
     service: GlobalModelService = Depends(get_service),
 ) -> Response:
-    fmt = ModelFormat.BINARY if accept and "application/octet-stream" in accept.lower() else ModelFormat.JSON
+    fmt = ModelFormat.of(accept)
     wanted = version if version is not None else service.registry.latest_version(max_age_s=LATEST_MAX_AGE_S)
     payload = None if wanted is None else service.payloads.get(wanted, fmt)
     if payload is None:
@@ -45,13 +45,7 @@ def get_global_model(
             "no global model version exists yet" if version is None else f"version {version} does not exist"
         )
         raise HTTPException(404, missing)
-    headers = {
-        "ETag": payload.etag,
-        "Vary": "Accept",
-        "X-Flead-Model-Version": str(payload.version),
-        # A given version never changes; "the latest" must be revalidated.
-        "Cache-Control": "public, max-age=31536000, immutable" if version is not None else "no-cache",
-    }
+    headers = payload.headers(pinned=version is not None)
     if if_none_match and etag_matches(if_none_match, payload.etag):
         return Response(status_code=304, headers=headers)
     return Response(payload.body, media_type=payload.media_type, headers=headers)
