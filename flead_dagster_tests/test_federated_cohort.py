@@ -120,3 +120,18 @@ def test_a_resting_device_holds_less_than_one_copy_of_the_weights() -> None:
     resting, training = bytes_per_device(True), bytes_per_device(False)
     # a training device: its weights, the optimiser's two moments and the weights it reported
     assert resting < weights and training - resting > 3 * weights, (resting, training, weights)
+
+
+def test_a_waiting_device_that_went_quiet_does_not_hold_the_free_place() -> None:
+    _, clients = fleet(4, push_every=1)
+    quiet, first, *others = clients
+    cohort = TrainingCohort(1)
+    assert cohort.admit(first) and not cohort.admit(quiet)  # quiet waits first in line
+    first.round_samples = 1
+    cohort.after_push(first)  # its round is done: the place is free, quiet is next...
+    assert not cohort.admit(others[0])  # ...so another device must wait behind it
+    for _ in range(12):  # quiet never asks again; the others keep asking
+        for client in others:
+            cohort.admit(client)
+    assert quiet.device_id not in cohort.waiting
+    assert len(cohort.training) == 1 and quiet.device_id not in cohort.training

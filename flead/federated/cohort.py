@@ -6,8 +6,10 @@ the weights it last reported (~150 KB for the default model); a resting one scor
 version's weights, held once for all devices (`shared_flat`), and keeps only its normaliser,
 thresholds, checks and context (a few KB). A device trains one round (until its update of
 `push_every` samples is pushed), then, if others wait, rests and queues again; devices are admitted in
-the order they asked. A resting device adopts each new version as it is (the personal share of `ClientConfig
-.personal_mix` applies to what a device learned, and a resting one learned nothing since its push).
+the order they asked. A waiting device that has not asked again for longer than four asks per device
+known (it went quiet) loses its place, so that silent devices never hold the free places. A resting
+device adopts each new version as it is: `ClientConfig.personal_mix` keeps a share of what a device
+learned, and a resting one learned nothing since its push.
 
 With `size` at least the fleet, every device trains all the time and nothing changes.
 """
@@ -32,7 +34,8 @@ class TrainingCohort:
             raise ValueError(f"the training cohort needs size >= 1 (or None: no limit), got {size}")
         self.size = size
         self.training: set[str] = set()
-        self.waiting: OrderedDict[str, None] = OrderedDict()
+        self.waiting: OrderedDict[str, int] = OrderedDict()  # device -> the ask it last asked at
+        self.asks = 0
 
     def admit(self, client: DeviceClient) -> bool:
         """Before a device's batch: whether it trains on it (resting it, if it may not). A device the
@@ -40,12 +43,13 @@ class TrainingCohort:
         device = client.device_id
         if device in self.training:
             return True
+        self.asks += 1
         if self.size is None or (len(self.training) < self.size and self._next_in_line(device)):
             self.waiting.pop(device, None)
             self.training.add(device)
             client.wake()
             return True
-        self.waiting.setdefault(device, None)
+        self.waiting[device] = self.asks  # a device waiting already keeps its place
         if client.training:
             client.rest()
         return False
@@ -53,6 +57,12 @@ class TrainingCohort:
     def _next_in_line(self, device: str) -> bool:
         """Whether `device` is among the first waiting devices that the free places can take."""
         free = self.size - len(self.training)
+        quiet = 4 * (len(self.training) + len(self.waiting))
+        while self.waiting:  # drop the quiet heads of the queue
+            head, asked = next(iter(self.waiting.items()))
+            if head == device or self.asks - asked <= quiet:
+                break
+            del self.waiting[head]
         for i, waiting in enumerate(self.waiting):
             if i >= free:
                 return False
@@ -69,7 +79,7 @@ class TrainingCohort:
             client.round_samples = 0
             return
         self.training.discard(client.device_id)
-        self.waiting[client.device_id] = None
+        self.waiting[client.device_id] = self.asks
         client.rest()
 
     def forget(self, device_id: str) -> None:
