@@ -127,6 +127,22 @@ def test_chunked_scoring_is_identical_however_the_stream_is_polled(settings):
         assert len(slot.pending) == len(other_slots[device].pending) == (60 if device == "dev-a" else 52)
 
 
+def score_the_same(recs: list, *slots) -> list:
+    """Each slot's scored chunk of the same readings (one device's, one poll)."""
+    intake = take_in(
+        {TopicPartition("t", 0): recs},
+        max_bytes=65536,
+        watermarks=Watermarks(3600),
+        columns=MEASUREMENTS,
+        fleet=INTEL_LAB,
+    )
+    outputs = []
+    for slot in slots:
+        slot.receive(intake.runs[0].rows, intake.runs[0].max_event_us)
+        outputs.append(slot.score(slot.pending.take(slot.whole_chunks())))
+    return outputs
+
+
 @pytest.mark.parametrize("proximal_mu", [0.0, 0.1])
 def test_a_device_state_document_resumes_bit_identically(settings, proximal_mu):
     fed = federation(settings)
@@ -146,17 +162,7 @@ def test_a_device_state_document_resumes_bit_identically(settings, proximal_mu):
     )
     assert (restored.client.anchor is restored.client.adopted) == (proximal_mu > 0)
 
-    rest = take_in(
-        {TopicPartition("t", 0): recs[700:]},
-        max_bytes=65536,
-        watermarks=Watermarks(3600),
-        columns=MEASUREMENTS,
-        fleet=INTEL_LAB,
-    )
-    outputs = []
-    for slot in (original, restored):
-        slot.receive(rest.runs[0].rows, rest.runs[0].max_event_us)
-        outputs.append(slot.score(slot.pending.take(slot.whole_chunks())))
+    outputs = score_the_same(recs[700:], original, restored)
     np.testing.assert_array_equal(outputs[0].score, outputs[1].score)
     np.testing.assert_array_equal(outputs[0].is_anomaly, outputs[1].is_anomaly)
     assert original.client.detector.to_bytes() == restored.client.detector.to_bytes()
@@ -339,17 +345,5 @@ def test_a_cohort_of_one_trains_in_turns_and_resting_devices_store_no_weights(se
     assert len(full) - len(document["detector"]) >= network_bytes  # the adopted weights, by digest
     restored, _ = slot_from_document(document, adopted=shared.get, push_every=128)
     assert restored.client.detector.weights_shared and not restored.client.training
-    tail = records(readings("dev-x", 64, seed=99))
-    window = Watermarks(3600)
-    intake = take_in(
-        {TopicPartition("t", 0): tail},
-        max_bytes=65536,
-        watermarks=window,
-        columns=MEASUREMENTS,
-        fleet=INTEL_LAB,
-    )
-    outputs = []
-    for slot in (resting, restored):
-        slot.receive(intake.runs[0].rows, intake.runs[0].max_event_us)
-        outputs.append(slot.score(slot.pending.take(slot.whole_chunks())))
+    outputs = score_the_same(records(readings("dev-x", 64, seed=99)), resting, restored)
     np.testing.assert_array_equal(outputs[0].score, outputs[1].score)
