@@ -70,10 +70,7 @@ async def submit_local_update(
     metrics = request.app.state.metrics
     try:
         update = await run_in_threadpool(decode, body)
-        if not principal.may_submit_for(update.device_id):
-            raise HTTPException(
-                403, f"a token of device {principal.device_id!r} cannot submit for {update.device_id!r}"
-            )
+        _check_may_submit(principal, update.device_id)
         outcome = await run_in_threadpool(service.submissions.submit, update, submitted_by=principal.label)
     except (UpdateFormatError, UpdateRefused):
         metrics.updates.labels("refused").inc()
@@ -139,10 +136,8 @@ async def submit_local_updates(
     except BatchTooLarge as exc:
         raise HTTPException(413, str(exc)) from None
     for item in items:
-        if item.update is not None and not principal.may_submit_for(item.update.device_id):
-            raise HTTPException(
-                403, f"a token of device {principal.device_id!r} cannot submit for {item.update.device_id!r}"
-            )
+        if item.update is not None:
+            _check_may_submit(principal, item.update.device_id)
     decoded = [item for item in items if item.update is not None]
     outcome = await run_in_threadpool(
         service.submissions.submit_many, [item.update for item in decoded], submitted_by=principal.label
@@ -182,6 +177,11 @@ def batch_results(
             }
         )
     return results
+
+
+def _check_may_submit(principal: Principal, device_id: str) -> None:
+    if not principal.may_submit_for(device_id):
+        raise HTTPException(403, f"a token of device {principal.device_id!r} cannot submit for {device_id!r}")
 
 
 def _is_binary(request: Request) -> bool:
