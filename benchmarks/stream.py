@@ -4,7 +4,7 @@ kafka-python consumer loop reading the same topic in the same run, and the train
     python benchmarks/stream.py [--devices 54 --days 7] [--large-devices 5000 --large-hours 4]
                                 [--huge-motes 5000 --huge-split 10 --huge-hours 6]
                                 [--models default,small] [--fleets small,large,huge]
-                                [--large-checkpoint-records N] [--profile DIR]
+                                [--large-processes 2] [--large-checkpoint-records N] [--profile DIR]
 
 Starts its own embedded broker and MongoDB on free ports under a temporary home. For each fleet
 (synthetic, `flead.datasets.synthetic.generate_fleet` parsed by `intel_lab.parse_files`): replay it
@@ -12,7 +12,9 @@ into a fresh 8-partition topic (timed), read it with a bare consumer loop (a fre
 client settings and max_poll_records; timed from the first record to the last), then run
 `python -m services.stream_trainer` per model on it (a fresh group and database; timed from its
 first record to the checkpoint that covers every offset, i.e. every reading trained, scored or
-waiting for a whole chunk, stored in MongoDB), sampling its RSS. Prints one JSON object.
+waiting for a whole chunk, stored in MongoDB), sampling its RSS. `--large-processes 2` runs the large
+fleet's trainers as two processes of one group (the partitions split between them; the peak RSS is the
+larger one's). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -148,51 +150,82 @@ def run_trainer(
     model: list[str],
     home: Path,
     profile: Path | None,
+    processes: int = 1,
 ) -> dict:
+    """`processes` trainers in one fresh group (and database) until their checkpoints cover every
+    offset; timed from the first record any of them read to the last checkpoint."""
     group, database = f"bench-{uuid.uuid4().hex[:8]}", f"bench_{uuid.uuid4().hex[:8]}"
-    log = home / f"trainer-{group}.log"
-    process, port = start_trainer(env, topic, group, database, model, log, profile)
-    peak_rss, health = 0, None
+    started = []
+    for k in range(processes):
+        log = home / f"trainer-{group}-{k}.log"
+        stacks = None if profile is None else profile.with_name(f"{profile.stem}-{k}{profile.suffix}")
+        started.append((*start_trainer(env, topic, group, database, model, log, stacks), log))
+    peak_rss, healths = [0] * processes, [None] * processes
     deadline = time.monotonic() + 3600
     try:
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"trainer exited {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                peak_rss = max(peak_rss, trainer_rss(process.pid))
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
-            except (httpx.HTTPError, ValueError, psutil.Error):
-                health = None
-            if health and sum(v or 0 for v in health["checkpointed_offsets"].values()) >= expected:
+            for k, (process, port, log) in enumerate(started):
+                if process.poll() is not None:
+                    raise RuntimeError(f"trainer exited {process.returncode}: {log.read_text()[-2000:]}")
+                try:
+                    peak_rss[k] = max(peak_rss[k], trainer_rss(process.pid))
+                    healths[k] = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+                except (httpx.HTTPError, ValueError, psutil.Error):
+                    healths[k] = None
+            if all(healths) and sum(checkpointed(h) for h in healths) >= expected:
                 break
             time.sleep(0.25)  # sampling interval
         else:
-            raise TimeoutError("the trainer did not finish within an hour")
+            raise TimeoutError("the trainers did not finish within an hour")
     finally:
-        # under py-spy, stop the trainer: py-spy writes its stacks when its child exits
-        children = psutil.Process(process.pid).children()
-        os.kill(children[0].pid if profile is not None and children else process.pid, signal.SIGTERM)
-        code = process.wait(300)
-    seconds = (
-        datetime.fromisoformat(health["last_checkpoint_at"])
-        - datetime.fromisoformat(health["first_record_at"])
-    ).total_seconds()
-    return {
+        codes = [stop_trainer(process, profile is not None) for process, _, _ in started]
+    first = min(datetime.fromisoformat(h["first_record_at"]) for h in healths if h["first_record_at"])
+    last = max(datetime.fromisoformat(h["last_checkpoint_at"]) for h in healths if h["last_checkpoint_at"])
+    seconds = (last - first).total_seconds()
+    scored = sum(h["counters"]["scored"] for h in healths)
+    result = {
         "seconds": round(seconds, 3),
         "readings_per_s": round(expected / seconds),
-        "scored": health["counters"]["scored"],
-        "waiting_for_a_whole_chunk": expected - health["counters"]["scored"],
-        "judged": health["counters"].get("judged"),
-        "unjudged": health["counters"].get("unjudged"),
-        "threshold_sources": health.get("thresholds"),
-        "anomalies": health["counters"]["anomalies"],
-        "checkpoints": health["counters"]["checkpoints"],
-        "devices": health["devices"],
-        "training_cohort": health.get("training_cohort"),
-        "checkpoint_writes": health.get("checkpoint_writes"),
-        "peak_rss_mb": round(peak_rss / 2**20, 1),
-        "exit_code": code,
+        "scored": scored,
+        "waiting_for_a_whole_chunk": expected - scored,
+        **{
+            key: sum(h["counters"].get(key) or 0 for h in healths)
+            for key in ("judged", "unjudged", "anomalies", "checkpoints")
+        },
+        "devices": sum(h["devices"] for h in healths),
+        "peak_rss_mb": round(max(peak_rss) / 2**20, 1),
+        "exit_code": max(codes),
     }
+    if processes == 1:
+        health = healths[0]
+        result |= {
+            "threshold_sources": health.get("thresholds"),
+            "training_cohort": health.get("training_cohort"),
+            "checkpoint_writes": health.get("checkpoint_writes"),
+        }
+    else:
+        result["processes"] = [
+            {
+                "partitions": h["partitions"],
+                "devices": h["devices"],
+                "records_in": h["counters"]["records_in"],
+                "peak_rss_mb": round(rss / 2**20, 1),
+                "checkpoint_writes": h.get("checkpoint_writes"),
+            }
+            for h, rss in zip(healths, peak_rss, strict=True)
+        ]
+    return result
+
+
+def checkpointed(health: dict) -> int:
+    return sum(v or 0 for v in health["checkpointed_offsets"].values())
+
+
+def stop_trainer(process: subprocess.Popen, profiled: bool) -> int:
+    """SIGTERM (under py-spy, to the trainer: py-spy writes its stacks when its child exits)."""
+    children = psutil.Process(process.pid).children()
+    os.kill(children[0].pid if profiled and children else process.pid, signal.SIGTERM)
+    return process.wait(300)
 
 
 def bench_fleet(
@@ -206,6 +239,7 @@ def bench_fleet(
     checkpoint: tuple[int, float],
     profile: Path | None,
     split: int = 1,
+    processes: int = 1,
 ) -> dict:
     frame = fleet(home / f"fleet-{devices}", devices, days, hours, split)
     devices = frame["device_id"].n_unique()
@@ -226,11 +260,12 @@ def bench_fleet(
         "checkpoint_every": {"records": records, "seconds": seconds},
         "replay_msgs_per_s": round(summary.rate),
         "bare_consumer": {"seconds": round(bare_s, 3), "msgs_per_s": round(frame.height / bare_s)},
+        "trainer_processes": processes,
         "trainer": {},
     }
     for name in models:
         stacks = None if profile is None else profile / f"trainer-{devices}-{name}.txt"
-        trainer = run_trainer(settings, env, topic, frame.height, MODELS[name], home, stacks)
+        trainer = run_trainer(settings, env, topic, frame.height, MODELS[name], home, stacks, processes)
         trainer["ratio_vs_bare"] = round(trainer["readings_per_s"] / result["bare_consumer"]["msgs_per_s"], 3)
         result["trainer"][name] = trainer
     return result
@@ -242,6 +277,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--large-devices", type=int, default=5000)
     parser.add_argument("--large-hours", type=float, default=4.0)
+    parser.add_argument(
+        "--large-processes",
+        type=int,
+        default=1,
+        help="trainer processes in the large fleet's group (2: the two-process rehearsal)",
+    )
     parser.add_argument("--models", default="default,small")
     parser.add_argument(
         "--fleets",
@@ -285,7 +326,9 @@ def main() -> None:
                 checkpoint = (args.large_checkpoint_records, 3600.0)
             large = (args.large_devices, 1, args.large_hours)
             results["fleets"].append(
-                bench_fleet(settings, env, home, *large, models, checkpoint, args.profile)
+                bench_fleet(
+                    settings, env, home, *large, models, checkpoint, args.profile, 1, args.large_processes
+                )
             )
         if "huge" in fleets:
             # every device changes between two checkpoints: each writes the whole fleet
