@@ -4,6 +4,7 @@ documents and federation. The properties here are what make a restarted trainer 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import itertools
 import uuid
@@ -143,6 +144,36 @@ def score_the_same(recs: list, *slots) -> list:
     return outputs
 
 
+@contextlib.contextmanager
+def checkpoint_store(settings: Settings):
+    """A CheckpointStore of a consumer group of its own (its documents deleted after)."""
+    settings = settings.model_copy(update={"consumer_group": f"ckpt-{uuid.uuid4().hex[:8]}"})
+    client = make_mongo_client(settings)
+    db = get_database(client, settings)
+    try:
+        yield CheckpointStore(db, settings, {"trainer": "test"}, SharedWeights()), db, settings
+    finally:
+        db[settings.collection_checkpoints].delete_many({"group": settings.consumer_group})
+        db[settings.collection_device_states].delete_many({"group": settings.consumer_group})
+        client.close()
+
+
+def owned_partition(store: CheckpointStore, slots: dict) -> OwnedPartition:
+    record = store.claim(0)
+    part = OwnedPartition(0, record.epoch, record.gen, record.offset, record.offset, dict(slots))
+    part.dirty = set(slots)
+    return part
+
+
+def restored(settings: Settings, db) -> tuple[dict, object]:
+    """The partition's devices as another process restores them, and its checkpoint record."""
+    store = CheckpointStore(db, settings, {"trainer": "restorer"}, SharedWeights())
+    record = store.claim(0)
+    slots, unsent = store.load_slots(record)
+    assert unsent == []
+    return slots, record
+
+
 @pytest.mark.parametrize("proximal_mu", [0.0, 0.1])
 def test_a_device_state_document_resumes_bit_identically(settings, proximal_mu):
     fed = federation(settings)
@@ -150,22 +181,69 @@ def test_a_device_state_document_resumes_bit_identically(settings, proximal_mu):
     recs = records(readings("dev-a", 1000, seed=3))
     slots, _ = run_polls(fed, polls(recs[:700], []), Watermarks(3600))
     original = slots["dev-a"]
-    shared = SharedWeights()
-    digest = shared.digest_of(original.client.adopted)
-    document = slot_document(original, state_id="x", owner={"partition": 0}, adopted_digest=digest)
-    restored, unsent = slot_from_document(document, adopted=shared.get, push_every=1024)
-    assert unsent == [] and restored.client.adopted is original.client.adopted
-    assert len(restored.pending) == len(original.pending) == 700 - 640
-    assert (restored.readings, restored.client.base_version) == (
+    with checkpoint_store(settings) as (store, db, group_settings):
+        part = owned_partition(store, slots)
+        part.offset = 700
+        assert store.save([part], {0: 1}, {}) == []
+        back = restored(group_settings, db)[0]["dev-a"]
+    assert back.client.adopted is not original.client.adopted  # read back, not the same object
+    assert len(back.pending) == len(original.pending) == 700 - 640
+    assert (back.readings, back.client.base_version, back.last_event_us) == (
         original.readings,
         original.client.base_version,
+        original.last_event_us,
     )
-    assert (restored.client.anchor is restored.client.adopted) == (proximal_mu > 0)
+    assert (back.client.anchor is back.client.adopted) == (proximal_mu > 0)
 
-    outputs = score_the_same(recs[700:], original, restored)
+    outputs = score_the_same(recs[700:], original, back)
     np.testing.assert_array_equal(outputs[0].score, outputs[1].score)
     np.testing.assert_array_equal(outputs[0].is_anomaly, outputs[1].is_anomaly)
-    assert original.client.detector.to_bytes() == restored.client.detector.to_bytes()
+    assert original.client.detector.to_bytes() == back.client.detector.to_bytes()
+
+
+def test_a_device_that_only_received_readings_costs_no_state_document(settings):
+    """Waiting readings are checkpointed in the partition's buffer documents: a device that only
+    received since the last checkpoint keeps its state document, restores with every waiting reading,
+    and the superseded (or orphaned) buffer documents are deleted."""
+    fed = federation(settings)
+    recs_a, recs_b = records(readings("dev-a", 800, seed=3)), records(readings("dev-b", 800, seed=4))
+    one_day = Watermarks(86_400)  # dev-b's readings follow dev-a's, from the same start
+    slots, _ = run_polls(fed, polls(recs_a[:700] + recs_b[:650], []), one_day)
+    with checkpoint_store(settings) as (store, db, group_settings):
+        states, buffers = db[group_settings.collection_device_states], {"kind": "buffers"}
+        buffers["group"] = group_settings.consumer_group
+        part = owned_partition(store, slots)
+        part.offset = 1350
+        assert store.save([part], {0: 1}, {}) == []
+        first = states.find_one({"_id": slots["dev-a"].state_id})
+        assert store.cost.last["buffered_devices"] == 2 and states.count_documents(buffers) == 1
+
+        # three more readings for dev-a (63 waiting: still short of a chunk), none for dev-b
+        intake = take_in(
+            {TopicPartition("t", 0): recs_a[700:703]},
+            max_bytes=65536,
+            watermarks=Watermarks(3600),
+            columns=MEASUREMENTS,
+            fleet=INTEL_LAB,
+        )
+        slots["dev-a"].receive(intake.runs[0].rows, intake.runs[0].max_event_us)
+        part.received, part.offset = {"dev-a"}, 1353
+        assert part.changed() and not part.dirty
+        assert store.save([part], {0: 2}, {}) == []
+        assert store.cost.last["devices"] == 0  # no state document written
+        assert states.find_one({"_id": slots["dev-a"].state_id}) == first
+        assert states.count_documents(buffers) == 1  # the first checkpoint's buffer document deleted
+
+        states.insert_one({"_id": "orphan", **buffers, "topic": store.topic, "partition": 0})
+        back, record = restored(group_settings, db)
+        assert record.buffer_ids == part.buffer_ids and store.remove_orphans(record) == 1
+        assert states.count_documents(buffers) == 1
+    for device_id, waiting in (("dev-a", 63), ("dev-b", 650 - 640)):
+        assert len(back[device_id].pending) == waiting
+        np.testing.assert_array_equal(back[device_id].pending.rows(), slots[device_id].pending.rows())
+        assert back[device_id].last_event_us == slots[device_id].last_event_us
+    outputs = score_the_same(recs_a[703:], slots["dev-a"], back["dev-a"])
+    np.testing.assert_array_equal(outputs[0].score, outputs[1].score)
 
 
 def test_devices_push_every_n_samples_and_adopt_the_aggregated_version(services_env, monkeypatch):

@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo import MongoClient
+from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError
 
 from flead.config import Settings
+
+DUPLICATE_KEY = 11000
 
 
 def mongo_client_options(settings: Settings) -> dict[str, Any]:
@@ -33,3 +37,18 @@ def make_mongo_client(settings: Settings, **overrides: Any) -> MongoClient:
 
 def get_database(client: MongoClient, settings: Settings) -> Database:
     return client[settings.mongo_db]
+
+
+def insert_new(collection: Collection, documents: list[dict]) -> list[int]:
+    """``insert_many(ordered=False)``: every document whose ``_id`` is new goes in; returns the indexes of
+    those whose ``_id`` existed (any other write error is raised)."""
+    if not documents:
+        return []
+    try:
+        collection.insert_many(documents, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(error.get("code") != DUPLICATE_KEY for error in errors):
+            raise
+        return sorted(error["index"] for error in errors)
+    return []

@@ -2,14 +2,20 @@
 
 Per partition one document in ``collection_checkpoints`` (``_id = "{group}|{topic}|{partition}"``):
 the next offset to read, the partition's latest event time (its watermark), the ids of its devices'
-state documents, its fleet calibration (`fleet`) and an ``epoch`` fencing token. Each device has
-two state documents in ``collection_device_states`` (``_id = "{partition id}|{device}|a"`` and
-``...|b``): the committed one and the one the next save overwrites.
+state documents and of its buffer documents, its fleet calibration (`fleet`) and an ``epoch`` fencing
+token. Each device has two state documents in ``collection_device_states`` (``_id = "{partition
+id}|{device}|a"`` and ``...|b``): the committed one and the one the next save overwrites. The readings
+devices hold waiting for a whole chunk are not in those: they live in the partition's *buffer*
+documents (``kind = "buffers"``, a few thousand devices each, written anew at every save under ids
+holding the epoch and gen), so a device that only received readings since the last checkpoint (most
+of a large fleet, most of the time) costs a few bytes in one bulk document, not a state document.
 
 Save (for the partitions that changed): upsert each changed device's state into its *uncommitted*
-copy (guarded by ``epoch <= ours``, so an older owner can never overwrite what a newer one wrote), then
-update each partition document *only if its epoch is still ours*: one atomic single-document write
-that switches offset, watermark and state ids together. A crash or an error before that update leaves
+copy (guarded by ``epoch <= ours``, so an older owner can never overwrite what a newer one wrote; a
+device's first state is inserted, the guarded upsert only where its id exists), insert the buffer
+documents, then update each partition document *only if its epoch is still ours*: one atomic
+single-document write that switches offset, watermark, state ids and buffer ids together; the
+previous buffer documents are deleted after it. A crash or an error before that update leaves
 the committed copies untouched; a member that lost the partition meanwhile (a newer epoch) is
 refused: it drops its state and commits nothing.
 
@@ -34,8 +40,9 @@ from datetime import UTC, datetime
 
 from bson.binary import Binary
 from pymongo import ReplaceOne, ReturnDocument
+from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from flead.config import Settings
@@ -48,7 +55,8 @@ from flead.federated.wire import (
     weights_to_bytes,
 )
 from flead.model.config import ModelConfig
-from services.stream_trainer.devices import DeviceSlot, FleetCalibration
+from flead.storage.mongo import insert_new
+from services.stream_trainer.devices import DeviceSlot, FleetCalibration, PendingReadings
 from services.stream_trainer.outputs import duplicates_ignored, insert_ignoring_duplicates
 from services.stream_trainer.state_codec import SharedWeights, slot_document, slot_from_document
 
@@ -69,6 +77,7 @@ class PartitionRecord:
     state_ids: tuple[str, ...]
     topic_id: str | None = None  # of the topic the offsets belong to (None: not known)
     fleet: dict | None = None  # the partition's fleet calibration state (`devices.FleetCalibration`)
+    buffer_ids: tuple[str, ...] = ()  # its buffer documents (the devices' waiting readings)
 
 
 def stale_reason(record: PartitionRecord, topic_id: str | None, bounds: tuple[int, int] | None) -> str | None:
@@ -99,15 +108,17 @@ class OwnedPartition:
     committed_offset: int | None
     offset: int | None
     slots: dict[str, DeviceSlot] = field(default_factory=dict)
-    dirty: set[str] = field(default_factory=set)  # devices changed since the last checkpoint
+    dirty: set[str] = field(default_factory=set)  # devices whose state changed since the last checkpoint
+    received: set[str] = field(default_factory=set)  # devices that received readings since then
     next_gen: int = 0
     fleet: FleetCalibration | None = None  # saved with the offset (None: a new, empty pool)
+    buffer_ids: tuple[str, ...] = ()  # the committed checkpoint's buffer documents
 
     def __post_init__(self) -> None:
         self.next_gen = max(self.next_gen, self.gen + 1)
 
     def changed(self) -> bool:
-        return bool(self.dirty) or self.offset != self.committed_offset
+        return bool(self.dirty or self.received) or self.offset != self.committed_offset
 
 
 @dataclass
@@ -119,8 +130,16 @@ class SaveCost:
     state_bytes: int = 0
     seconds: float = 0.0
 
-    def record(self, devices: int, state_bytes: int, seconds: float) -> None:
-        self.last = {"devices": devices, "state_bytes": state_bytes, "seconds": round(seconds, 4)}
+    def record(
+        self, devices: int, state_bytes: int, seconds: float, buffered: int, buffer_bytes: int
+    ) -> None:
+        self.last = {
+            "devices": devices,
+            "state_bytes": state_bytes,
+            "buffered_devices": buffered,  # devices whose waiting readings went in buffer documents
+            "buffer_bytes": buffer_bytes,
+            "seconds": round(seconds, 4),
+        }
         self.devices, self.state_bytes, self.seconds = (
             self.devices + devices,
             self.state_bytes + state_bytes,
@@ -191,6 +210,7 @@ class CheckpointStore:
             state_ids=tuple(document["states"]),
             topic_id=document.get("topic_id"),
             fleet=document.get("fleet_calibration"),
+            buffer_ids=tuple(document.get("buffers", ())),
         )
 
     def reset(self, record: PartitionRecord, offset: int | None, reason: str) -> PartitionRecord:
@@ -206,6 +226,7 @@ class CheckpointStore:
                     "offset": offset,
                     "max_event_us": None,
                     "states": [],
+                    "buffers": [],
                     "devices": 0,
                     "fleet_calibration": None,
                     "topic_id": self.topic_id,
@@ -240,17 +261,56 @@ class CheckpointStore:
             slot, updates = slot_from_document(document, adopted=self.shared.get, push_every=self.push_every)
             slots[slot.device_id] = slot
             unsent += updates
+        self._load_buffers(record, slots)
         return slots, unsent
+
+    def _load_buffers(self, record: PartitionRecord, slots: Mapping[str, DeviceSlot]) -> None:
+        documents = list(self.states.find({"_id": {"$in": list(record.buffer_ids)}}))
+        if len(documents) < len(record.buffer_ids):  # never expected, as for states
+            log.error(
+                "partition %d: %d of its %d buffer documents are missing; their devices' waiting "
+                "readings are lost",
+                record.partition,
+                len(record.buffer_ids) - len(documents),
+                len(record.buffer_ids),
+            )
+        for document in documents:
+            for device_id, rows, last_event_us in zip(
+                document["devices"], document["rows"], document["last_event_us"], strict=True
+            ):
+                slot = slots.get(device_id)
+                if slot is None:  # never expected: a device's state is written before its buffer
+                    log.error(
+                        "partition %d: waiting readings of unknown device %s dropped",
+                        record.partition,
+                        device_id,
+                    )
+                    continue
+                slot.pending = PendingReadings.from_bytes(bytes(rows), slot.pending.dtype)
+                slot.last_event_us = last_event_us
 
     def remove_orphans(self, record: PartitionRecord) -> int:
         """Delete the state documents of devices the partition's checkpoint does not know (a device
-        first seen after the last checkpoint of a crashed owner)."""
+        first seen after the last checkpoint of a crashed owner), and the buffer documents it does not
+        reference (an interrupted save's, or the previous checkpoint's when the delete after it failed)."""
         known = {state_id.rsplit("|", 1)[0] for state_id in record.state_ids}
+        buffers = set(record.buffer_ids)
         found = self.states.find(
-            {"group": self.group, "topic": self.topic, "partition": record.partition, "kind": "device"},
-            {"_id": 1},
+            {
+                "group": self.group,
+                "topic": self.topic,
+                "partition": record.partition,
+                "kind": {"$in": ["device", "buffers"]},
+            },
+            {"_id": 1, "kind": 1},
         )
-        orphans = [d["_id"] for d in found if d["_id"].rsplit("|", 1)[0] not in known]
+        orphans = [
+            d["_id"]
+            for d in found
+            if (
+                d["_id"] not in buffers if d["kind"] == "buffers" else d["_id"].rsplit("|", 1)[0] not in known
+            )
+        ]
         if orphans:
             self.states.delete_many({"_id": {"$in": orphans}})
         return len(orphans)
@@ -273,8 +333,8 @@ class CheckpointStore:
     ) -> list[int]:
         """Checkpoint the partitions; returns those refused because another member claimed them."""
         now, started = datetime.now(UTC), time.perf_counter()
-        plans, batch, batch_bytes = [], [], 0
-        written, written_bytes = 0, 0
+        writes = _StateWrites(self.states)
+        plans, written, written_bytes, buffered, buffer_bytes = [], 0, 0, 0, 0
         for part in parts:
             gen = part.next_gen
             part.next_gen += 1
@@ -283,19 +343,18 @@ class CheckpointStore:
                 slot = part.slots[device_id]
                 target = self.state_id(part.number, device_id, _other_copy(slot.state_id))
                 document = self._state_document(part, gen, slot, target, unsent.get(device_id, ()))
-                batch.append(
-                    ReplaceOne({"_id": target, "epoch": {"$lte": part.epoch}}, document, upsert=True)
-                )
-                batch_bytes += len(document["detector"])
+                writes.add(document, len(document["detector"]), new=slot.state_id is None)
                 written, written_bytes = written + 1, written_bytes + len(document["detector"])
                 targets[device_id] = target
-                if batch_bytes >= WRITE_BATCH_BYTES:  # bounded memory, whatever the fleet size
-                    _write_ignoring_fenced(self.states, batch)
-                    batch, batch_bytes = [], 0
-            plans.append((part, gen, targets))
-        _write_ignoring_fenced(self.states, batch)
-        fenced = []
-        for part, gen, targets in plans:
+            buffers = self._buffer_documents(part, gen)
+            for document in buffers:
+                size = sum(len(rows) for rows in document["rows"])
+                writes.add(document, size, new=True)
+                buffered, buffer_bytes = buffered + len(document["devices"]), buffer_bytes + size
+            plans.append((part, gen, targets, tuple(d["_id"] for d in buffers)))
+        writes.flush()
+        fenced, superseded = [], []
+        for part, gen, targets, buffer_ids in plans:
             ids = [targets.get(device_id) or slot.state_id for device_id, slot in part.slots.items()]
             result = self._durable_checkpoints.update_one(
                 {"_id": self.partition_id(part.number), "epoch": part.epoch},
@@ -305,6 +364,7 @@ class CheckpointStore:
                         "offset": part.offset,
                         "max_event_us": max_event_us.get(part.number),
                         "states": ids,
+                        "buffers": list(buffer_ids),
                         "devices": len(ids),
                         "fleet_calibration": None if part.fleet is None else part.fleet.state_dict(),
                         **({"topic_id": self.topic_id} if self.topic_id is not None else {}),
@@ -319,9 +379,38 @@ class CheckpointStore:
             for device_id, target in targets.items():
                 part.slots[device_id].state_id = target
             part.gen, part.committed_offset = gen, part.offset
+            superseded += part.buffer_ids
+            part.buffer_ids = buffer_ids
             part.dirty.clear()
-        self.cost.record(written, written_bytes, time.perf_counter() - started)
+            part.received.clear()
+        if superseded:
+            try:
+                self.states.delete_many({"_id": {"$in": superseded}})
+            except PyMongoError as exc:  # the checkpoint stands; the next claim removes them
+                log.warning("could not delete %d superseded buffer documents: %s", len(superseded), exc)
+        self.cost.record(written, written_bytes, time.perf_counter() - started, buffered, buffer_bytes)
         return fenced
+
+    def _buffer_documents(self, part: OwnedPartition, gen: int) -> list[dict]:
+        """The waiting readings of the partition's devices, in documents of at most
+        ``WRITE_BATCH_BYTES`` of readings each."""
+        owner = {"kind": "buffers", "group": self.group, "topic": self.topic, "partition": part.number}
+        owner |= {"epoch": part.epoch, "gen": gen}
+        documents: list[dict] = []
+        size = WRITE_BATCH_BYTES
+        for device_id, slot in part.slots.items():
+            if not len(slot.pending):
+                continue
+            rows = slot.pending.to_bytes()
+            if size + len(rows) > WRITE_BATCH_BYTES:
+                _id = f"{self.partition_id(part.number)}|buffers|{part.epoch}.{gen}.{len(documents)}"
+                documents.append({"_id": _id, **owner, "devices": [], "rows": [], "last_event_us": []})
+                size = 0
+            documents[-1]["devices"].append(device_id)
+            documents[-1]["rows"].append(rows)
+            documents[-1]["last_event_us"].append(slot.last_event_us)
+            size += len(rows)
+        return documents
 
     def state_id(self, partition: int, device_id: str, copy: str) -> str:
         return f"{self.partition_id(partition)}|{device_id}|{copy}"
@@ -379,9 +468,31 @@ def _other_copy(state_id: str | None) -> str:
     return "a" if state_id is None or state_id.endswith("|b") else "b"
 
 
-def _write_ignoring_fenced(collection, operations: list) -> None:
-    """Bulk upserts guarded by ``epoch <= ours``: a copy already written by a newer owner is a duplicate
-    key for us and left alone (our checkpoint will be refused too)."""
-    if operations:
-        with duplicates_ignored():
-            collection.bulk_write(operations, ordered=False)
+class _StateWrites:
+    """The bulk writes of one save, sent every ``WRITE_BATCH_BYTES`` (bounded memory, whatever the fleet
+    size). A document whose id cannot exist yet is inserted (the cheap path); the others, and those found
+    to exist after all (an interrupted save's), are upserts guarded by ``epoch <= ours``: a copy already
+    written by a newer owner is a duplicate key for us and left alone (our checkpoint will be refused)."""
+
+    def __init__(self, collection: Collection) -> None:
+        self._collection = collection
+        self._new: list[dict] = []
+        self._known: list[dict] = []
+        self._bytes = 0
+
+    def add(self, document: dict, size: int, *, new: bool) -> None:
+        (self._new if new else self._known).append(document)
+        self._bytes += size
+        if self._bytes >= WRITE_BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        existing = [self._new[index] for index in insert_new(self._collection, self._new)]
+        guarded = [
+            ReplaceOne({"_id": d["_id"], "epoch": {"$lte": d["epoch"]}}, d, upsert=True)
+            for d in self._known + existing
+        ]
+        if guarded:
+            with duplicates_ignored():
+                self._collection.bulk_write(guarded, ordered=False)
+        self._new, self._known, self._bytes = [], [], 0

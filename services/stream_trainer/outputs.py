@@ -40,6 +40,7 @@ from flead.bus.dlq import dead_letter, truncated, value_limit
 from flead.config import Settings
 from flead.model.events import EventConfig
 from flead.schema import EPOCH, SCHEMA_VERSION
+from flead.storage.mongo import DUPLICATE_KEY
 from services.stream_trainer.backoff import Backoff
 from services.stream_trainer.devices import DeviceSlot, ScoredChunk, threshold_source
 from services.stream_trainer.events import DeviceEvents
@@ -53,7 +54,6 @@ SEND_ATTEMPTS = 3
 REFUSED_RECORD = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 REFUSED_PREFIX_BYTES = 1024  # a dead letter refused even so is resent with this much of its value
 ANOMALY_WRITE_EVERY_S = 1.0
-DUPLICATE_KEY = 11000
 
 
 class OutputError(RuntimeError):

@@ -256,7 +256,7 @@ class StreamTrainer(RebalanceHandler):
                 continue
             slot = self._slot(part, run.device_id)
             slot.receive(run.rows, run.max_event_us)
-            part.dirty.add(run.device_id)
+            part.received.add(run.device_id)  # its state changes when a whole chunk is scored
             received[run.partition].append(slot)
         for number, slots in received.items():  # whole chunks, in the order `FleetCalibration.schedule` needs
             for slot, n in self._fleet(self.owned[number]).schedule(slots):
@@ -271,11 +271,14 @@ class StreamTrainer(RebalanceHandler):
         slot = part.slots.get(device_id)
         if slot is None:
             slot = part.slots[device_id] = self.federation.new_slot(device_id, part.number)
+            part.dirty.add(device_id)  # its first state document: its buffered readings refer to it
         return slot
 
     def _score(self, slot: DeviceSlot, n: int) -> None:
         rows = slot.pending.take(n)
         part = self.owned.get(slot.partition)
+        if part is not None:
+            part.dirty.add(slot.device_id)
         self.federation.before_scoring(slot)
         try:
             chunk = slot.score(
@@ -363,7 +366,6 @@ class StreamTrainer(RebalanceHandler):
                     and slot.pending.since is not None
                     and now - slot.pending.since >= self.options.flush_idle_s
                 ):
-                    part.dirty.add(slot.device_id)
                     self._score(slot, waiting)
 
     def _refresh_view(self) -> None:
@@ -434,7 +436,7 @@ class StreamTrainer(RebalanceHandler):
            weights forgotten, the in-process exchange's global version kept.
         """
         parts = [p for p in parts if self.owned.get(p.number) is p and p.changed()]
-        self.outputs.device_stats.add(p.slots[d] for p in parts for d in p.dirty)
+        self.outputs.device_stats.add(p.slots[d] for p in parts for d in p.dirty | p.received)
         self.outputs.flush()  # 1.
         if parts:
             fenced = self.store.save(parts, self.watermarks.max_event_us, self._unsent_by_device())  # 2.
@@ -550,6 +552,7 @@ class StreamTrainer(RebalanceHandler):
                 committed_offset=record.offset,
                 offset=record.offset,
                 slots=slots,
+                buffer_ids=record.buffer_ids,
                 fleet=parked.fleet
                 if kept
                 else FleetCalibration.restore(

@@ -1,6 +1,7 @@
 """A device's keyed state as a MongoDB document and back: the detector (`OnlineDetector.to_bytes`:
-network, optimiser, threshold, context), the federated client's fields, the readings waiting for a
-whole chunk, its event builder (with the open event) and its statistics. Global weights shared by
+network, optimiser, threshold, context), the federated client's fields, its event builder (with the
+open event) and its statistics; the readings waiting for a whole chunk are checkpointed per partition
+(`checkpoints`). Global weights shared by
 many devices are held and stored once (`SharedWeights`) and referenced by digest."""
 
 from __future__ import annotations
@@ -61,8 +62,6 @@ def slot_document(
             "reported": _weights_ref(client.reported, client, (ADOPTED, ANCHOR)),
             "unsent": [Binary(encode_binary_update(u)) for u in unsent],
         },
-        "pending": slot.pending.to_bytes(),
-        "pending_rows": len(slot.pending),
         "events": None if slot.events is None else slot.events.state_dict(),  # the open event, if any
         "stats": {
             "readings": slot.readings,
@@ -106,8 +105,10 @@ def slot_from_document(
         device_id=document["device_id"],
         partition=int(document["partition"]),
         client=client,
+        # the waiting readings are in the partition's buffer documents (`checkpoints`); a document
+        # saved before those holds its own
         pending=PendingReadings.from_bytes(
-            bytes(document["pending"]), reading_dtype(len(detector.config.columns))
+            bytes(document.get("pending", b"")), reading_dtype(len(detector.config.columns))
         ),
         lineage=fields["lineage"],
         readings=stats["readings"],
