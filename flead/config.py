@@ -202,7 +202,8 @@ class Settings(BaseSettings):
         500,
         ge=0,
         description="Devices of one trainer process that train at once, one round each in turn; the others "
-        "score with the global weights held once (0: every device, always).",
+        "score with the global weights held once (0: every device, always). Shared out over the readings "
+        "topic's partitions: each partition trains at most its share; its cohort is checkpointed with it.",
     )
     trainer_allowed_lateness_s: float = Field(
         300.0, ge=0, description="Event-time lateness after which a reading goes to the late side output."

@@ -17,6 +17,7 @@ from kafka.structs import TopicPartition
 
 from flead.config import Settings
 from flead.federated import ClientConfig, GlobalState
+from flead.federated.cohort import TrainingCohort
 from flead.federated.wire import global_state_fields, global_state_from_fields, read_legacy_global_state
 from flead.fleet import INTEL_LAB
 from flead.model.config import ModelConfig, TrainConfig
@@ -45,10 +46,18 @@ def federation(settings: Settings, **options) -> Federation:
     return Federation(settings, TrainerOptions(model=SMALL, train=TRAIN, **options), exchange, Counters())
 
 
-def run_polls(fed: Federation, batches: list[dict], watermarks: Watermarks) -> tuple[dict, dict]:
-    """Feed polls through intake and one slot per device, scoring whole chunks only; returns the slots
-    and each device's scores in order."""
-    slots, scores = {}, {}
+def run_polls(
+    fed: Federation,
+    batches: list[dict],
+    watermarks: Watermarks,
+    cohort: TrainingCohort | None = None,
+    slots: dict | None = None,
+) -> tuple[dict, dict]:
+    """Feed polls through intake and one slot per device (`slots`: those to go on with), scoring whole
+    chunks only (the devices admitted by `cohort`, one partition's); returns the slots and each
+    device's scores in order."""
+    cohort = fed.new_cohort() if cohort is None else cohort
+    slots, scores = {} if slots is None else slots, {}
     for batch in batches:
         intake = take_in(batch, max_bytes=65536, watermarks=watermarks, columns=MEASUREMENTS, fleet=INTEL_LAB)
         for run in intake.runs:
@@ -57,9 +66,9 @@ def run_polls(fed: Federation, batches: list[dict], watermarks: Watermarks) -> t
             )
             slot.receive(run.rows, run.max_event_us)
             if slot.whole_chunks():
-                fed.before_scoring(slot)
+                fed.before_scoring(slot, cohort)
                 chunk = slot.score(slot.pending.take(slot.whole_chunks()))
-                fed.after_scoring(slot, chunk)
+                fed.after_scoring(slot, chunk, cohort)
                 scores[run.device_id] = np.concatenate([scores.get(run.device_id, []), chunk.score])
     return slots, scores
 
@@ -409,10 +418,12 @@ def test_a_cohort_of_one_trains_in_turns_and_resting_devices_store_no_weights(se
     monkeypatch.setenv("FLEAD_TRAINER_PUSH_EVERY", "128")
     monkeypatch.setenv("FLEAD_TRAINER_TRAINING_DEVICES", "1")
     fed = federation(Settings())
+    cohort = fed.new_cohort()
+    assert cohort.size == 1  # the process's 1 over the topic's 8 partitions, rounded up
     frame = pl.concat([readings(f"dev-{d}", 512, seed=10 + i) for i, d in enumerate("abc")]).sort("ts")
-    slots, _ = run_polls(fed, polls(records(frame), list(range(64, 1536, 64))), Watermarks(3600))
+    slots, _ = run_polls(fed, polls(records(frame), list(range(64, 1536, 64))), Watermarks(3600), cohort)
     private = [s for s in slots.values() if not s.client.detector.weights_shared]
-    assert len(private) <= 1 and len(fed.cohort.training) <= 1
+    assert len(private) <= 1 and len(cohort.training) <= 1
     assert all(s.client.sequence >= 1 for s in slots.values())  # each took its turn and pushed
     resting = next(s for s in slots.values() if s.client.detector.weights_shared)
     shared = SharedWeights()
@@ -425,3 +436,40 @@ def test_a_cohort_of_one_trains_in_turns_and_resting_devices_store_no_weights(se
     assert restored.client.detector.weights_shared and not restored.client.training
     outputs = score_the_same(records(readings("dev-x", 64, seed=99)), resting, restored)
     np.testing.assert_array_equal(outputs[0].score, outputs[1].score)
+
+
+def test_a_partitions_training_cohort_is_checkpointed_with_it(settings, monkeypatch):
+    """Who trains and who waits, in order, is saved with the partition: a restored partition admits
+    the devices an uninterrupted one would, so a restart equals no restart with a cohort smaller
+    than the fleet."""
+    monkeypatch.setenv("FLEAD_TRAINER_PUSH_EVERY", "128")
+    monkeypatch.setenv("FLEAD_TRAINER_TRAINING_DEVICES", "1")
+    frame = pl.concat([readings(f"dev-{d}", 768, seed=20 + i) for i, d in enumerate("abcd")]).sort("ts")
+    batches = polls(records(frame), list(range(64, 3072, 64)))
+    runs = []
+    for _ in range(2):  # the uninterrupted run, and the one to restart
+        fed = federation(Settings())
+        cohort = fed.new_cohort()
+        slots, _ = run_polls(fed, batches[:25], Watermarks(3600), cohort)
+        runs.append((fed, cohort, slots))
+    (fed_a, cohort_a, slots_a), (fed_b, cohort_b, slots_b) = runs
+    assert len(cohort_b.training) == 1 and len(cohort_b.waiting) >= 2  # mid-stream, devices queued
+    with checkpoint_store(settings.model_copy(update={"trainer_push_every": 128})) as (
+        store,
+        db,
+        group_settings,
+    ):
+        part = owned_partition(store, slots_b)
+        part.cohort, part.offset = cohort_b, 1600
+        assert store.save([part], {0: 1}, {}) == []
+        back, record = restored(group_settings, db)
+    restored_cohort = fed_b.new_cohort(record.cohort)
+    assert restored_cohort.state_dict() == cohort_a.state_dict()
+    _, scores = run_polls(fed_a, batches[25:], Watermarks(3600), cohort_a, slots_a)
+    _, scores_back = run_polls(fed_b, batches[25:], Watermarks(3600), restored_cohort, back)
+    assert set(scores) == {f"dev-{d}" for d in "abcd"}
+    for device_id, score in scores.items():
+        np.testing.assert_array_equal(score, scores_back[device_id])
+    assert {d: s.client.sequence for d, s in slots_a.items()} == {
+        d: s.client.sequence for d, s in back.items()
+    }

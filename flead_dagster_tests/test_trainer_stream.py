@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from flead.bus.clients import make_producer
@@ -129,34 +130,45 @@ def test_bad_records_go_to_the_dlq_late_ones_to_their_topic_and_the_good_ones_ar
     assert by_value[late]["flead.source.offset"] == str(position[late]).encode()
 
 
-def test_kill_9_and_restart_loses_and_double_counts_nothing(services_env, tmp_path):
-    frame = fleet(tmp_path, devices=4, days=4, seed=7)
+def assert_a_restart_equals_no_restart(
+    services_env: dict,
+    tmp_path,
+    frame: pl.DataFrame,
+    *args: str,
+    replay_s: float,
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+) -> tuple[dict, dict]:
+    """Two trainers of their own groups read the same stream: one uninterrupted, one killed (-9) after
+    a checkpoint mid-stream and restarted. Their devices, anomaly events and scores must be equal
+    (bit-identical); returns the uninterrupted one's device table and anomaly scores."""
     produced = dict(frame.group_by("device_id").len().iter_rows())
     total = frame.height
-    uninterrupted, restarted = twin_envs(services_env)
+    uninterrupted, restarted = twin_envs(services_env, **(env or {}))
     settings_a, settings_b = settings_for(uninterrupted), settings_for(restarted)
 
     # partial chunks stay buffered (and checkpointed) instead of a time-dependent flush
-    a = Trainer(uninterrupted, tmp_path, "--flush-idle", "3600", name="a")
-    b = Trainer(restarted, tmp_path, "--flush-idle", "3600", name="b1")
+    args = ("--flush-idle", "3600", *args)
+    a = Trainer(uninterrupted, tmp_path, *args, name="a")
+    b = Trainer(restarted, tmp_path, *args, name="b1")
     for t in (a, b):
         t.wait_for(lambda h: len(h["partitions"]) == PARTITIONS, 60, "partitions assigned")
-    producer = paced_replay(settings_a, frame, seconds=12)
+    producer = paced_replay(settings_a, frame, seconds=replay_s)
     try:
         b.wait_for(
             lambda h: total * 0.2 < offsets_total(h, "checkpointed_offsets") < offsets_total(h),
-            60,
+            timeout_s,
             "a checkpoint, and progress after it",
         )
         b.kill()
         checkpointed = sum(v or 0 for v in checkpoint_offsets(settings_b).values())
         assert checkpointed < total  # mid-stream: the restart has work to do
-        b = Trainer(restarted, tmp_path, "--flush-idle", "3600", name="b2")
+        b = Trainer(restarted, tmp_path, *args, name="b2")
     finally:
         producer.join()
     for t in (a, b):
         t.wait_for(
-            lambda h: offsets_total(h, "checkpointed_offsets") == total, 120, "everything checkpointed"
+            lambda h: offsets_total(h, "checkpointed_offsets") == total, timeout_s, "everything checkpointed"
         )
     b_counters = b.health()["counters"]
     assert a.stop() == 0 and b.stop() == 0, a.tail() + b.tail()
@@ -167,8 +179,53 @@ def test_kill_9_and_restart_loses_and_double_counts_nothing(services_env, tmp_pa
     assert {d: r + buffered for d, (r, buffered, _, _) in devices_a.items()} == produced
     assert devices_b == devices_a  # readings, buffered, anomalies and late per device
     anomalies_a, anomalies_b = anomaly_scores(settings_a), anomaly_scores(settings_b)
-    assert len(anomalies_a) >= 8 and anomalies_b == anomalies_a  # the same events, bit-identical scores
+    assert anomalies_b == anomalies_a  # the same events, bit-identical scores
     assert sum(n for _, _, n, _ in devices_a.values()) == len(anomalies_a)
+    return devices_a, anomalies_a
+
+
+def test_kill_9_and_restart_loses_and_double_counts_nothing(services_env, tmp_path):
+    frame = fleet(tmp_path, devices=4, days=4, seed=7)
+    _, anomalies = assert_a_restart_equals_no_restart(
+        services_env, tmp_path, frame, replay_s=12, timeout_s=120
+    )
+    assert len(anomalies) >= 8
+
+
+def many_devices(devices: int, readings: int) -> pl.DataFrame:
+    """`devices` devices of `readings` readings 31 s apart, in event-time order; the 20th reading of
+    every 250th device is a dead battery's 122 °C (an anomaly whatever the model says)."""
+    d, i = np.repeat(np.arange(devices), readings), np.tile(np.arange(readings), devices)
+    frame = pl.DataFrame({"d": d, "i": i}).with_columns(
+        device_id=pl.format("dev-{}", pl.col("d").cast(pl.String).str.zfill(5)),
+        ts=pl.lit(datetime(2004, 3, 1, tzinfo=UTC)) + pl.duration(seconds=pl.col("i") * 31),
+        epoch=pl.col("i"),
+        temperature=pl.when((pl.col("d") % 250 == 0) & (pl.col("i") == 20))
+        .then(122.0)
+        .otherwise(20.0 + pl.col("d") % 7 + 0.3 * (pl.col("i") / 5).sin()),
+        humidity=40.0 + pl.col("d") % 5 + 0.2 * (pl.col("i") / 7).cos(),
+        light=300.0 + pl.col("d") % 11,
+        voltage=2.7 - 0.0005 * pl.col("i"),
+    )
+    return (
+        frame.sort("ts", "device_id").drop("d", "i").with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    )
+
+
+def test_kill_9_and_restart_at_5000_devices_with_a_training_cohort_smaller_than_the_fleet(
+    services_env, tmp_path
+):
+    """The same at fleet scale, with the default training cohort (500 a process, 63 a partition, so most
+    devices rest): 5,000 devices' state and buffer documents written, restored and resumed exactly.
+    (Each device scores one chunk here: that a restored cohort admits the same devices later is
+    `test_trainer_state.py`'s test of the cohort.)"""
+    frame = many_devices(5000, 70)  # a chunk of 64 scored per device, 6 readings left waiting
+    every = {"FLEAD_TRAINER_CHECKPOINT_RECORDS": "60000", "FLEAD_TRAINER_CHECKPOINT_SECONDS": "10"}
+    devices, anomalies = assert_a_restart_equals_no_restart(
+        services_env, tmp_path, frame, replay_s=20, timeout_s=240, env=every
+    )
+    assert len(devices) == 5000 and {buffered for _, buffered, _, _ in devices.values()} == {6}
+    assert len(anomalies) >= 20
 
 
 def test_two_processes_split_the_partitions_and_hand_them_over(services_env, tmp_path):

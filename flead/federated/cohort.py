@@ -82,12 +82,26 @@ class TrainingCohort:
         self.waiting[client.device_id] = self.asks
         client.rest()
 
-    def forget(self, device_id: str) -> None:
-        self.training.discard(device_id)
-        self.waiting.pop(device_id, None)
-
     def summary(self) -> dict:
         return {"size": self.size, "training": len(self.training), "waiting": len(self.waiting)}
+
+    def state_dict(self) -> dict:
+        """Who trains, who waits since which ask: with its devices' states, what makes a restored
+        cohort admit the devices an uninterrupted one would."""
+        return {
+            "training": sorted(self.training),
+            "waiting": [[device, asked] for device, asked in self.waiting.items()],
+            "asks": self.asks,
+        }
+
+    @classmethod
+    def from_state_dict(cls, size: int | None, state: dict | None) -> TrainingCohort:
+        cohort = cls(size)
+        if state is not None:
+            cohort.training = {str(device) for device in state["training"]}
+            cohort.waiting = OrderedDict((str(device), int(asked)) for device, asked in state["waiting"])
+            cohort.asks = int(state["asks"])
+        return cohort
 
 
 _FLAT: OrderedDict[int, tuple[Weights, np.ndarray]] = OrderedDict()

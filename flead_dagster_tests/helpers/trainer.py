@@ -52,10 +52,10 @@ def wait_until(condition: Callable[[], object], timeout_s: float, what: str, pol
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def twin_envs(base: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+def twin_envs(base: dict[str, str], **extra: str) -> tuple[dict[str, str], dict[str, str]]:
     """Two trainers reading the same (created) topics with their own groups and databases: one runs
     uninterrupted, the other is killed and restarted, and their results must be equal."""
-    uninterrupted = isolated_env(base)
+    uninterrupted = isolated_env(base, **extra)
     create_topics(settings_for(uninterrupted))
     restarted = {**uninterrupted, "FLEAD_CONSUMER_GROUP": f"{uninterrupted['FLEAD_CONSUMER_GROUP']}-b"}
     restarted["FLEAD_MONGO_DB"] = f"{uninterrupted['FLEAD_MONGO_DB']}_b"

@@ -47,6 +47,7 @@ from pymongo.write_concern import WriteConcern
 
 from flead.config import Settings
 from flead.federated import GlobalState, LocalUpdate
+from flead.federated.cohort import TrainingCohort
 from flead.federated.wire import (
     global_state_fields,
     global_state_from_fields,
@@ -78,6 +79,7 @@ class PartitionRecord:
     topic_id: str | None = None  # of the topic the offsets belong to (None: not known)
     fleet: dict | None = None  # the partition's fleet calibration state (`devices.FleetCalibration`)
     buffer_ids: tuple[str, ...] = ()  # its buffer documents (the devices' waiting readings)
+    cohort: dict | None = None  # its training cohort's state (`TrainingCohort.state_dict`)
 
 
 def stale_reason(record: PartitionRecord, topic_id: str | None, bounds: tuple[int, int] | None) -> str | None:
@@ -112,6 +114,7 @@ class OwnedPartition:
     received: set[str] = field(default_factory=set)  # devices that received readings since then
     next_gen: int = 0
     fleet: FleetCalibration | None = None  # saved with the offset (None: a new, empty pool)
+    cohort: TrainingCohort | None = None  # saved with the offset (None: a new, empty cohort)
     buffer_ids: tuple[str, ...] = ()  # the committed checkpoint's buffer documents
 
     def __post_init__(self) -> None:
@@ -123,12 +126,20 @@ class OwnedPartition:
 
 @dataclass
 class SaveCost:
-    """What the checkpoints' device-state writes cost: the last save and all of them."""
+    """What the checkpoints' device-state writes cost: the last save, the slowest and all of them; and
+    the whole checkpoints' seconds (outputs flushed, states saved, offsets committed)."""
 
     last: dict = field(default_factory=dict)
+    slowest: dict = field(default_factory=dict)
     devices: int = 0
     state_bytes: int = 0
     seconds: float = 0.0
+    checkpoints: dict = field(default_factory=lambda: {"last": None, "slowest": None, "total": 0.0})
+
+    def checkpointed(self, seconds: float) -> None:
+        c = self.checkpoints
+        c["last"], c["total"] = round(seconds, 3), c["total"] + seconds
+        c["slowest"] = max(c["slowest"] or 0.0, c["last"])
 
     def record(
         self, devices: int, state_bytes: int, seconds: float, buffered: int, buffer_bytes: int
@@ -140,6 +151,8 @@ class SaveCost:
             "buffer_bytes": buffer_bytes,
             "seconds": round(seconds, 4),
         }
+        if seconds >= self.slowest.get("seconds", 0.0):
+            self.slowest = self.last
         self.devices, self.state_bytes, self.seconds = (
             self.devices + devices,
             self.state_bytes + state_bytes,
@@ -150,10 +163,12 @@ class SaveCost:
         per_1000 = 1000 * self.seconds / self.devices if self.devices else None
         return {
             "last": self.last,
+            "slowest": self.slowest,
             "devices_written": self.devices,
             "state_bytes_written": self.state_bytes,
             "seconds": round(self.seconds, 3),
             "seconds_per_1000_devices": None if per_1000 is None else round(per_1000, 4),
+            "checkpoint_seconds": {**self.checkpoints, "total": round(self.checkpoints["total"], 3)},
         }
 
 
@@ -211,6 +226,7 @@ class CheckpointStore:
             topic_id=document.get("topic_id"),
             fleet=document.get("fleet_calibration"),
             buffer_ids=tuple(document.get("buffers", ())),
+            cohort=document.get("cohort"),
         )
 
     def reset(self, record: PartitionRecord, offset: int | None, reason: str) -> PartitionRecord:
@@ -229,6 +245,7 @@ class CheckpointStore:
                     "buffers": [],
                     "devices": 0,
                     "fleet_calibration": None,
+                    "cohort": None,
                     "topic_id": self.topic_id,
                     "last_reset": {
                         "at": datetime.now(UTC),
@@ -367,6 +384,7 @@ class CheckpointStore:
                         "buffers": list(buffer_ids),
                         "devices": len(ids),
                         "fleet_calibration": None if part.fleet is None else part.fleet.state_dict(),
+                        "cohort": None if part.cohort is None else part.cohort.state_dict(),
                         **({"topic_id": self.topic_id} if self.topic_id is not None else {}),
                         "saved_by": self.owner,
                         "saved_at": now,

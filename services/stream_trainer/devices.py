@@ -377,7 +377,19 @@ class Federation:
         self, settings: Settings, options: TrainerOptions, exchange: ModelExchange, counters: Counters
     ) -> None:
         self.settings, self.options, self.exchange, self.counters = settings, options, exchange, counters
-        self.cohort = TrainingCohort(settings.trainer_training_devices or None)
+        size = settings.trainer_training_devices
+        # each partition's share: its cohort moves, and is checkpointed, with it (see `new_cohort`)
+        self.cohort_size = math.ceil(size / settings.topic_readings_partitions) if size else None
+
+    def new_cohort(self, state: dict | None = None, partition: int | None = None) -> TrainingCohort:
+        """A partition's training cohort (`state`: as its checkpoint saved it). A process holds at most
+        FLEAD_TRAINER_TRAINING_DEVICES training devices when it owns every partition of the readings
+        topic (FLEAD_TOPIC_READINGS_PARTITIONS), proportionally fewer when it owns fewer."""
+        try:
+            return TrainingCohort.from_state_dict(self.cohort_size, state)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("partition %s: unreadable training cohort (%r); it starts over", partition, exc)
+            return TrainingCohort(self.cohort_size)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -397,11 +409,11 @@ class Federation:
         self.counters.add("devices_created")
         return slot
 
-    def before_scoring(self, slot: DeviceSlot) -> None:
-        """Whether the device trains on its next chunk is the cohort's to say."""
-        self.cohort.admit(slot.client)
+    def before_scoring(self, slot: DeviceSlot, cohort: TrainingCohort) -> None:
+        """Whether the device trains on its next chunk is its partition's cohort's to say."""
+        cohort.admit(slot.client)
 
-    def after_scoring(self, slot: DeviceSlot, chunk: ScoredChunk) -> None:
+    def after_scoring(self, slot: DeviceSlot, chunk: ScoredChunk, cohort: TrainingCohort) -> None:
         same_lineage = slot.lineage == self.exchange.lineage
         state = self.exchange.latest(slot.client.base_version if same_lineage else None)
         update = slot.client.take_update(force=state is not None) if same_lineage else None
@@ -414,7 +426,7 @@ class Federation:
             }
             self.exchange.push(dataclasses.replace(update, metrics=metrics))
             self.counters.add("updates_pushed")
-            self.cohort.after_push(slot.client)
+            cohort.after_push(slot.client)
         if state is not None:
             self.adopt(slot, state)
 

@@ -33,6 +33,7 @@ from flead.bus.clients import make_consumer, make_producer
 from flead.bus.lag import log_bounds
 from flead.bus.topics import ensure_topics, output_topics, topic_id
 from flead.config import Settings
+from flead.federated.cohort import TrainingCohort
 from flead.model.config import model_for_fleet
 from flead.storage.mongo import get_database, make_mongo_client
 from services.stream_trainer.backoff import Backoff
@@ -267,6 +268,11 @@ class StreamTrainer(RebalanceHandler):
             part.fleet = FleetCalibration(self.options.train, self.settings.trainer_fleet_warmup)
         return part.fleet
 
+    def _cohort(self, part: OwnedPartition) -> TrainingCohort:
+        if part.cohort is None:
+            part.cohort = self.federation.new_cohort()
+        return part.cohort
+
     def _slot(self, part: OwnedPartition, device_id: str) -> DeviceSlot:
         slot = part.slots.get(device_id)
         if slot is None:
@@ -279,7 +285,8 @@ class StreamTrainer(RebalanceHandler):
         part = self.owned.get(slot.partition)
         if part is not None:
             part.dirty.add(slot.device_id)
-        self.federation.before_scoring(slot)
+        cohort = self.federation.new_cohort() if part is None else self._cohort(part)
+        self.federation.before_scoring(slot, cohort)
         try:
             chunk = slot.score(
                 rows, None if part is None else self._fleet(part), self.settings.fleet.valid_ranges
@@ -291,7 +298,7 @@ class StreamTrainer(RebalanceHandler):
             return
         self.counters.add("scored", n)
         self.outputs.anomaly_events(slot, chunk)
-        self.federation.after_scoring(slot, chunk)
+        self.federation.after_scoring(slot, chunk, cohort)
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -382,7 +389,7 @@ class StreamTrainer(RebalanceHandler):
             "checkpointed_offsets": {str(p.number): p.committed_offset for p in parts},
             "thresholds": threshold_sources(s for p in parts for s in p.slots.values()),
             "fleet_calibration": {str(p.number): self._fleet(p).summary() for p in parts},
-            "training_cohort": self.federation.cohort.summary(),
+            "training_cohort": cohort_summary(parts, self.federation.cohort_size),
         }
 
     # ---------------------------------------------------------------------------------- checkpoints
@@ -435,6 +442,7 @@ class StreamTrainer(RebalanceHandler):
         4. what follows a stored checkpoint: acknowledged new normals marked applied, unused global
            weights forgotten, the in-process exchange's global version kept.
         """
+        started = time.perf_counter()
         parts = [p for p in parts if self.owned.get(p.number) is p and p.changed()]
         self.outputs.device_stats.add(p.slots[d] for p in parts for d in p.dirty | p.received)
         self.outputs.flush()  # 1.
@@ -450,6 +458,7 @@ class StreamTrainer(RebalanceHandler):
             # otherwise: memory growing with the versions)
             self.shared.retain({id(s.client.adopted) for p in self.owned.values() for s in p.slots.values()})
         self._save_global()  # 4.
+        self.store.cost.checkpointed(time.perf_counter() - started)
         self.counters.add("checkpoints")
         self._records_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -487,9 +496,7 @@ class StreamTrainer(RebalanceHandler):
             self._persisted_global = state.version
 
     def _drop(self, number: int) -> None:
-        part = self.owned.pop(number, None)
-        for device_id in () if part is None else part.slots:
-            self.federation.cohort.forget(device_id)
+        self.owned.pop(number, None)
         self._parked.pop(number, None)
         self.watermarks.drop(number)
 
@@ -553,6 +560,7 @@ class StreamTrainer(RebalanceHandler):
                 offset=record.offset,
                 slots=slots,
                 buffer_ids=record.buffer_ids,
+                cohort=parked.cohort if kept else self.federation.new_cohort(record.cohort, tp.partition),
                 fleet=parked.fleet
                 if kept
                 else FleetCalibration.restore(
@@ -653,3 +661,14 @@ class StreamTrainer(RebalanceHandler):
             "checkpoint_writes": self.store.cost.summary(),
             **view,
         }
+
+
+def cohort_summary(parts: list[OwnedPartition], per_partition: int | None) -> dict:
+    """The training cohorts of the owned partitions, summed."""
+    cohorts = [p.cohort for p in parts if p.cohort is not None]
+    return {
+        "size": None if per_partition is None else per_partition * len(parts),
+        "per_partition": per_partition,
+        "training": sum(len(c.training) for c in cohorts),
+        "waiting": sum(len(c.waiting) for c in cohorts),
+    }
