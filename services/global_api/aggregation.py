@@ -81,6 +81,7 @@ class Aggregator:
             latest = self.repair()
             pending = self._updates.pending()
             if not pending:
+                self._updates.release()  # e.g. those just refused for their missing arrays
                 return AggregationOutcome(
                     False, latest.version, reason="no pending updates", attempts=attempt
                 )
