@@ -24,6 +24,9 @@ from services.global_api.update_store import UpdateStore, update_key
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_ERROR_S = 1.0
+# How old the pending count a batch reports (and decides on) may be: counting reads every pending status
+# on the embedded server. This process's own writes are counted at once (`UpdateStore.pending_count`).
+PENDING_MAX_AGE_S = 1.0
 STOP_TIMEOUT_S = 30.0
 
 
@@ -141,7 +144,7 @@ class Submissions:
         for index, _, _ in valid:
             new = keys[index] in stored
             outcomes[index] = ItemOutcome(SubmitStatus.ACCEPTED if new else SubmitStatus.DUPLICATE)
-        pending = self._updates.pending_count()
+        pending = self._updates.pending_count(max_age_s=PENDING_MAX_AGE_S)
         scheduled = bool(stored) and pending >= config.auto_aggregate_threshold
         if scheduled:
             self._background.wake()

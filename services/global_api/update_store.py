@@ -25,6 +25,8 @@ per update under the update's ``_id`` (before blobs) are still read, but not del
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -71,6 +73,9 @@ class UpdateStore:
         self._updates = collection
         self._arrays = arrays_collection(collection)
         self._seals = seals_collection(collection)
+        self._lock = threading.Lock()
+        self._pending: int | None = None  # the last count, kept in step with this process's own writes
+        self._pending_at = 0.0
 
     def ensure_indexes(self) -> None:
         self._updates.create_index([("status", ASCENDING), ("received_at", ASCENDING)])
@@ -115,6 +120,7 @@ class UpdateStore:
             self._arrays.delete_many({"_id": {"$in": unused}})
         if sealed:
             self._seals.insert_many([{"_id": blob, "sealed_at": now} for blob in sealed])
+        self._counted(len(accepted))
         return {keys[index] for index in accepted}
 
     def _insert_blobs(self, containers: list[bytes], now: datetime) -> list[tuple[str, int]]:
@@ -141,8 +147,25 @@ class UpdateStore:
             for doc in self._updates.find({"_id": {"$in": chunk}}, {"_id": 1})
         }
 
-    def pending_count(self) -> int:
-        return self._updates.count_documents({"status": str(UpdateStatus.PENDING)})
+    def pending_count(self, *, max_age_s: float = 0.0) -> int:
+        """How many updates are pending. With ``max_age_s`` > 0 possibly from memory: counted that long
+        ago at most, and since then kept in step with what this process stored and marked (another
+        replica's writes are seen at the next count). A count costs a read of every pending update's
+        status on some MongoDB-compatible servers (SecantusDB)."""
+        checked_at = time.monotonic()
+        with self._lock:
+            if self._pending is not None and checked_at - self._pending_at <= max_age_s:
+                return self._pending
+        count = self._updates.count_documents({"status": str(UpdateStatus.PENDING)})
+        with self._lock:
+            if checked_at >= self._pending_at:
+                self._pending, self._pending_at = count, checked_at
+        return count
+
+    def _counted(self, change: int) -> None:
+        with self._lock:
+            if self._pending is not None:
+                self._pending = max(0, self._pending + change)
 
     def newest_pending(self) -> dict | None:
         """The ``_id`` and ``received_at`` of the newest pending update (None when none is pending)."""
@@ -194,6 +217,7 @@ class UpdateStore:
                 {"_id": {"$in": chunk}, "status": str(UpdateStatus.PENDING)},
                 {"$set": {"status": str(UpdateStatus.AGGREGATED), "version": version}},
             ).modified_count
+        self._counted(-modified)
         return modified
 
     def mark_refused(self, refusals: Iterable[tuple[str, str]], *, at_version: int | None) -> int:
@@ -205,6 +229,7 @@ class UpdateStore:
                 {"_id": key, "status": str(UpdateStatus.PENDING)},
                 {"$set": {"status": str(UpdateStatus.REFUSED), "reason": reason, "version": at_version}},
             ).modified_count
+        self._counted(-modified)
         return modified
 
     def release(self) -> int:
