@@ -232,6 +232,14 @@ def test_a_batch_blob_is_kept_while_one_of_its_updates_is_pending_and_deleted_af
     assert store.release() == 0 and blobs(api).count_documents({}) == 1  # two of its updates still pending
     outcome = api.aggregate()
     assert outcome["created"] and outcome["n_updates"] == 2
+    docs = api.db[api.settings.collection_local_updates].find(
+        {"update_id": {"$in": ["blob-0", "blob-1", "blob-2"]}}
+    )
+    assert sorted((doc["update_id"], doc["status"], doc.get("version")) for doc in docs) == [
+        ("blob-0", "refused", None),
+        ("blob-1", "aggregated", outcome["version"]),
+        ("blob-2", "aggregated", outcome["version"]),
+    ]
     assert blobs(api).count_documents({}) == 0
     assert api.db[f"{api.settings.collection_local_updates}.seals"].count_documents({}) == 0
 

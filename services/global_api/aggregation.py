@@ -79,7 +79,8 @@ class Aggregator:
     def aggregate(self, *, trigger: str = "manual") -> AggregationOutcome:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             latest = self.repair()
-            pending = self._updates.pending()
+            read = self._updates.pending()
+            pending = read.updates
             if not pending:
                 self._updates.release()  # e.g. those just refused for their missing arrays
                 return AggregationOutcome(
@@ -123,7 +124,7 @@ class Aggregator:
                 )
             except VersionConflict:
                 continue
-            self._updates.mark_aggregated(keys, created.version)
+            self._updates.mark_aggregated(keys, created.version, sealed_groups=read.sealed_groups)
             self._marked = created.version
             self._updates.mark_refused(refusals, at_version=created.version)
             self._updates.release()

@@ -28,7 +28,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -53,6 +54,13 @@ class UpdateStatus(StrEnum):
     PENDING = "pending"
     AGGREGATED = "aggregated"
     REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class PendingUpdates:
+    updates: list[LocalUpdate]  # in arrival order
+    # Per blob sealed before the read: the keys of its updates that were pending (all that can be).
+    sealed_groups: dict[str, set[str]]
 
 
 def update_key(device_id: str, update_id: str) -> str:
@@ -180,16 +188,17 @@ class UpdateStore:
             str(status): self._updates.count_documents({"status": str(status)}) for status in UpdateStatus
         }
 
-    def pending(self) -> list[LocalUpdate]:
+    def pending(self) -> PendingUpdates:
         """Every pending update with its arrays, in arrival order. A pending update whose arrays are
         missing is refused with the reason."""
+        sealed = {doc["_id"] for doc in self._seals.find({}, {"_id": 1})}  # read before the statuses
         docs = list(
             self._updates.find({"status": str(UpdateStatus.PENDING)}).sort(
                 [("received_at", ASCENDING), ("_id", ASCENDING)]
             )
         )
         if not docs:
-            return []
+            return PendingUpdates([], {})
         names = list(dict.fromkeys(d.get("blob", d["_id"]) for d in docs))  # before blobs: the update's _id
         blobs = {
             blob["_id"]: blob
@@ -201,21 +210,41 @@ class UpdateStore:
             [(d["_id"], MISSING_ARRAYS) for d in docs if containers[d["_id"]] is None], at_version=None
         )
         updates = []
+        sealed_groups: dict[str, set[str]] = {}
         for doc in docs:
             container = containers[doc["_id"]]
             if container is None:
                 continue
             _, arrays = unpack(container, UPDATE_FORMAT, (UPDATE_FORMAT_VERSION,))
             updates.append(local_update(doc, arrays))
-        return updates
+            if doc.get("blob") in sealed:
+                sealed_groups.setdefault(doc["blob"], set()).add(doc["_id"])
+        return PendingUpdates(updates, sealed_groups)
 
-    def mark_aggregated(self, keys: Iterable[str], version: int) -> int:
-        """Idempotent: marks those of ``keys`` still pending as consumed by ``version``."""
+    def mark_aggregated(
+        self, keys: Iterable[str], version: int, *, sealed_groups: Mapping[str, set[str]] | None = None
+    ) -> int:
+        """Idempotent: marks those of ``keys`` still pending as consumed by ``version``.
+
+        ``sealed_groups`` (from the `pending` read these keys were chosen from): a blob whose every
+        pending update is among ``keys`` is marked with one filter on the blob instead of its keys (the
+        embedded server's ``$in`` over ids costs more than linear time). Its blob was sealed before that
+        read, so no update of it became pending since, and the filter marks only updates of ``keys``.
+        """
+        keys = list(keys)
+        remaining = set(keys)
+        whole = [blob for blob, members in (sealed_groups or {}).items() if members <= remaining]
+        for blob in whole:
+            remaining -= sealed_groups[blob]
         modified = 0
-        for chunk in _chunks(list(keys)):
+        consumed = {"$set": {"status": str(UpdateStatus.AGGREGATED), "version": version}}
+        for chunk in _chunks(whole):
             modified += self._updates.update_many(
-                {"_id": {"$in": chunk}, "status": str(UpdateStatus.PENDING)},
-                {"$set": {"status": str(UpdateStatus.AGGREGATED), "version": version}},
+                {"status": str(UpdateStatus.PENDING), "blob": {"$in": chunk}}, consumed
+            ).modified_count
+        for chunk in _chunks([key for key in keys if key in remaining]):
+            modified += self._updates.update_many(
+                {"_id": {"$in": chunk}, "status": str(UpdateStatus.PENDING)}, consumed
             ).modified_count
         self._counted(-modified)
         return modified
