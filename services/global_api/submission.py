@@ -6,7 +6,10 @@ A batch wakes this process's background aggregation instead and answers at once:
 then holds its own writes only, not an aggregation of everything pending. The background thread
 aggregates while the threshold is reached (each round takes every pending update), so it drains the
 buffer; the updates it has not consumed yet stay pending in the database, so a process that stops
-meanwhile loses none (the next submission at the threshold, in any replica, aggregates them).
+meanwhile loses none (the next submission at the threshold, in any replica, aggregates them). A batch
+decides on a pending count at most ``PENDING_MAX_AGE_S`` old (this process's own writes counted at
+once), so one that reaches the threshold with another replica's updates of the last second may leave
+the aggregation to the next submission.
 """
 
 from __future__ import annotations
