@@ -20,7 +20,7 @@ from flead_dagster_tests.helpers.api import ApiHarness, api_harness, assert_each
 from flead_dagster_tests.helpers.trainer import wait_until
 from services.global_api.live_server import LiveServer
 from services.global_api.registry import LATEST_MAX_AGE_S
-from services.global_api.update_store import MISSING_ARRAYS, ORPHAN_AGE_S, update_key
+from services.global_api.update_store import MISSING_ARRAYS, ORPHAN_AGE_S, UpdateStore, update_key
 
 BATCH = "/api/local-updates"
 MAX_UPDATES = 6
@@ -241,7 +241,13 @@ def test_a_batch_blob_is_kept_while_one_of_its_updates_is_pending_and_deleted_af
         ("blob-2", "aggregated", outcome["version"]),
     ]
     assert blobs(api).count_documents({}) == 0
-    assert api.db[f"{api.settings.collection_local_updates}.seals"].count_documents({}) == 0
+    seals = api.db[f"{api.settings.collection_local_updates}.seals"]
+    assert seals.count_documents({}) == 0
+
+    # A single update: a blob of one, complete with its status document (no seal), deleted once used.
+    assert api.submit(api.update("mote-73", update_id="blob-single"), token).status_code == 202
+    assert (blobs(api).count_documents({}), seals.count_documents({})) == (1, 0)
+    assert api.aggregate()["n_updates"] == 1 and blobs(api).count_documents({}) == 0
 
 
 def test_a_missing_blob_is_refused_with_the_reason_and_orphan_blobs_are_deleted_when_old(api):
@@ -266,7 +272,8 @@ def test_a_missing_blob_is_refused_with_the_reason_and_orphan_blobs_are_deleted_
             {"_id": "in-flight", "items": [], "created_at": now},
         ]
     )
-    assert api.service.updates.release() == 1
+    fresh = UpdateStore(api.db[api.settings.collection_local_updates])  # looks for orphans at once
+    assert fresh.release() == 1
     assert [doc["_id"] for doc in blobs(api).find({}, {"_id": 1})] == ["in-flight"]
     blobs(api).delete_many({})
 

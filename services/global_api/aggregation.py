@@ -107,7 +107,7 @@ class Aggregator:
             )
             if not result.created:
                 self._updates.mark_refused(refusals, at_version=latest.version)
-                self._updates.release()
+                self._updates.release(read.sealed_groups)
                 return AggregationOutcome(
                     False, latest.version, reason=result.skipped_reason, refused=refused, attempts=attempt
                 )
@@ -127,7 +127,7 @@ class Aggregator:
             self._updates.mark_aggregated(keys, created.version, sealed_groups=read.sealed_groups)
             self._marked = created.version
             self._updates.mark_refused(refusals, at_version=created.version)
-            self._updates.release()
+            self._updates.release(read.sealed_groups)
             return AggregationOutcome(
                 True,
                 created.version,

@@ -14,10 +14,12 @@ documents to count an index range), and a batch costs one arrays write and one d
 per update (the embedded server's cost is per document).
 
 A submission writes its blobs, then its status documents (whose insertion is what accepts an
-update), then a *seal* per blob in ``<collection_local_updates>.seals``: the blob's status documents
-are all written. After an aggregation, `release` deletes every sealed blob no pending update names
-(read in that order, a blob whose updates are still being inserted is never deleted), and any unsealed
-blob older than ``ORPHAN_AGE_S`` (its submission stopped between its writes) no pending update names.
+update), then a *seal* per blob of several updates in ``<collection_local_updates>.seals``: the blob's
+status documents are all written (a blob of one update is complete once its status document exists).
+After an aggregation, `release` deletes every sealed blob, and every blob of one whose update it read,
+that no pending update names (seals read first, so a blob whose updates are still being inserted is
+never deleted), and any other blob older than ``ORPHAN_AGE_S`` (its submission stopped between its
+writes) no pending update names.
 A pending update whose blob is missing is refused at aggregation with the reason. Arrays stored one
 per update under the update's ``_id`` (before blobs) are still read, but not deleted.
 """
@@ -48,6 +50,7 @@ DUPLICATE_KEY = 11000
 IN_CHUNK = 100
 MAX_BLOB_BYTES = 8_000_000  # well under MongoDB's 16 MB document limit
 ORPHAN_AGE_S = 3600.0
+ORPHAN_CHECK_S = 60.0  # how often (per process) `release` looks for them
 # BLOB_COMMANDS: an aggregation reads and marks blobs in commands of at most IN_CHUNK updates (a batch's
 # blob alone, many single updates' together). On the embedded server (one Python process) one command
 # over every pending blob (tens of MB, hundreds of statuses) held the submissions' writes behind it:
@@ -64,7 +67,8 @@ class UpdateStatus(StrEnum):
 @dataclass(frozen=True)
 class PendingUpdates:
     updates: list[LocalUpdate]  # in arrival order
-    # Per blob sealed before the read: the keys of its updates that were pending (all that can be).
+    # Per blob sealed before the read, or of one update: the keys of its updates that were pending (all
+    # that can be).
     sealed_groups: dict[str, set[str]]
 
 
@@ -89,6 +93,7 @@ class UpdateStore:
         self._lock = threading.Lock()
         self._pending: int | None = None  # the last count, kept in step with this process's own writes
         self._pending_at = 0.0
+        self._orphans_at = -ORPHAN_CHECK_S  # when `release` last looked for orphan blobs
 
     def ensure_indexes(self) -> None:
         self._updates.create_index([("status", ASCENDING), ("received_at", ASCENDING)])
@@ -127,10 +132,12 @@ class UpdateStore:
         ]
         known = set(_insert_new(self._updates, docs))
         accepted = [index for index in range(len(keys)) if index not in known]
-        sealed = list(dict.fromkeys(refs[index][0] for index in accepted))
-        unused = [blob for blob in dict.fromkeys(blob for blob, _ in refs) if blob not in sealed]
+        used = list(dict.fromkeys(refs[index][0] for index in accepted))
+        sizes = Counter(blob for blob, _ in refs)
+        unused = [blob for blob in sizes if blob not in used]
         if unused:  # every update in them a duplicate
             self._arrays.delete_many({"_id": {"$in": unused}})
+        sealed = [blob for blob in used if sizes[blob] > 1]  # a blob of one is complete with its status
         if sealed:
             self._seals.insert_many([{"_id": blob, "sealed_at": now} for blob in sealed])
         self._counted(len(accepted))
@@ -223,7 +230,7 @@ class UpdateStore:
                 continue
             _, arrays = unpack(container, UPDATE_FORMAT, (UPDATE_FORMAT_VERSION,))
             updates.append(local_update(doc, arrays))
-            if doc.get("blob") in sealed:
+            if doc.get("blob") in sealed or len(blobs[doc.get("blob", doc["_id"])].get("items", ())) == 1:
                 sealed_groups.setdefault(doc["blob"], set()).add(doc["_id"])
         return PendingUpdates(updates, sealed_groups)
 
@@ -267,12 +274,16 @@ class UpdateStore:
         self._counted(-modified)
         return modified
 
-    def release(self) -> int:
-        """Delete the blobs no pending update needs any more (see the module docstring); how many."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=ORPHAN_AGE_S)
+    def release(self, complete: Iterable[str] = ()) -> int:
+        """Delete the blobs no pending update needs any more (see the module docstring); how many.
+        ``complete``: blobs known to have all their status documents written (``sealed_groups``)."""
         # Seals and orphans first: a blob sealed by then has all its status documents written.
-        candidates = [doc["_id"] for doc in self._seals.find({}, {"_id": 1})]
-        candidates += [doc["_id"] for doc in self._arrays.find({"created_at": {"$lt": cutoff}}, {"_id": 1})]
+        candidates = [*complete, *(doc["_id"] for doc in self._seals.find({}, {"_id": 1}))]
+        checked_at = time.monotonic()
+        if checked_at - self._orphans_at >= ORPHAN_CHECK_S:
+            cutoff = datetime.now(UTC) - timedelta(seconds=ORPHAN_AGE_S)
+            candidates += [d["_id"] for d in self._arrays.find({"created_at": {"$lt": cutoff}}, {"_id": 1})]
+            self._orphans_at = checked_at
         needed = {
             doc.get("blob") for doc in self._updates.find({"status": str(UpdateStatus.PENDING)}, {"blob": 1})
         }
