@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import numpy as np
 import pytest
+from pymongo.collection import Collection
 
 from flead.federated import LocalUpdate
 from flead.federated.wire import encode_binary_updates, encode_json_update
@@ -18,6 +20,7 @@ from flead_dagster_tests.helpers.api import ApiHarness, api_harness, assert_each
 from flead_dagster_tests.helpers.trainer import wait_until
 from services.global_api.live_server import LiveServer
 from services.global_api.registry import LATEST_MAX_AGE_S
+from services.global_api.update_store import MISSING_ARRAYS, ORPHAN_AGE_S, UpdateStore, update_key
 
 BATCH = "/api/local-updates"
 MAX_UPDATES = 6
@@ -154,10 +157,13 @@ def test_undecodable_items_are_refused_one_by_one_and_the_batch_triggers_aggrega
     api.configure(auto_aggregate_threshold=3)
     try:
         response = post_batch(api, items, token, binary=False)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        # Answered before the aggregation, which the API's background thread runs.
+        assert body["aggregation_scheduled"] is True and body["version"] == base and body["pending"] == 3
+        wait_until(lambda: api.version() == base + 1 and pending(api) == 0, 60, "the background aggregation")
     finally:
         api.configure(auto_aggregate_threshold=1000)
-    assert response.status_code == 200, response.text
-    body = response.json()
     assert [r["status"] for r in body["results"]] == [
         "accepted",
         "refused",
@@ -167,9 +173,109 @@ def test_undecodable_items_are_refused_one_by_one_and_the_batch_triggers_aggrega
     ]
     assert body["results"][1]["update_id"] == "agg-missing" and "n_samples" in body["results"][1]["reason"]
     assert body["results"][2]["device_id"] is None and body["results"][2]["reason"]
-    assert body["aggregation"]["created"] and body["aggregation"]["n_updates"] == 3
-    assert body["version"] == base + 1 and body["pending"] == 0
+    latest = api.http.get("/api/history", params={"limit": 1}).json()["items"][0]
+    assert (latest["version"], latest["n_updates"], latest["trigger"]) == (base + 1, 3, "auto")
+    assert 'flead_api_aggregations_total{outcome="created",trigger="auto"}' in api.http.get("/metrics").text
     assert_each_update_counted_once(api, submitted=len(all_consumed_keys(api)))
+
+
+def test_background_aggregation_drains_a_stream_of_batches(api):
+    token = api.token("trainer")
+    api.aggregate()
+    base = api.version()
+    batches = [
+        [api.update(f"mote-6{i}", update_id=f"drain-{b}-{i}", base_version=base, seed=i) for i in range(3)]
+        for b in range(4)
+    ]
+    api.configure(auto_aggregate_threshold=5)
+    try:
+        bodies = [post_batch(api, batch, token, binary=True).json() for batch in batches]
+        assert [body["accepted"] for body in bodies] == [3] * 4
+        assert bodies[0]["aggregation_scheduled"] is False and bodies[1]["aggregation_scheduled"] is True
+        # Whatever the rounds, the buffer ends below the threshold with every update counted once.
+        wait_until(
+            lambda: (
+                pending(api) < 5
+                and not api.db[api.settings.collection_local_updates].find_one(
+                    {"status": "pending", "update_id": {"$in": [f"drain-1-{i}" for i in range(3)]}}
+                )
+            ),
+            60,
+            "the buffer drained",
+        )
+    finally:
+        api.configure(auto_aggregate_threshold=1000)
+    assert api.version() > base
+    api.aggregate()
+    assert pending(api) == 0
+    assert_each_update_counted_once(api, submitted=len(all_consumed_keys(api)))
+
+
+# ------------------------------------------------------------------------------ arrays blobs
+
+
+def blobs(api: ApiHarness) -> Collection:
+    return api.db[f"{api.settings.collection_local_updates}.arrays"]
+
+
+def test_a_batch_blob_is_kept_while_one_of_its_updates_is_pending_and_deleted_after(api):
+    token = api.token("trainer")
+    api.aggregate()
+    base = api.version()
+    updates = [api.update(f"mote-7{i}", update_id=f"blob-{i}", base_version=base, seed=i) for i in range(3)]
+    assert post_batch(api, updates, token, binary=True).json()["accepted"] == 3
+    assert blobs(api).count_documents({}) == 1  # one arrays document for the whole batch
+    store = api.service.updates
+    assert (
+        store.mark_refused([(update_key("mote-70", "blob-0"), "refused by the test")], at_version=None) == 1
+    )
+    assert store.release() == 0 and blobs(api).count_documents({}) == 1  # two of its updates still pending
+    outcome = api.aggregate()
+    assert outcome["created"] and outcome["n_updates"] == 2
+    docs = api.db[api.settings.collection_local_updates].find(
+        {"update_id": {"$in": ["blob-0", "blob-1", "blob-2"]}}
+    )
+    assert sorted((doc["update_id"], doc["status"], doc.get("version")) for doc in docs) == [
+        ("blob-0", "refused", None),
+        ("blob-1", "aggregated", outcome["version"]),
+        ("blob-2", "aggregated", outcome["version"]),
+    ]
+    assert blobs(api).count_documents({}) == 0
+    seals = api.db[f"{api.settings.collection_local_updates}.seals"]
+    assert seals.count_documents({}) == 0
+
+    # A single update: a blob of one, complete with its status document (no seal), deleted once used.
+    assert api.submit(api.update("mote-73", update_id="blob-single"), token).status_code == 202
+    assert (blobs(api).count_documents({}), seals.count_documents({})) == (1, 0)
+    assert api.aggregate()["n_updates"] == 1 and blobs(api).count_documents({}) == 0
+
+
+def test_a_missing_blob_is_refused_with_the_reason_and_orphan_blobs_are_deleted_when_old(api):
+    token = api.token("trainer")
+    api.aggregate()
+    base = api.version()
+    updates = [api.update(f"mote-8{i}", update_id=f"lost-{i}", base_version=base, seed=i) for i in range(2)]
+    assert post_batch(api, updates, token, binary=True).json()["accepted"] == 2
+    blobs(api).delete_many({})  # as if the arrays were never written
+    outcome = api.aggregate()
+    assert not outcome["created"] and pending(api) == 0
+    statuses = api.db[api.settings.collection_local_updates].find(
+        {"update_id": {"$in": ["lost-0", "lost-1"]}}
+    )
+    assert {(doc["status"], doc["reason"]) for doc in statuses} == {("refused", MISSING_ARRAYS)}
+
+    # A submission that stopped after writing its blob: deleted once older than any submission takes.
+    now = datetime.now(UTC)
+    blobs(api).insert_many(
+        [
+            {"_id": "stopped", "items": [], "created_at": now - timedelta(seconds=ORPHAN_AGE_S + 1)},
+            {"_id": "in-flight", "items": [], "created_at": now},
+        ]
+    )
+    fresh = UpdateStore(api.db[api.settings.collection_local_updates])  # looks for orphans at once
+    assert fresh.release() == 1
+    assert [doc["_id"] for doc in blobs(api).find({}, {"_id": 1})] == ["in-flight"]
+    blobs(api).delete_many({})
 
 
 def all_consumed_keys(api: ApiHarness) -> list[str]:

@@ -8,7 +8,8 @@ Any number of aggregations may run at once, in threads of one API or in several 
 3. when that makes a version, inserts it as document ``_id = v + 1`` listing the consumed updates;
 4. the unique ``_id`` lets exactly one aggregation win ``v + 1``; a loser starts again from 1 and
    finds the updates the winner took gone;
-5. the winner marks its updates ``aggregated`` (with the version) and the unusable ones ``refused``.
+5. the winner marks its updates ``aggregated`` (with the version) and the unusable ones ``refused``,
+   then deletes the arrays no pending update needs any more (`UpdateStore.release`).
 
 An aggregation that created ``v + 1`` had read ``v`` and, before reading the pending updates,
 marked everything ``v`` consumed (and by induction every earlier version's updates were marked
@@ -78,8 +79,10 @@ class Aggregator:
     def aggregate(self, *, trigger: str = "manual") -> AggregationOutcome:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             latest = self.repair()
-            pending = self._updates.pending()
+            read = self._updates.pending()
+            pending = read.updates
             if not pending:
+                self._updates.release()  # e.g. those just refused for their missing arrays
                 return AggregationOutcome(
                     False, latest.version, reason="no pending updates", attempts=attempt
                 )
@@ -104,6 +107,7 @@ class Aggregator:
             )
             if not result.created:
                 self._updates.mark_refused(refusals, at_version=latest.version)
+                self._updates.release(read.sealed_groups)
                 return AggregationOutcome(
                     False, latest.version, reason=result.skipped_reason, refused=refused, attempts=attempt
                 )
@@ -120,9 +124,10 @@ class Aggregator:
                 )
             except VersionConflict:
                 continue
-            self._updates.mark_aggregated(keys, created.version)
+            self._updates.mark_aggregated(keys, created.version, sealed_groups=read.sealed_groups)
             self._marked = created.version
             self._updates.mark_refused(refusals, at_version=created.version)
+            self._updates.release(read.sealed_groups)
             return AggregationOutcome(
                 True,
                 created.version,

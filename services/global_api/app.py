@@ -78,6 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         current_version=_or_nan(service.registry.latest_version),
         pending_updates=_or_nan(service.updates.pending_count),
     )
+    service.submissions.on_background_aggregation = lambda outcome: app.state.metrics.count_aggregation(
+        "auto", outcome.created
+    )
     install_error_handlers(app)
     routers = (
         updates,

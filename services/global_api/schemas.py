@@ -119,9 +119,10 @@ class BatchSubmitResult(BaseModel):
     duplicate: int
     refused: int
     pending: int = Field(description="Updates pending aggregation.")
-    version: int = Field(description="The latest global version after this submission.")
-    aggregation: AggregationResult | None = Field(
-        None, description="Present when this submission triggered the automatic aggregation."
+    version: int = Field(description="The latest global version when this batch was stored.")
+    aggregation_scheduled: bool = Field(
+        description="The batch reached the automatic aggregation threshold: the API aggregates in the "
+        "background (watch `version` in `GET /api/status`)."
     )
 
 

@@ -93,4 +93,5 @@ class GlobalModelService:
         self.aggregator.repair()
 
     def close(self) -> None:
+        self.submissions.close()
         self.client.close()

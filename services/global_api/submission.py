@@ -1,9 +1,22 @@
 """Accepting one local update: idempotency, validation against the current model, persistence, and
-the automatic aggregation once enough updates are pending."""
+the automatic aggregation once enough updates are pending.
+
+A single submission that reaches the threshold aggregates before it answers (and reports the outcome).
+A batch wakes this process's background aggregation instead and answers at once: a batch's latency
+then holds its own writes only, not an aggregation of everything pending. The background thread
+aggregates while the threshold is reached (each round takes every pending update), so it drains the
+buffer; the updates it has not consumed yet stay pending in the database, so a process that stops
+meanwhile loses none (the next submission at the threshold, in any replica, aggregates them). A batch
+decides on a pending count at most ``PENDING_MAX_AGE_S`` old (this process's own writes counted at
+once), so one that reaches the threshold with another replica's updates of the last second may leave
+the aggregation to the next submission.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flead.federated import LocalUpdate, SubmitStatus, UpdateRefused, prepare_update
@@ -11,6 +24,13 @@ from services.global_api.aggregation import AggregationBusy, AggregationOutcome,
 from services.global_api.registry import LATEST_MAX_AGE_S, ModelRegistry
 from services.global_api.runtime_config import CONFIG_MAX_AGE_S, RuntimeConfigStore
 from services.global_api.update_store import UpdateStore, update_key
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_ERROR_S = 1.0
+# How old the pending count a batch reports (and decides on) may be: counting reads every pending status
+# on the embedded server. This process's own writes are counted at once (`UpdateStore.pending_count`).
+PENDING_MAX_AGE_S = 1.0
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +58,7 @@ class BatchOutcome:
     items: list[ItemOutcome]  # in the order of the updates submitted
     pending: int
     version: int
-    aggregation: AggregationOutcome | None = None
+    aggregation_scheduled: bool = False  # the threshold was reached: the background aggregation woken
 
 
 class Submissions:
@@ -54,6 +74,9 @@ class Submissions:
         self._config = config
         self._aggregator = aggregator
         self._auto_lock = threading.Lock()
+        self._background = BackgroundAggregation(self._aggregate_while_due)
+        # Told of every aggregation the background thread makes (e.g. to count it in the API's metrics).
+        self.on_background_aggregation: Callable[[AggregationOutcome], None] = lambda outcome: None
 
     def submit(self, update: LocalUpdate, *, submitted_by: str) -> SubmitOutcome:
         """Store ``update`` as pending, or report it as a duplicate; raises
@@ -85,7 +108,7 @@ class Submissions:
 
     def submit_many(self, updates: list[LocalUpdate], *, submitted_by: str) -> BatchOutcome:
         """`submit` for many updates at once: each one accepted, a duplicate, or refused with its reason;
-        the accepted ones stored in two bulk writes, then the automatic aggregation if due (once)."""
+        the accepted ones stored in bulk writes, then the background aggregation woken if due."""
         config = self._config.load(max_age_s=CONFIG_MAX_AGE_S)
         aggregation = config.aggregation()
         latest = self._registry.latest_version(max_age_s=LATEST_MAX_AGE_S)
@@ -124,14 +147,25 @@ class Submissions:
         for index, _, _ in valid:
             new = keys[index] in stored
             outcomes[index] = ItemOutcome(SubmitStatus.ACCEPTED if new else SubmitStatus.DUPLICATE)
-        pending = self._updates.pending_count()
-        outcome = None
-        if stored and pending >= config.auto_aggregate_threshold:
-            outcome = self._aggregate_at_threshold(config.auto_aggregate_threshold)
-            if outcome is not None:
-                latest = outcome.version
-            pending = self._updates.pending_count()
-        return BatchOutcome([o for o in outcomes if o is not None], pending, latest, outcome)
+        pending = self._updates.pending_count(max_age_s=PENDING_MAX_AGE_S)
+        scheduled = bool(stored) and pending >= config.auto_aggregate_threshold
+        if scheduled:
+            self._background.wake()
+        return BatchOutcome([o for o in outcomes if o is not None], pending, latest, scheduled)
+
+    def close(self) -> None:
+        """Stop the background aggregation (after the round it is in, if any)."""
+        self._background.stop(STOP_TIMEOUT_S)
+
+    def _aggregate_while_due(self) -> None:
+        while True:
+            threshold = self._config.load(max_age_s=CONFIG_MAX_AGE_S).auto_aggregate_threshold
+            outcome = self._aggregate_at_threshold(threshold)
+            if outcome is None:
+                return
+            self.on_background_aggregation(outcome)
+            if not outcome.created:  # nothing usable pending: wait for the next submission
+                return
 
     def _aggregate_at_threshold(self, threshold: int) -> AggregationOutcome | None:
         """Aggregate if at least ``threshold`` updates are still pending; the version made, if any.
@@ -155,3 +189,44 @@ class Submissions:
         return SubmitOutcome(
             SubmitStatus.DUPLICATE, self._updates.pending_count(), self._registry.latest_version()
         )
+
+
+class BackgroundAggregation:
+    """One daemon thread that calls ``run`` after each `wake` (wakes while it runs make one more call)."""
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        self._run = run
+        self._woken = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="flead-auto-aggregation", daemon=True)
+                self._thread.start()
+        self._woken.set()
+
+    def stop(self, timeout_s: float) -> None:
+        with self._lock:
+            self._stopped.set()
+            thread = self._thread
+        self._woken.set()
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while True:
+            self._woken.wait()
+            if self._stopped.is_set():
+                return
+            self._woken.clear()
+            try:
+                self._run()
+            except Exception:  # e.g. MongoDB unreachable: the updates stay pending; retried
+                log.exception("background aggregation failed; retrying in %.0f s", RETRY_AFTER_ERROR_S)
+                self._stopped.wait(RETRY_AFTER_ERROR_S)
+                self._woken.set()

@@ -147,14 +147,12 @@ async def submit_local_updates(
     metrics = request.app.state.metrics
     for status, count in counts.items():
         metrics.updates.labels(status).inc(count)
-    if outcome.aggregation is not None:
-        metrics.count_aggregation("auto", outcome.aggregation.created)
     response = {
         "results": results,
         **{str(status): counts.get(str(status), 0) for status in SubmitStatus},
         "pending": outcome.pending,
         "version": outcome.version,
-        "aggregation": None if outcome.aggregation is None else outcome.aggregation.to_dict(),
+        "aggregation_scheduled": outcome.aggregation_scheduled,
     }
     return JSONResponse(response)
 
