@@ -9,6 +9,7 @@ import pytest
 from kafka.structs import TopicPartition
 
 from flead.config import Settings
+from flead.federated.cohort import TrainingCohort
 from flead.fleet import INTEL_LAB
 from flead.local.services import free_port
 from flead.model.config import TrainConfig
@@ -54,8 +55,9 @@ def feed(federation: Federation, slots: dict, device: str, n: int, seed: int) ->
         fleet=INTEL_LAB,
     )
     slot = slots.get(device) or slots.setdefault(device, federation.new_slot(device, 0))
+    everyone = TrainingCohort(None)  # these tests' few devices all train, as under the default cohort
     for run in intake.runs:
         slot.receive(run.rows, run.max_event_us)
         for _ in range(slot.whole_chunks() // slot.quantum):
-            federation.before_scoring(slot)
-            federation.after_scoring(slot, slot.score(slot.pending.take(slot.quantum)))
+            federation.before_scoring(slot, everyone)
+            federation.after_scoring(slot, slot.score(slot.pending.take(slot.quantum)), everyone)

@@ -40,13 +40,12 @@ import numpy as np
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
 
 from flead.federated import LocalUpdate
 from flead.federated.wire import UPDATE_FORMAT, UPDATE_FORMAT_VERSION, local_update, update_fields
 from flead.model.serialization import pack, unpack
+from flead.storage.mongo import insert_new
 
-DUPLICATE_KEY = 11000
 IN_CHUNK = 100
 MAX_BLOB_BYTES = 8_000_000  # well under MongoDB's 16 MB document limit
 ORPHAN_AGE_S = 3600.0
@@ -130,7 +129,7 @@ class UpdateStore:
             }
             for (key, update, norm), (blob, index) in zip(keyed, refs, strict=True)
         ]
-        known = set(_insert_new(self._updates, docs))
+        known = set(insert_new(self._updates, docs))
         accepted = [index for index in range(len(keys)) if index not in known]
         used = list(dict.fromkeys(refs[index][0] for index in accepted))
         sizes = Counter(blob for blob, _ in refs)
@@ -344,16 +343,3 @@ def _container_of(doc: dict, blobs: dict[str, dict]) -> bytes | None:
 def _container(update: LocalUpdate) -> bytes:
     header = {"format": UPDATE_FORMAT, "format_version": UPDATE_FORMAT_VERSION}
     return pack(header, {name: np.asarray(value, dtype=np.float32) for name, value in update.arrays.items()})
-
-
-def _insert_new(collection: Collection, docs: list[dict]) -> list[int]:
-    """``insert_many(ordered=False)``: every document whose ``_id`` is new goes in; returns the indexes of
-    those whose ``_id`` existed (any other write error is raised)."""
-    try:
-        collection.insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(error.get("code") != DUPLICATE_KEY for error in errors):
-            raise
-        return sorted(error["index"] for error in errors)
-    return []
