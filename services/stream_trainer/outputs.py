@@ -30,7 +30,7 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import InvalidRecordError, MessageSizeTooLargeError, RecordListTooLargeError
 from kafka.future import Future
-from pymongo import ReplaceOne, UpdateOne
+from pymongo import ReplaceOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -405,10 +405,9 @@ class DeviceStatsStore:
 
     def flush(self) -> None:
         now = datetime.now(UTC)
+        # whole documents (the trainer is their only writer): a replace costs half a `$set` on SecantusDB
         writes = [
-            UpdateOne(
-                {"_id": slot.device_id}, {"$set": device_stats(slot, self.trainer_id, now)}, upsert=True
-            )
+            ReplaceOne({"_id": slot.device_id}, device_stats(slot, self.trainer_id, now), upsert=True)
             for slot in self._waiting.values()
         ]
         if writes:
