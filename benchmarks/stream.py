@@ -14,7 +14,9 @@ client settings and max_poll_records; timed from the first record to the last), 
 first record to the checkpoint that covers every offset, i.e. every reading trained, scored or
 waiting for a whole chunk, stored in MongoDB), sampling its RSS. `--large-processes 2` runs the large
 fleet's trainers as two processes of one group (the partitions split between them; the peak RSS is the
-larger one's). Prints one JSON object.
+larger one's). With one process, a new trainer then starts in the stopped group (`restart`): the
+seconds until it owns every partition with every device restored from the checkpoints, and its RSS.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -202,6 +204,7 @@ def run_trainer(
             "threshold_sources": health.get("thresholds"),
             "training_cohort": health.get("training_cohort"),
             "checkpoint_writes": health.get("checkpoint_writes"),
+            "restart": restart(env, topic, group, database, model, home, result["devices"]),
         }
     else:
         result["processes"] = [
@@ -215,6 +218,34 @@ def run_trainer(
             for h, rss in zip(healths, peak_rss, strict=True)
         ]
     return result
+
+
+def restart(
+    env: dict, topic: str, group: str, database: str, model: list[str], home: Path, devices: int
+) -> dict:
+    """A new trainer in the (stopped) group: seconds from its start until it owns every partition with
+    all `devices` restored from the checkpoints, and its RSS then."""
+    log = home / f"trainer-{group}-restart.log"
+    started = time.monotonic()
+    process, port = start_trainer(env, topic, group, database, model, log, None)
+    try:
+        while time.monotonic() - started < 1800:
+            if process.poll() is not None:
+                raise RuntimeError(f"trainer exited {process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+            except (httpx.HTTPError, ValueError):
+                health = None
+            if health and health["devices"] == devices and health["lag_total"] is not None:
+                return {
+                    "seconds_to_restored": round(time.monotonic() - started, 1),
+                    "devices": health["devices"],
+                    "rss_mb": round(trainer_rss(process.pid) / 2**20, 1),
+                }
+            time.sleep(0.25)  # sampling interval
+        raise TimeoutError("the restarted trainer did not restore its devices within 30 minutes")
+    finally:
+        stop_trainer(process, profiled=False)
 
 
 def checkpointed(health: dict) -> int:
