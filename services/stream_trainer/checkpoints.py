@@ -262,7 +262,12 @@ class CheckpointStore:
 
     def load_slots(self, record: PartitionRecord) -> tuple[dict[str, DeviceSlot], list[LocalUpdate]]:
         """The partition's devices as of its checkpoint, and their undelivered updates."""
-        documents = list(self.states.find({"_id": {"$in": list(record.state_ids)}}))
+        # Read by partition (indexed), not by an `$in` over the ids: SecantusDB takes quadratic time over a
+        # long `$in` list (measured: 6,000 ids 40.6 s; the partition's 12,000 copies 0.5 s), and a member
+        # restoring 50,000 devices that way overran the poll interval and was evicted from the group.
+        referenced = set(record.state_ids)
+        owner = {"group": self.group, "topic": self.topic, "partition": record.partition, "kind": "device"}
+        documents = [d for d in self.states.find(owner) if d["_id"] in referenced]
         missing = set(record.state_ids) - {d["_id"] for d in documents}
         if missing:  # never expected: states are deleted only once no checkpoint references them
             log.error(
