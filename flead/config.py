@@ -189,6 +189,24 @@ class Settings(BaseSettings):
         10, ge=0, description="Versions an update's base may lag before it is refused."
     )
 
+    # Differential privacy of device updates (docs/privacy.md)
+    dp_mode: Literal["off", "local", "central"] = Field(
+        "off",
+        description="Device-level DP of updates: off, local (noised on the device) or central "
+        "(noised by a trusted server at aggregation).",
+    )
+    dp_clip_norm: float = Field(1.0, gt=0, description="L2 norm every update is clipped to (DP on).")
+    dp_noise_multiplier: float = Field(
+        1.0, gt=0, description="Gaussian noise standard deviation over the clip norm (DP on)."
+    )
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="The delta of every (epsilon, delta) reported.")
+    dp_epsilon_budget: float | None = Field(
+        None, gt=0, description="Epsilon past which a device's updates are refused (unset: no budget)."
+    )
+    collection_privacy: str = Field(
+        "privacy_ledger", description="Each device's DP contributions and epsilon (the accountant's ledger)."
+    )
+
     # Stream trainer
     trainer_max_poll_records: int = Field(5000, ge=1, description="Records the trainer takes per poll.")
     trainer_checkpoint_records: int = Field(
@@ -392,6 +410,18 @@ class Settings(BaseSettings):
         for url in (u.strip() for u in value.split(",") if u.strip()):
             _check_http_url(url)
         return value
+
+    def privacy(self):  # -> flead.privacy.PrivacyConfig (imported here: it needs NumPy and dp-accounting)
+        """The deployment's differential-privacy settings."""
+        from flead.privacy.config import PrivacyConfig
+
+        return PrivacyConfig(
+            mode=self.dp_mode,
+            clip_norm=self.dp_clip_norm,
+            noise_multiplier=self.dp_noise_multiplier,
+            delta=self.dp_delta,
+            epsilon_budget=self.dp_epsilon_budget,
+        )
 
     @property
     def alert_urls(self) -> list[str]:

@@ -22,6 +22,7 @@ from flead.federated.state import GlobalState
 from flead.federated.strategies import make_strategy
 from flead.federated.update import LocalUpdate
 from flead.federated.validation import PreparedUpdate, UpdateRefused, check_identity, prepare_update
+from flead.privacy.accountant import PrivacyLedger, budget_refusal
 
 
 class SubmitStatus(StrEnum):
@@ -51,6 +52,11 @@ class UpdateBuffer:
 
     State lives in memory: a service that must survive restarts persists the versions and rebuilds the
     buffer with ``UpdateBuffer(latest_state, config, history=...)``. Methods are thread-safe.
+
+    With differential privacy on, ``ledger`` holds every device's privacy spent: a local-DP update is
+    charged when it is accepted (the server has seen it), a central-DP aggregate when it is made; and
+    ``epsilons`` maps each version to the largest epsilon of any device that contributed to it or to
+    an earlier version (its weights carry all of them).
     """
 
     def __init__(
@@ -59,8 +65,11 @@ class UpdateBuffer:
         config: AggregationConfig | None = None,
         *,
         history: Mapping[int, Mapping[str, np.ndarray]] | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
-        self._strategy = make_strategy(config)
+        self._strategy = make_strategy(config, rng=rng)
+        self.ledger = PrivacyLedger(self._strategy.config.privacy.delta)
+        self.epsilons: dict[int, float] = {state.version: 0.0}
         self._state = state
         self._history = {int(version): weights for version, weights in (history or {}).items()}
         self._history[state.version] = state.weights
@@ -98,6 +107,7 @@ class UpdateBuffer:
                         SubmitStatus.DUPLICATE, "this (device_id, update_id) was already submitted"
                     )
                 prepared = prepare_update(update, self._state, self.config, self._history)
+                self._charge_local(update)
             except UpdateRefused as refusal:
                 return SubmitResult(SubmitStatus.REFUSED, refusal.reason)
             self._pending[update.key] = prepared
@@ -108,10 +118,18 @@ class UpdateBuffer:
         """Aggregate everything pending into the next version. When no version is made (nothing
         pending, fewer than ``min_updates``), the valid updates stay pending."""
         with self._lock:
-            result = self._strategy.combine(self._state, list(self._pending.values()), now=now)
+            result = self._strategy.combine(
+                self._state, list(self._pending.values()), now=now, ledger=self.ledger
+            )
             for refusal in result.refused:
                 self._pending.pop((refusal.device_id, refusal.update_id), None)
             if result.new_state is not None:
+                for device_id, released in result.contributions.items():
+                    self.ledger.charge(device_id, released)
+                contributors = {a.device_id for a in result.accepted}
+                self.epsilons[result.new_state.version] = max(
+                    self.epsilons.get(self._state.version, 0.0), self.ledger.max_epsilon(contributors)
+                )
                 self._pending.clear()
                 self._state = result.new_state
                 self._history[self._state.version] = self._state.weights
@@ -127,6 +145,22 @@ class UpdateBuffer:
             if len(self._pending) < (threshold if threshold is not None else self.config.min_updates):
                 return None
             return self.aggregate(now=now)
+
+    def _charge_local(self, update: LocalUpdate) -> None:
+        """Local DP: charge the device for the noised update it sent, or refuse it over the budget."""
+        privacy = self.config.privacy
+        if privacy.mode != "local":
+            return
+        released = {float(update.privacy["noise_multiplier"]): 1}
+        reason = budget_refusal(
+            self.ledger.epsilon(update.device_id),
+            self.ledger.epsilon(update.device_id, released),
+            privacy.epsilon_budget,
+            privacy.delta,
+        )
+        if reason is not None:
+            raise UpdateRefused(reason)
+        self.ledger.charge(update.device_id, released)
 
     def _forget_old(self) -> None:
         oldest_usable = self._state.version - self.config.max_staleness

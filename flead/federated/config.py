@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from flead.privacy.config import PrivacyConfig
 
 STRATEGY_NAMES = ("fedavg", "fedavgm", "fedadam", "median", "trimmed_mean")
 
@@ -22,6 +24,7 @@ class AggregationConfig:
     ``clip_norm`` clips every update's delta to that L2 norm before aggregation (None = no clipping);
     ``max_update_norm`` refuses updates whose delta norm is above it (None = no bound).
     ``min_updates`` is the fewest accepted updates that make a new version.
+    ``privacy``: device-level differential privacy (off by default; see ``flead.privacy``).
     """
 
     strategy: str = "fedavg"
@@ -35,6 +38,7 @@ class AggregationConfig:
     staleness_exponent: float = 0.5
     max_update_norm: float | None = 1e3
     min_updates: int = 1
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGY_NAMES:
@@ -62,6 +66,8 @@ class AggregationConfig:
             problems.append(f"max_staleness must be an integer >= 0, got {self.max_staleness!r}")
         if not _is_int(self.min_updates) or self.min_updates < 1:
             problems.append(f"min_updates must be an integer >= 1, got {self.min_updates!r}")
+        if not isinstance(self.privacy, PrivacyConfig):
+            problems.append(f"privacy must be a PrivacyConfig, got {type(self.privacy).__name__}")
         if problems:
             raise ValueError("invalid AggregationConfig: " + "; ".join(problems))
 

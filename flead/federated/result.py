@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
+from flead.privacy.accountant import Contributions
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class AggregationSummary:
 class AggregationResult:
     """``new_state`` is the next version, or None when no version was made (``skipped_reason`` says
     why: no accepted update, fewer than ``min_updates``, ...). ``accepted`` lists the valid updates;
-    they are applied only when ``new_state`` is not None."""
+    they are applied only when ``new_state`` is not None. ``contributions``: under central DP, what each
+    device released in this version (for the accountant; empty otherwise)."""
 
     previous_version: int
     new_state: GlobalState | None
@@ -66,6 +68,7 @@ class AggregationResult:
     refused: tuple[RefusedUpdate, ...]
     summary: AggregationSummary
     skipped_reason: str | None = None
+    contributions: dict[str, Contributions] = field(default_factory=dict)
 
     @property
     def created(self) -> bool:

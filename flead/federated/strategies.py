@@ -21,15 +21,24 @@ Then:
 
 FedProx is not a server strategy: it is a proximal term in the clients' training (``ClientConfig``).
 All arithmetic is float64; the new weights and optimiser state are stored as float32.
+
+Central differential privacy (``config.privacy.mode == "central"``, a trusted server): every delta is
+clipped to the privacy clip norm ``C`` and every update counts alike (no ``n_samples`` weights, which
+would let one device's share of the aggregate exceed ``C / n``). The averaging strategies get
+``N(0, (z C)**2)`` added to the sum of the deltas, so the mean carries ``z C / n``; median and trimmed
+mean, whose change for one device's update is not bounded by ``C``, get the noise on every clipped update
+before they combine them. What each device released is returned (``AggregationResult.contributions``)
+for the accountant; a device whose budget it would pass has its updates refused with the reason. Local
+DP updates arrive noised and are aggregated as they are.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -40,21 +49,32 @@ from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
 from flead.federated.validation import History, PreparedUpdate, UpdateRefused, check_identity, prepare_update
 from flead.federated.weights import Weights, all_finite
+from flead.privacy.accountant import Contributions
+from flead.privacy.mechanism import gaussian_noise
 
 Deltas = list[dict[str, np.ndarray]]
 ServerState = dict[str, dict[str, np.ndarray]]
+
+
+class Ledger(Protocol):
+    """The devices' privacy spent so far (`flead.privacy.PrivacyLedger`, or the API's in MongoDB)."""
+
+    def refusal(self, device_id: str, extra: Mapping[float, int], budget: float | None) -> str | None: ...
 
 
 class Strategy(ABC):
     name: ClassVar[str]
     sample_weighted: ClassVar[bool] = True
 
-    def __init__(self, config: AggregationConfig | None = None) -> None:
+    def __init__(
+        self, config: AggregationConfig | None = None, *, rng: np.random.Generator | None = None
+    ) -> None:
         config = config or AggregationConfig(strategy=self.name)
         if config.strategy != self.name:
             raise ValueError(f"{type(self).__name__} needs a config with strategy={self.name!r}")
         self.config = config
         self.server_lr = config.resolved_server_lr
+        self.rng = rng or np.random.default_rng()  # central DP's noise
 
     def aggregate(
         self,
@@ -63,6 +83,7 @@ class Strategy(ABC):
         *,
         history: History | None = None,
         now: datetime | None = None,
+        ledger: Ledger | None = None,
     ) -> AggregationResult:
         """Validate ``updates`` against ``state`` and aggregate the valid ones into version + 1.
 
@@ -81,7 +102,7 @@ class Strategy(ABC):
                 seen.add(update.key)
             except UpdateRefused as refusal:
                 refused.append(RefusedUpdate.of(update, refusal.reason))
-        return self.combine(state, prepared, refused=refused, now=now)
+        return self.combine(state, prepared, refused=refused, now=now, ledger=ledger)
 
     def combine(
         self,
@@ -90,11 +111,13 @@ class Strategy(ABC):
         *,
         refused: Sequence[RefusedUpdate] = (),
         now: datetime | None = None,
+        ledger: Ledger | None = None,
     ) -> AggregationResult:
         """Aggregate already validated updates (``prepare_update``) into version + 1.
 
         Staleness is measured against ``state`` here, so updates prepared against an earlier version are
-        discounted (or refused) for the versions that passed since.
+        discounted (or refused) for the versions that passed since. Under central DP, ``ledger`` (the
+        devices' privacy spent so far) enforces the epsilon budget.
         """
         config = self.config
         refused = list(refused)
@@ -105,17 +128,23 @@ class Strategy(ABC):
                 usable.append((item, state.version - item.update.base_version))
             else:
                 refused.append(RefusedUpdate.of(item.update, reason))
+        central = config.privacy.mode == "central"
+        contributions: dict[str, Contributions] = {}
+        if central:
+            usable, contributions = self._within_budget(usable, refused, ledger)
 
         samples = [int(item.update.n_samples) for item, _ in usable]
         total_samples = sum(samples)
         deltas: Deltas = []
         accepted: list[AcceptedUpdate] = []
+        clip_norm = config.privacy.clip_norm if central else config.clip_norm
         for (item, staleness), n_samples in zip(usable, samples, strict=True):
             discount = staleness_discount(staleness, config.staleness_exponent)
-            clipped = config.clip_norm is not None and item.norm > config.clip_norm
-            scale = discount * (config.clip_norm / item.norm if clipped else 1.0)
+            clipped = clip_norm is not None and item.norm > clip_norm
+            scale = discount * (clip_norm / item.norm if clipped else 1.0)
             deltas.append(item.delta if scale == 1.0 else {name: a * scale for name, a in item.delta.items()})
-            weight = n_samples / total_samples if self.sample_weighted else 1.0 / len(usable)
+            uniform = central or not self.sample_weighted
+            weight = 1.0 / len(usable) if uniform else n_samples / total_samples
             accepted.append(
                 AcceptedUpdate(
                     device_id=item.update.device_id,
@@ -140,6 +169,8 @@ class Strategy(ABC):
             return without_version(
                 f"{len(usable)} accepted update(s), fewer than min_updates {config.min_updates}"
             )
+        if central:
+            deltas, samples = self._central_noise(deltas), [1] * len(deltas)
         weights, server_state = self.step(state, deltas, samples)
         if not all_finite(weights) or not all(all_finite(arrays) for arrays in server_state.values()):
             return without_version(
@@ -152,7 +183,50 @@ class Strategy(ABC):
             created_at=now or datetime.now(UTC),
             parent_version=state.version,
         )
-        return AggregationResult(state.version, new_state, tuple(accepted), tuple(refused), summary)
+        return AggregationResult(
+            state.version, new_state, tuple(accepted), tuple(refused), summary, contributions=contributions
+        )
+
+    def _within_budget(
+        self, usable: list[tuple[PreparedUpdate, int]], refused: list[RefusedUpdate], ledger: Ledger | None
+    ) -> tuple[list[tuple[PreparedUpdate, int]], dict[str, Contributions]]:
+        """Central DP: what each device would release in this aggregation; the updates of a device whose
+        budget that would pass are moved to ``refused``."""
+        privacy = self.config.privacy
+        per_device: dict[str, int] = {}
+        for item, _ in usable:
+            per_device[item.update.device_id] = per_device.get(item.update.device_id, 0) + 1
+        contributions: dict[str, Contributions] = {}
+        over: dict[str, str] = {}
+        for device_id, count in per_device.items():
+            # k updates in one noised sum: one release at z / k; noised one by one: k releases at z.
+            if self.sample_weighted:
+                released = {privacy.noise_multiplier / count: 1}
+            else:
+                released = {privacy.noise_multiplier: count}
+            reason = None if ledger is None else ledger.refusal(device_id, released, privacy.epsilon_budget)
+            if reason is None:
+                contributions[device_id] = released
+            else:
+                over[device_id] = reason
+        for item, _ in usable:
+            if item.update.device_id in over:
+                refused.append(RefusedUpdate.of(item.update, over[item.update.device_id]))
+        return [(item, s) for item, s in usable if item.update.device_id not in over], contributions
+
+    def _central_noise(self, deltas: Deltas) -> Deltas:
+        """The clipped deltas with central DP's Gaussian noise (see the module's docstring)."""
+        privacy = self.config.privacy
+        std = privacy.noise_multiplier * privacy.clip_norm
+        if not self.sample_weighted:
+            noised = []
+            for delta in deltas:
+                noise = gaussian_noise(delta, std, self.rng)
+                noised.append({name: a + noise[name] for name, a in delta.items()})
+            return noised
+        # The sum's noise, shared out equally: the uniform mean of the deltas then carries it / n.
+        noise = gaussian_noise(deltas[0], std, self.rng)
+        return [{name: a + noise[name] / len(deltas) for name, a in delta.items()} for delta in deltas]
 
     @abstractmethod
     def step(self, state: GlobalState, deltas: Deltas, samples: list[int]) -> tuple[Weights, ServerState]:
@@ -240,9 +314,11 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def make_strategy(config: AggregationConfig | None = None) -> Strategy:
+def make_strategy(
+    config: AggregationConfig | None = None, *, rng: np.random.Generator | None = None
+) -> Strategy:
     config = config or AggregationConfig()
-    return STRATEGIES[config.strategy](config)
+    return STRATEGIES[config.strategy](config, rng=rng)
 
 
 def sample_mean(deltas: Deltas, samples: list[int], name: str) -> np.ndarray:

@@ -15,6 +15,7 @@ from flead.federated.staleness import staleness_refusal
 from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
 from flead.federated.weights import global_norm
+from flead.privacy.mechanism import declaration_refusal, noise_norm_bound
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -56,6 +57,11 @@ def prepare_update(
     check_metrics(update.metrics)
     if update.kind not in ("delta", "weights"):
         raise UpdateRefused(f"kind must be 'delta' or 'weights', got {update.kind!r}")
+    privacy = config.privacy
+    if privacy.mode == "local":
+        reason = declaration_refusal(update.privacy, privacy)
+        if reason is not None:
+            raise UpdateRefused(reason)
     arrays = checked_arrays(update.arrays, state.weights)
     if update.kind == "weights":
         base = base_weights(update.base_version, state, history)
@@ -65,10 +71,14 @@ def prepare_update(
     norm = global_norm(delta)
     if not math.isfinite(norm):
         raise UpdateRefused("the update's delta norm overflows")
-    if config.max_update_norm is not None and norm > config.max_update_norm:
+    limit = config.max_update_norm
+    if limit is not None and privacy.mode == "local":  # the declared noise makes the norm large
+        size = sum(array.size for array in arrays.values())
+        declared = update.privacy or {}
+        limit = max(limit, noise_norm_bound(declared["clip_norm"], declared["noise_multiplier"], size))
+    if limit is not None and norm > limit:
         raise UpdateRefused(
-            f"delta norm {norm:.4g} is above max_update_norm {config.max_update_norm:.4g} "
-            "(a diverged or malicious update)"
+            f"delta norm {norm:.4g} is above max_update_norm {limit:.4g} (a diverged or malicious update)"
         )
     return PreparedUpdate(update=update, delta=delta, norm=norm)
 

@@ -4,7 +4,8 @@ stream trainer (which sends updates to the API and keeps undelivered ones in its
 JSON (``Content-Type: application/json``)::
 
     {"device_id": "mote-01", "update_id": "mote-01:17", "base_version": 3, "n_samples": 1024,
-     "kind": "delta", "metrics": {"loss": 0.12}, "arrays": {"enc.0.W": [[...], ...], "enc.0.b": [...]}}
+     "kind": "delta", "metrics": {"loss": 0.12}, "arrays": {"enc.0.W": [[...], ...], "enc.0.b": [...]},
+     "privacy": {"mechanism": "gaussian", "clip_norm": 1.0, "noise_multiplier": 1.1}}  # local DP only
 
 Binary (``Content-Type: application/octet-stream``): ``flead.model.serialization.pack(header, arrays)``
 with ``header = {"format": "flead-update", "format_version": 1, <the fields above but arrays>}``.
@@ -54,8 +55,8 @@ CONTAINER_FIELDS = ("format", "format_version", "dtype", "arrays")
 
 
 def update_fields(update: LocalUpdate) -> dict[str, Any]:
-    """Everything in an update but its arrays, as JSON values."""
-    return {
+    """Everything in an update but its arrays, as JSON values (``privacy`` only when declared)."""
+    fields = {
         "device_id": update.device_id,
         "update_id": update.update_id,
         "base_version": int(update.base_version),
@@ -63,6 +64,9 @@ def update_fields(update: LocalUpdate) -> dict[str, Any]:
         "kind": update.kind,
         "metrics": {name: float(value) for name, value in update.metrics.items()},
     }
+    if update.privacy is not None:
+        fields["privacy"] = dict(update.privacy)
+    return fields
 
 
 def encode_json_update(update: LocalUpdate) -> dict[str, Any]:
@@ -133,6 +137,7 @@ def local_update(fields: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) ->
         arrays=dict(arrays),
         kind=fields.get("kind", "delta"),
         metrics=dict(fields.get("metrics") or {}),
+        privacy=dict(fields["privacy"]) if fields.get("privacy") is not None else None,
     )
 
 
