@@ -3,6 +3,13 @@
 The simulation and the stream trainer both drive devices through this class, so what is measured
 offline is what runs online. The protocol is the one in `flead.federated.client`.
 
+With local differential privacy (``privacy.mode == "local"``) every update is clipped and noised here,
+on the device, and declares it; the device counts what it released and stops pushing, while it goes on
+detecting and learning on its own, once one more update would pass its epsilon budget (the server
+refuses such updates too, but by then it would have seen them). With any DP on, a device adopts a new
+global version only if the adopted weights do not fit its latest readings worse than its own
+(`adoption_guard`): a noised global can be far from every device's data in a small fleet.
+
 Update ids are ``{device}:{epoch}:{sequence}``: `epoch` is drawn at random for every new device state
 and kept with it (a restored state continues its sequence), so a device whose state starts over (lost,
 reset, another deployment on the same API) never repeats an id the API has seen, which would be
@@ -22,6 +29,13 @@ from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
 from flead.federated.weights import Weights
 from flead.model.detector import Batch, OnlineDetector
+from flead.privacy.accountant import Contributions, budget_refusal, contributions_epsilon
+from flead.privacy.config import PrivacyConfig
+from flead.privacy.mechanism import PrivacyDeclaration, privatise
+
+# A new global is kept when its median score on the device's latest readings is within this factor of
+# the device's own weights' (``adoption_guard``).
+ADOPTION_TOLERANCE = 1.05
 
 
 class DeviceClient:
@@ -31,6 +45,9 @@ class DeviceClient:
         detector: OnlineDetector,
         client: ClientConfig | None = None,
         push_every: int = 1024,
+        *,
+        privacy: PrivacyConfig | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         if push_every < 1:
             raise ValueError(f"push_every must be >= 1, got {push_every}")
@@ -48,6 +65,18 @@ class DeviceClient:
         # (`flead.federated.cohort`); `round_samples`: what it learned since it last started training.
         self.training = True
         self.round_samples = 0
+        self.privacy = privacy or PrivacyConfig()
+        self.rng = rng or np.random.default_rng()  # local DP's noise
+        self.released: Contributions = {}  # local DP: noise multiplier -> updates sent at it
+        self.budget_exhausted = False
+        self.adoption_guard = self.privacy.enabled
+        self.rejected_versions = 0  # globals the guard did not adopt
+        self._latest: tuple[Batch, np.ndarray | None] | None = None  # what the guard judges on
+
+    @property
+    def epsilon(self) -> float:
+        """The epsilon of the local-DP updates this device sent (0 without local DP)."""
+        return contributions_epsilon(self.released, self.privacy.delta)
 
     def wake(self) -> None:
         """Train from the next batch (the weights are copied when it first learns)."""
@@ -75,9 +104,11 @@ class DeviceClient:
             self.adopted, self.base_version = state.weights, state.version
             self._share(state.weights)
             return
-        weights = personalise(
-            self.detector.get_weights(), state.weights, self.adopted, self.client.personal_mix
-        )
+        own = self.detector.get_weights()
+        weights = personalise(own, state.weights, self.adopted, self.client.personal_mix)
+        if self.adoption_guard and self._latest is not None and not self._fits(weights, own):
+            weights = own
+            self.rejected_versions += 1
         self.detector.set_weights(weights)
         # Both equal the detector's weights now and are only ever read, so they share one object.
         self.anchor = weights if self.client.proximal_mu > 0 else None  # FedProx only
@@ -92,6 +123,8 @@ class DeviceClient:
         """Score, judge and (when `learn`) train on one micro-batch of this device's readings (see
         `OnlineDetector.process_many`; `explain` adds the per-feature errors)."""
         mu = self.client.proximal_mu if self.anchor is not None else 0.0
+        if self.adoption_guard and learn and self.training:
+            self._latest = (batch, ts)
         return self.detector.process_many(
             batch, ts=ts, learn=learn and self.training, proximal_mu=mu, anchor=self.anchor, explain=explain
         )
@@ -107,6 +140,14 @@ class DeviceClient:
         self.reported = current
         self.detector.reset_sample_counter()
         self.round_samples += samples
+        declared = None
+        if self.privacy.mode == "local":
+            if not self._may_release():
+                return None
+            z, clip_norm = self.privacy.noise_multiplier, self.privacy.clip_norm
+            delta = privatise(delta, clip_norm, z, self.rng)
+            declared = PrivacyDeclaration(clip_norm, z).to_dict()
+            self.released[z] = self.released.get(z, 0) + 1
         self.sequence += 1
         return LocalUpdate(
             device_id=self.device_id,
@@ -116,7 +157,28 @@ class DeviceClient:
             arrays=delta,
             kind="delta",
             metrics={} if loss is None else {"loss": loss},
+            privacy=declared,
         )
+
+    def _may_release(self) -> bool:
+        """Whether one more local-DP update stays within the budget (once not, never again)."""
+        if not self.budget_exhausted:
+            z = self.privacy.noise_multiplier
+            after = contributions_epsilon(
+                {**self.released, z: self.released.get(z, 0) + 1}, self.privacy.delta
+            )
+            reason = budget_refusal(self.epsilon, after, self.privacy.epsilon_budget, self.privacy.delta)
+            self.budget_exhausted = reason is not None
+        return not self.budget_exhausted
+
+    def _fits(self, candidate: Weights, own: Weights) -> bool:
+        """Whether ``candidate`` scores the latest readings (median) no worse than ``own`` does."""
+        batch, ts = self._latest
+        medians = []
+        for weights in (candidate, own):
+            self.detector.set_weights(weights)
+            medians.append(float(np.median(self.detector.score_many(batch, ts=ts))))
+        return medians[0] <= medians[1] * ADOPTION_TOLERANCE
 
 
 def new_epoch() -> str:

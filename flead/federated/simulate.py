@@ -71,6 +71,10 @@ class SimulationResult:
         pl.DataFrame
     )  # device_id, position (row within the device's scored stream), score, threshold, severity, is_anomaly
     history: list[dict] = field(default_factory=list)  # one summary per global version made
+    # Differential privacy (federated mode with `aggregation.privacy` on): each device's epsilon, and
+    # the epsilon the final global model carries (the largest of any device's that reached it).
+    device_epsilons: dict[str, float] = field(default_factory=dict)
+    model_epsilon: float | None = None
     readings_trained: int = 0
     readings_scored: int = 0
     seconds: float = 0.0
@@ -115,11 +119,14 @@ def simulate(
         run.calibrate(train, calibration_exclude)
         outputs = run.pass_over(score, learn=False, keep=True, on_batch=tick)
     frame = pl.concat(outputs) if outputs else pl.DataFrame(schema=_OUTPUT_SCHEMA)
+    private = mode == "federated" and config.aggregation.privacy.enabled
     return SimulationResult(
         mode=mode,
         detectors={d: c.detector for d, c in run.clients.items()},
         outputs=frame.sort("device_id", "position"),
         history=run.history,
+        device_epsilons={d: run.buffer.ledger.epsilon(d) for d in devices} if private else {},
+        model_epsilon=run.buffer.epsilons[run.buffer.version] if private else None,
         readings_trained=sum(f.height for f in train.values()) * config.epochs,
         readings_scored=frame.height,
         seconds=time.perf_counter() - started,
@@ -140,6 +147,7 @@ class _Run:
     def __init__(self, devices: list[str], mode: str, config: SimulationConfig) -> None:
         self.mode, self.config = mode, config
         self.rng = np.random.default_rng(config.seed)
+        privacy = config.aggregation.privacy if mode == "federated" else None
         self.clients = {
             d: DeviceClient(
                 d,
@@ -153,8 +161,10 @@ class _Run:
                 ),
                 config.client,
                 config.push_every,
+                privacy=privacy,
+                rng=np.random.default_rng([config.seed, index]),
             )
-            for d in devices
+            for index, d in enumerate(devices)
         }
         self.history: list[dict] = []
         self.step = 0
@@ -162,7 +172,11 @@ class _Run:
         first = next(iter(self.clients.values())).detector
         self.cohort = TrainingCohort(config.training_devices if mode == "federated" else None)
         if mode == "federated":
-            self.buffer = UpdateBuffer(GlobalState.initial(first.get_weights()), config.aggregation)
+            self.buffer = UpdateBuffer(
+                GlobalState.initial(first.get_weights()),
+                config.aggregation,
+                rng=np.random.default_rng([config.seed, len(devices)]),
+            )
             self.aggregate_every = config.aggregate_every or max(1, len(devices) // 2)
             for client in self.clients.values():
                 client.adopt(self.buffer.state)
@@ -274,6 +288,7 @@ class _Run:
                 "mean_staleness": s.mean_staleness,
                 "mean_loss": s.mean_loss,  # the updates' training loss, sample-weighted
                 "refused": s.n_refused,
+                "epsilon": self.buffer.epsilons.get(result.new_state.version),
                 "step": self.step,
             }
         )
