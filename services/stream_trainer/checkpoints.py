@@ -181,6 +181,7 @@ class CheckpointStore:
         self.states = db[settings.collection_device_states]
         self.group, self.topic = settings.consumer_group, settings.topic_readings
         self.push_every = settings.trainer_push_every
+        self.privacy = settings.privacy()
         self.owner = dict(owner)
         self.shared = shared
         self.topic_id: str | None = None  # the readings topic's id as last looked up, saved with offsets
@@ -280,7 +281,9 @@ class CheckpointStore:
         self._load_weights(digests)
         slots, unsent = {}, []
         for document in documents:
-            slot, updates = slot_from_document(document, adopted=self.shared.get, push_every=self.push_every)
+            slot, updates = slot_from_document(
+                document, adopted=self.shared.get, push_every=self.push_every, privacy=self.privacy
+            )
             slots[slot.device_id] = slot
             unsent += updates
         self._load_buffers(record, slots)

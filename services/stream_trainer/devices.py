@@ -34,6 +34,8 @@ from flead.model import rules
 from flead.model.config import TrainConfig
 from flead.model.detector import OnlineDetector, ewma
 from flead.model.thresholds import ONLINE_FENCE, CalibratedThreshold
+from flead.privacy.accountant import contributions_epsilon
+from flead.privacy.config import PrivacyConfig
 from services.stream_trainer.exchange import ModelExchange
 from services.stream_trainer.health import Counters
 from services.stream_trainer.options import TrainerOptions
@@ -369,6 +371,42 @@ def threshold_sources(slots: Iterable[DeviceSlot]) -> dict[str, int]:
     return counts
 
 
+def privacy_stats(client: DeviceClient) -> dict:
+    """With DP on: the globals its adoption guard kept out, whether its budget is spent and, with local
+    DP, the epsilon of the updates it sent (at the deployment's delta)."""
+    privacy = client.privacy
+    if not (privacy.enabled or client.budget_exhausted):
+        return {}
+    shown = {
+        "privacy_budget_exhausted": client.budget_exhausted,
+        "rejected_versions": client.rejected_versions,
+    }
+    if privacy.mode == "local":
+        shown["privacy_epsilon"] = client.epsilon
+    return shown
+
+
+def privacy_summary(slots: Iterable[DeviceSlot], privacy: PrivacyConfig) -> dict:
+    """The trainer's devices under DP, for /health: how many spent their budget, how many globals
+    the adoption guard kept out and, with local DP, the largest epsilon any device reached."""
+    summary: dict = {"mode": privacy.mode}
+    if not privacy.enabled:
+        return summary
+    clients = [slot.client for slot in slots]
+    summary |= {
+        "epsilon_budget": privacy.epsilon_budget,
+        "delta": privacy.delta,
+        "devices_exhausted": sum(c.budget_exhausted for c in clients),
+        "rejected_versions": sum(c.rejected_versions for c in clients),
+    }
+    if privacy.mode == "local":
+        spent = {tuple(sorted(c.released.items())) for c in clients if c.released}  # few distinct
+        summary["max_epsilon"] = max(
+            (contributions_epsilon(dict(s), privacy.delta) for s in spent), default=0.0
+        )
+    return summary
+
+
 # -------------------------------------------------------------------------------- federation
 
 
@@ -377,6 +415,7 @@ class Federation:
         self, settings: Settings, options: TrainerOptions, exchange: ModelExchange, counters: Counters
     ) -> None:
         self.settings, self.options, self.exchange, self.counters = settings, options, exchange, counters
+        self.privacy = settings.privacy()
         size = settings.trainer_training_devices
         # each partition's share: its cohort moves, and is checkpointed, with it (see `new_cohort`)
         self.cohort_size = math.ceil(size / settings.topic_readings_partitions) if size else None
@@ -400,7 +439,11 @@ class Federation:
         config = self.exchange.model_config
         detector = OnlineDetector(config, train=self.options.train, seed=self.options.seed)
         client = DeviceClient(
-            device_id, detector, self.exchange.client_config, push_every=self.settings.trainer_push_every
+            device_id,
+            detector,
+            self.exchange.client_config,
+            push_every=self.settings.trainer_push_every,
+            privacy=self.privacy,
         )
         slot = DeviceSlot(device_id, partition, client, PendingReadings(reading_dtype(len(config.columns))))
         state = self.exchange.latest(None)
@@ -414,9 +457,20 @@ class Federation:
         cohort.admit(slot.client)
 
     def after_scoring(self, slot: DeviceSlot, chunk: ScoredChunk, cohort: TrainingCohort) -> None:
+        client = slot.client
+        if not client.budget_exhausted and self.exchange.over_budget(slot.device_id):
+            client.budget_exhausted = True  # the server refused it for its privacy budget
+            self.counters.add("privacy_exhausted_by_server")
         same_lineage = slot.lineage == self.exchange.lineage
-        state = self.exchange.latest(slot.client.base_version if same_lineage else None)
-        update = slot.client.take_update(force=state is not None) if same_lineage else None
+        state = self.exchange.latest(client.base_version if same_lineage else None)
+        update = client.take_update(force=state is not None) if same_lineage else None
+        if client.budget_exhausted:
+            # Without local DP the device does not check its budget itself; once it is spent, nothing
+            # it learned leaves it. Its round still ends, so it gives its cohort place up in turn.
+            if update is not None:
+                self.counters.add("updates_withheld")
+            update = None
+            cohort.after_push(client)
         if update is not None:
             finite = chunk.score[np.isfinite(chunk.score)]
             metrics = {
@@ -426,7 +480,7 @@ class Federation:
             }
             self.exchange.push(dataclasses.replace(update, metrics=metrics))
             self.counters.add("updates_pushed")
-            cohort.after_push(slot.client)
+            cohort.after_push(client)
         if state is not None:
             self.adopt(slot, state)
 

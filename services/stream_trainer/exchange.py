@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from typing import Protocol
 
 from flead.config import Settings
@@ -45,9 +46,47 @@ class ModelExchange(Protocol):
     def flush(self, timeout_s: float) -> bool:
         """Try to deliver what is waiting within `timeout_s`; True when nothing waits."""
 
+    def over_budget(self, device_id: str) -> bool:
+        """Whether the server refused one of the device's updates for its privacy budget."""
+
     def stats(self) -> dict[str, int | float | None]: ...
 
     def close(self) -> None: ...
+
+
+# How `flead.privacy.accountant.budget_refusal` starts: a refusal the device cannot outgrow.
+BUDGET_REFUSAL = "privacy budget exhausted"
+
+
+class BudgetRefusals:
+    """The devices the server refused for their privacy budget (thread-safe: the HTTP exchange adds
+    from its delivery thread). Kept for the process's life, so a device restored here after a
+    rebalance is marked at its next chunk too; elsewhere it is refused once more, then marked."""
+
+    def __init__(self) -> None:
+        self._devices: set[str] = set()
+        self._lock = threading.Lock()
+        self.refused = 0  # updates refused for the budget
+
+    def note(self, device_id: str, reason: str | None) -> bool:
+        """Count the refusal if it is the budget's; True when it is."""
+        if not (reason or "").startswith(BUDGET_REFUSAL):
+            return False
+        with self._lock:
+            self.refused += 1
+            new = device_id not in self._devices
+            self._devices.add(device_id)
+        if new:
+            log.warning("device %s: %s", device_id, reason)
+        return True
+
+    def __contains__(self, device_id: str) -> bool:
+        with self._lock:
+            return device_id in self._devices
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"budget_refused": self.refused, "devices_over_budget": len(self._devices)}
 
 
 class InProcessExchange:
@@ -70,23 +109,34 @@ class InProcessExchange:
         if initial is None:
             initial = GlobalState.initial(AnomalyModel(model_config, seed).get_weights())
         aggregation = AggregationConfig(
-            strategy=settings.aggregation_strategy, max_staleness=settings.max_staleness
+            strategy=settings.aggregation_strategy,
+            max_staleness=settings.max_staleness,
+            privacy=settings.privacy(),
         )
         self.buffer = UpdateBuffer(initial, aggregation)
+        self.budget = BudgetRefusals()
         self.model_config = model_config
         self.client_config = client_config or ClientConfig()
         self.lineage = f"local:{settings.consumer_group}:{architecture_digest(model_config)}"
         self._threshold = settings.auto_aggregate_threshold
-        self._counts = {"pushed": 0, "accepted": 0, "duplicate": 0, "refused": 0, "aggregations": 0}
+        self._counts = dict.fromkeys(
+            ("pushed", "accepted", "duplicate", "refused", "refused_at_aggregation", "aggregations"), 0
+        )
 
     def push(self, update: LocalUpdate) -> None:
         self._counts["pushed"] += 1
         result = self.buffer.submit(update)
         self._counts[result.status.value] += 1
-        if result.status is SubmitStatus.REFUSED:
+        if result.status is SubmitStatus.REFUSED and not self.budget.note(update.device_id, result.reason):
             log.info("update %s of %s refused: %s", update.update_id, update.device_id, result.reason)
         aggregated = self.buffer.aggregate_if_ready(self._threshold)
-        if aggregated is not None and aggregated.new_state is not None:
+        if aggregated is None:
+            return
+        for refusal in aggregated.refused:  # accepted when submitted (e.g. central DP's budget)
+            self._counts["refused_at_aggregation"] += 1
+            if not self.budget.note(str(refusal.device_id), refusal.reason):
+                log.info("update %s of %s refused: %s", refusal.update_id, refusal.device_id, refusal.reason)
+        if aggregated.new_state is not None:
             self._counts["aggregations"] += 1
 
     def latest(self, known_version: int | None) -> GlobalState | None:
@@ -99,8 +149,16 @@ class InProcessExchange:
     def flush(self, timeout_s: float) -> bool:
         return True
 
+    def over_budget(self, device_id: str) -> bool:
+        return device_id in self.budget
+
     def stats(self) -> dict[str, int | float | None]:
-        return {"global_version": self.buffer.version, "pending_updates": len(self.buffer), **self._counts}
+        return {
+            "global_version": self.buffer.version,
+            "pending_updates": len(self.buffer),
+            **self._counts,
+            **self.budget.stats(),
+        }
 
     def close(self) -> None:
         pass

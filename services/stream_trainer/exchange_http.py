@@ -41,6 +41,7 @@ from flead.federated.wire import (
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig, model_for_fleet
 from services.stream_trainer.backoff import Backoff
+from services.stream_trainer.exchange import BudgetRefusals
 from services.stream_trainer.options import TrainerOptions
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class HttpExchange:
             options.http_timeout_s * max(1.0, self._max_batch / 50), connect=min(2.0, options.http_timeout_s)
         )
         self._api_errors = 0
+        self.budget = BudgetRefusals()
 
     # ------------------------------------------------------------------------------ the protocol
 
@@ -147,6 +149,9 @@ class HttpExchange:
                 self._lock.wait(max(0.0, deadline - time.monotonic()))
             return not self._outbox
 
+    def over_budget(self, device_id: str) -> bool:
+        return device_id in self.budget
+
     def stats(self) -> dict[str, int | float | None]:
         state = self._state
         with self._lock:
@@ -156,6 +161,7 @@ class HttpExchange:
             "outbox": waiting,
             "api_errors": self._api_errors,
             **self._counts,
+            **self.budget.stats(),
         }
 
     def close(self) -> None:
@@ -270,9 +276,7 @@ class HttpExchange:
         for update, result in zip(chunk, results, strict=True):
             outcome = ITEM_OUTCOMES.get(result["status"], "failed")
             if outcome == "refused":
-                log.info(
-                    "update %s of %s refused: %s", update.update_id, update.device_id, result.get("reason")
-                )
+                self._refused(update, result.get("reason"))
             outcomes.append(outcome)
         return outcomes
 
@@ -294,7 +298,7 @@ class HttpExchange:
             outcome = "duplicate"
         elif status == 422:
             outcome = "refused"
-            log.info("update %s of %s refused: %s", update.update_id, update.device_id, _reason(response))
+            self._refused(update, _reason(response))
         else:
             outcome = "failed"
             log.error(
@@ -302,6 +306,10 @@ class HttpExchange:
             )
         self._done([update], [outcome])
         return "sent"
+
+    def _refused(self, update: LocalUpdate, reason: str | None) -> None:
+        if not self.budget.note(update.device_id, reason):
+            log.info("update %s of %s refused: %s", update.update_id, update.device_id, reason)
 
     def _done(self, chunk: list[LocalUpdate], outcomes: list[str]) -> None:
         """Take the answered updates off the outbox (those the outbox has not dropped meanwhile)."""

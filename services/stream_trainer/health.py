@@ -38,6 +38,8 @@ COUNTERS = (
     "fenced",  # partitions whose checkpoint was refused because another member owns them now
     "partition_resets",  # checkpoints of a recreated topic discarded: the partition read from its start
     "updates_pushed",
+    "updates_withheld",  # updates of a device whose privacy budget the server said is spent: not sent
+    "privacy_exhausted_by_server",  # devices marked spent by the server's refusal (see exchange.py)
     "adoptions",
     "adoption_errors",
     "devices_created",

@@ -42,7 +42,7 @@ from flead.model.events import EventConfig
 from flead.schema import EPOCH, SCHEMA_VERSION
 from flead.storage.mongo import DUPLICATE_KEY
 from services.stream_trainer.backoff import Backoff
-from services.stream_trainer.devices import DeviceSlot, ScoredChunk, threshold_source
+from services.stream_trainer.devices import DeviceSlot, ScoredChunk, privacy_stats, threshold_source
 from services.stream_trainer.events import DeviceEvents
 from services.stream_trainer.health import Counters
 from services.stream_trainer.normal_acks import recalibrating
@@ -440,6 +440,7 @@ def device_stats(slot: DeviceSlot, trainer_id: str, now: datetime) -> dict:
         "last_threshold": slot.last_threshold,
         "model_version": slot.client.base_version,
         "model_lineage": slot.lineage,
+        **privacy_stats(slot.client),
         "trainer": trainer_id,
         "updated_at": now,
     }

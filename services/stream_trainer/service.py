@@ -38,7 +38,13 @@ from flead.model.config import model_for_fleet
 from flead.storage.mongo import get_database, make_mongo_client
 from services.stream_trainer.backoff import Backoff
 from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition, PartitionRecord, stale_reason
-from services.stream_trainer.devices import DeviceSlot, Federation, FleetCalibration, threshold_sources
+from services.stream_trainer.devices import (
+    DeviceSlot,
+    Federation,
+    FleetCalibration,
+    privacy_summary,
+    threshold_sources,
+)
 from services.stream_trainer.exchange import InProcessExchange, ModelExchange
 from services.stream_trainer.exchange_http import HttpExchange
 from services.stream_trainer.health import Counters, HealthServer, Heartbeat
@@ -110,6 +116,7 @@ class StreamTrainer(RebalanceHandler):
             "thresholds": {"own": 0, "fleet": 0, "none": 0},
             "fleet_calibration": {},
             "training_cohort": {},
+            "privacy": {"mode": settings.dp_mode},
         }
         self._persisted_global: int | None = None
         self._process = psutil.Process()
@@ -388,6 +395,7 @@ class StreamTrainer(RebalanceHandler):
             "offsets": {str(p.number): p.offset for p in parts},
             "checkpointed_offsets": {str(p.number): p.committed_offset for p in parts},
             "thresholds": threshold_sources(s for p in parts for s in p.slots.values()),
+            "privacy": privacy_summary((s for p in parts for s in p.slots.values()), self.federation.privacy),
             "fleet_calibration": {str(p.number): self._fleet(p).summary() for p in parts},
             "training_cohort": cohort_summary(parts, self.federation.cohort_size),
         }

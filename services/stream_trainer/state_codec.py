@@ -2,7 +2,8 @@
 network, optimiser, threshold, context), the federated client's fields, its event builder (with the
 open event) and its statistics; the readings waiting for a whole chunk are checkpointed per partition
 (`checkpoints`). Global weights shared by
-many devices are held and stored once (`SharedWeights`) and referenced by digest."""
+many devices are held and stored once (`SharedWeights`) and referenced by digest. The privacy a device
+spent (local DP's releases, a spent budget) is saved with it: a restart never refills a budget."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from flead.federated.wire import (
     weights_to_bytes,
 )
 from flead.model.detector import OnlineDetector
+from flead.privacy.config import PrivacyConfig
 from services.stream_trainer.devices import DeviceSlot, PendingReadings, reading_dtype
 from services.stream_trainer.events import DeviceEvents
 
@@ -61,6 +63,12 @@ def slot_document(
             "anchor": _weights_ref(client.anchor, client, (ADOPTED,)),
             "reported": _weights_ref(client.reported, client, (ADOPTED, ANCHOR)),
             "unsent": [Binary(encode_binary_update(u)) for u in unsent],
+            "privacy": {
+                "released": [[z, n] for z, n in sorted(client.released.items())],  # BSON keys are text
+                "budget_exhausted": client.budget_exhausted,
+                "budget": client.privacy.epsilon_budget,  # what it was spent against
+                "rejected_versions": client.rejected_versions,
+            },
         },
         "events": None if slot.events is None else slot.events.state_dict(),  # the open event, if any
         "stats": {
@@ -76,9 +84,14 @@ def slot_document(
 
 
 def slot_from_document(
-    document: Mapping, *, adopted: Callable[[str], Mapping[str, np.ndarray] | None], push_every: int
+    document: Mapping,
+    *,
+    adopted: Callable[[str], Mapping[str, np.ndarray] | None],
+    push_every: int,
+    privacy: PrivacyConfig | None = None,
 ) -> tuple[DeviceSlot, list[LocalUpdate]]:
-    """The slot and its undelivered updates. `adopted` looks shared global weights up by digest."""
+    """The slot and its undelivered updates. `adopted` looks shared global weights up by digest;
+    `privacy`: the deployment's, which the restored device applies from now on."""
     fields = document["client"]
     shared = None
     if fields.get("weights") == ADOPTED:
@@ -88,7 +101,7 @@ def slot_from_document(
         shared = functools.partial(shared_flat, weights)
     detector = OnlineDetector.from_bytes(bytes(document["detector"]), shared=shared)
     config = ClientConfig(proximal_mu=fields["proximal_mu"], personal_mix=fields["personal_mix"])
-    client = DeviceClient(document["device_id"], detector, config, push_every=push_every)
+    client = DeviceClient(document["device_id"], detector, config, push_every=push_every, privacy=privacy)
     client.base_version = fields["base_version"]
     # a state saved before update ids had an epoch keeps the fresh one: its old ids had another form
     client.epoch = fields.get("epoch") or client.epoch
@@ -99,6 +112,7 @@ def slot_from_document(
         if client.adopted is None:
             raise ValueError(f"global weights {fields['adopted']} of {document['device_id']} are missing")
     client.anchor = _weights_from_ref(fields["anchor"], client)
+    _restore_privacy(client, fields.get("privacy") or {})  # none before DP existed
     client.reported = _weights_from_ref(fields["reported"], client)
     stats = document["stats"]
     slot = DeviceSlot(
@@ -121,6 +135,16 @@ def slot_from_document(
         events=None if document.get("events") is None else DeviceEvents.from_state_dict(document["events"]),
     )
     return slot, [local_update(*read_binary_update(bytes(b))) for b in fields.get("unsent", [])]
+
+
+def _restore_privacy(client: DeviceClient, saved: Mapping) -> None:
+    client.released = {float(z): int(n) for z, n in saved.get("released", [])}
+    client.rejected_versions = int(saved.get("rejected_versions", 0))
+    spent_against, budget = saved.get("budget"), client.privacy.epsilon_budget
+    # A budget raised since lets the device try again: its own accounting (local DP) or the server's
+    # next refusal marks it anew if it is still spent.
+    raised = spent_against is not None and (budget is None or budget > spent_against)
+    client.budget_exhausted = bool(saved.get("budget_exhausted", False)) and not raised
 
 
 def _weights_ref(weights, client: DeviceClient, shared: tuple[str, ...]):
