@@ -12,6 +12,17 @@ devices x 1,000 rows of six correlated features, the first 400 normal, about 28 
 anomalous; its first 40 % trains). Every mode and reference runs the same
 `flead.evaluation.runner.evaluate` as `flead evaluate`, on the same split. Prints one JSON object;
 with --markdown, also writes the tables.
+
+    python benchmarks/detection.py --privacy [--epsilons 8 3 1] [--dp-modes central local]
+                                   [--privacy-markdown docs/privacy.md] ...
+
+The privacy-utility table instead: on each data set, local-only, federated without DP, and federated
+with device-level DP (`flead.privacy`) in each mode at each target epsilon (delta 1e-5), beside the
+references z-score, PCA and flag-everything. The DP runs clip at the median update norm of the run
+without DP and take the noise multiplier that keeps the most updates any device sent there within the
+target (`noise_for_epsilon`); the target is also each device's budget, so a device that would send more
+is refused and keeps its personal model. With --privacy-markdown, the table replaces the block between
+the `privacy-utility` markers of that file.
 """
 
 from __future__ import annotations
@@ -29,9 +40,11 @@ from flead.config import Settings
 from flead.datasets import pipeline
 from flead.evaluation.loader import LabelledSeries, load_train_test
 from flead.evaluation.runner import EVALUATION_MODES, EvaluationPlan, evaluate, load_lake_benchmark
+from flead.federated.config import AggregationConfig
 from flead.federated.simulate import SimulationConfig
 from flead.model.config import TrainConfig
 from flead.model.events import EventConfig
+from flead.privacy import PrivacyConfig, noise_for_epsilon
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/intel_lab"
 NASA = Path(__file__).resolve().parents[2] / "shared/data/nasa_smap_msl"
@@ -117,6 +130,11 @@ def main() -> None:
     parser.add_argument("--false-alarm-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--privacy", action="store_true", help="the privacy-utility table instead")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0, 3.0, 1.0])
+    parser.add_argument("--dp-modes", nargs="+", default=["central", "local"], choices=["central", "local"])
+    parser.add_argument("--dp-delta", type=float, default=1e-5)
+    parser.add_argument("--privacy-markdown", type=Path)
     args = parser.parse_args()
 
     datasets, splits = {}, {}
@@ -144,6 +162,18 @@ def main() -> None:
             )
         results = {}
         for name, (series, dropped) in datasets.items():
+            if args.privacy:
+                results[name] = {
+                    "readings": series.frame.height,
+                    "devices": series.frame["device_id"].n_unique(),
+                    "splits": {
+                        "given" if fraction is None else f"{fraction:g}": privacy_utility(
+                            series, fraction, args
+                        )
+                        for fraction in splits.get(name, args.train_fractions)
+                    },
+                }
+                continue
             entry = {
                 "readings": series.frame.height,
                 "devices": series.frame["device_id"].n_unique(),
@@ -194,6 +224,21 @@ def main() -> None:
                         },
                     }
             results[name] = entry
+    if args.privacy:
+        report = {
+            "command": "python benchmarks/detection.py --privacy "
+            + f"--synthetic-devices {args.synthetic_devices} --synthetic-days {args.synthetic_days} "
+            + f"--train-fractions {' '.join(f'{f:g}' for f in args.train_fractions)} "
+            + f"--datasets {' '.join(args.datasets)} --epsilons {' '.join(f'{e:g}' for e in args.epsilons)} "
+            + f"--dp-modes {' '.join(args.dp_modes)} --false-alarm-rate {args.false_alarm_rate:g} "
+            + f"--seed {args.seed}",
+            "python": platform.python_version(),
+            "results": results,
+        }
+        print(json.dumps(report, indent=2))
+        if args.privacy_markdown:
+            write_between_markers(args.privacy_markdown, "privacy-utility", privacy_markdown(report))
+        return
     report = {
         "command": "python benchmarks/detection.py "
         + f"--synthetic-devices {args.synthetic_devices} --synthetic-days {args.synthetic_days} "
@@ -207,6 +252,101 @@ def main() -> None:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown(report))
+
+
+def split_label(fraction: float | None) -> str:
+    return "the data set's own" if fraction is None else f"first {fraction:g} of each device trains"
+
+
+def row(outcome) -> dict:
+    pooled = outcome.evaluation.pooled.to_dict()
+    return {
+        "point_f1": pooled["point"]["f1"],
+        "event_f1": pooled["event"]["f1"],
+        "sequence_event_f1": pooled["event_sequence"]["f1"],
+        "far": pooled["point"]["false_alarm_rate"],
+        "pr_auc": pooled["pr_auc"],
+        "global_versions": len(outcome.history),
+        "privacy": outcome.privacy,
+    }
+
+
+def privacy_utility(series: LabelledSeries, fraction: float | None, args) -> dict:
+    """The privacy-utility rows of one data set and split (see the module's docstring)."""
+
+    def run(mode: str, privacy: PrivacyConfig | None = None) -> dict:
+        simulation = SimulationConfig(seed=args.seed)
+        if privacy is not None:
+            simulation = SimulationConfig(seed=args.seed, aggregation=AggregationConfig(privacy=privacy))
+        plan = EvaluationPlan(
+            mode=mode,
+            train_fraction=fraction,
+            given_split=fraction is None,
+            false_alarm_rate=args.false_alarm_rate,
+            simulation=simulation,
+        )
+        return row(evaluate(series, plan))
+
+    rows = {"local": run("local"), "federated, no DP": run("federated")}
+    plain = rows["federated, no DP"]["privacy"]
+    updates, clip_norm = plain["max_updates_per_device"], plain["median_update_norm"]
+    for mode in args.dp_modes:
+        for epsilon in args.epsilons:
+            privacy = PrivacyConfig(
+                mode=mode,
+                clip_norm=clip_norm,
+                noise_multiplier=noise_for_epsilon(epsilon, updates, args.dp_delta),
+                delta=args.dp_delta,
+                epsilon_budget=epsilon,
+            )
+            rows[f"federated, {mode} DP, epsilon {epsilon:g}"] = run("federated", privacy)
+    for reference in ("zscore", "pca", "flag_everything"):
+        rows[reference] = run(reference)
+    return rows
+
+
+def privacy_markdown(report: dict) -> str:
+    def f(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    def g(value) -> str:
+        return "-" if value is None else f"{value:.3g}"
+
+    lines = ["Generated by:", "", f"    {report['command']} --privacy-markdown docs/privacy.md", ""]
+    for name, entry in report["results"].items():
+        for split_name, rows in entry["splits"].items():
+            lines += [
+                f"### {name} ({entry['readings']:,} readings, {entry['devices']} devices; "
+                f"split {split_name})",
+                "",
+                "| mode | point F1 | event F1 | seq-event F1 | FAR | PR-AUC | model epsilon | max device "
+                "epsilon | noise multiplier | clip norm | most updates / device | global versions |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for mode, m in rows.items():
+                p = m["privacy"] or {}
+                dp = p.get("mode") not in (None, "off")
+                lines.append(
+                    f"| {mode} | {f(m['point_f1'])} | {f(m['event_f1'])} | {f(m['sequence_event_f1'])} "
+                    f"| {f(m['far'])} | {f(m['pr_auc'])} "
+                    f"| {g(p.get('model_epsilon')) if dp else 'no DP' if p else '-'} "
+                    f"| {g(p.get('max_device_epsilon')) if dp else '-'} "
+                    f"| {g(p.get('noise_multiplier')) if dp else '-'} "
+                    f"| {g(p.get('clip_norm')) if dp else '-'} "
+                    f"| {p.get('max_updates_per_device', '-')} | {m['global_versions']} |"
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_between_markers(path: Path, marker: str, text: str) -> None:
+    """Replace what lies between `<!-- marker -->` and `<!-- /marker -->` in ``path``."""
+    document = path.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in document or end not in document:
+        raise SystemExit(f"{path} has no {start} ... {end} block to write the table into")
+    head, rest = document.split(start, 1)
+    path.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 def markdown(report: dict) -> str:

@@ -27,9 +27,10 @@ from flead.evaluation.loader import DEVICE, EVENT, IS_TRAIN, LABEL, TS, Labelled
 from flead.evaluation.metrics import Evaluation, evaluate_frame
 from flead.evaluation.references import REFERENCES, ReferenceConfig, score_reference
 from flead.federated.simulate import MODES as DETECTOR_MODES
-from flead.federated.simulate import SimulationConfig, simulate
+from flead.federated.simulate import SimulationConfig, SimulationResult, simulate
 from flead.model.config import ModelConfig
 from flead.model.events import EventConfig, group_events
+from flead.privacy.config import PrivacyConfig
 
 EVALUATION_MODES = (*DETECTOR_MODES, *REFERENCES)
 ANOMALY_TYPE = "anomaly_type"
@@ -81,6 +82,9 @@ class EvaluationOutcome:
     # One row per judged reading: device, time or row, label(, event_id, anomaly_type), score,
     # is_anomaly (after the event grouping, if any) and unjudged (why not, or null).
     readings: pl.DataFrame | None = field(default=None, repr=False)
+    # Federated mode: the updates each device sent and, with differential privacy, the epsilons
+    # (`privacy_summary`).
+    privacy: dict | None = None
 
     @property
     def seconds_per_million(self) -> float:
@@ -98,6 +102,7 @@ class EvaluationOutcome:
             "global_versions": len(self.history),
             **self.evaluation.to_dict(),
             "recall_by_type": self.recall_by_type,
+            **({"privacy": self.privacy} if self.privacy is not None else {}),
         }
 
 
@@ -176,6 +181,7 @@ def evaluate(
         raise ValueError("every column is an input: nothing left to score")
     started = time.perf_counter()
     history: list[dict] = []
+    privacy = None
     if plan.mode in REFERENCES:
         config = ReferenceConfig(
             false_alarm_rate=plan.false_alarm_rate,
@@ -205,6 +211,7 @@ def evaluate(
             calibration_exclude=_labelled(train) if scored is not None else None,
         )
         history = result.history
+        privacy = privacy_summary(result, config.aggregation.privacy) if plan.mode == "federated" else None
         outputs = result.outputs
         if plan.events is not None:
             outputs = outputs.with_columns(
@@ -240,7 +247,23 @@ def evaluate(
         seconds=seconds,
         history=history,
         readings=evaluated,
+        privacy=privacy,
     )
+
+
+def privacy_summary(result: SimulationResult, config: PrivacyConfig) -> dict:
+    """What a federated run released: its DP settings, the epsilon its final global model carries,
+    its devices' epsilons (largest, median), the updates each sent (largest) and their delta norms."""
+    epsilons = sorted(result.device_epsilons.values())
+    norms = np.asarray(result.update_norms)
+    return {
+        **config.to_dict(),
+        "model_epsilon": result.model_epsilon,
+        "max_device_epsilon": epsilons[-1] if epsilons else None,
+        "median_device_epsilon": float(np.median(epsilons)) if epsilons else None,
+        "max_updates_per_device": max(result.updates_sent.values(), default=0),
+        "median_update_norm": float(np.median(norms)) if norms.size else None,
+    }
 
 
 def _labelled(train: pl.DataFrame) -> dict[str, np.ndarray]:

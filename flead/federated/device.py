@@ -33,9 +33,10 @@ from flead.privacy.accountant import Contributions, budget_refusal, contribution
 from flead.privacy.config import PrivacyConfig
 from flead.privacy.mechanism import PrivacyDeclaration, privatise
 
-# A new global is kept when its median score on the device's latest readings is within this factor of
-# the device's own weights' (``adoption_guard``).
-ADOPTION_TOLERANCE = 1.05
+# A new global is kept when its mean score on the device's latest readings is within this factor of the
+# device's own weights' (``adoption_guard``). The mean, not the median: a noised model can match a flat
+# signal's typical reading and still miss its excursions.
+ADOPTION_TOLERANCE = 1.0
 
 
 class DeviceClient:
@@ -172,13 +173,13 @@ class DeviceClient:
         return not self.budget_exhausted
 
     def _fits(self, candidate: Weights, own: Weights) -> bool:
-        """Whether ``candidate`` scores the latest readings (median) no worse than ``own`` does."""
+        """Whether ``candidate`` scores the latest readings (mean) no worse than ``own`` does."""
         batch, ts = self._latest
-        medians = []
+        means = []
         for weights in (candidate, own):
             self.detector.set_weights(weights)
-            medians.append(float(np.median(self.detector.score_many(batch, ts=ts))))
-        return medians[0] <= medians[1] * ADOPTION_TOLERANCE
+            means.append(float(np.mean(self.detector.score_many(batch, ts=ts))))
+        return means[0] <= means[1] * ADOPTION_TOLERANCE
 
 
 def new_epoch() -> str:

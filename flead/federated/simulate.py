@@ -32,6 +32,7 @@ from flead.federated.config import AggregationConfig
 from flead.federated.device import DeviceClient
 from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
+from flead.federated.weights import global_norm
 from flead.model.config import ModelConfig, TrainConfig
 from flead.model.detector import OnlineDetector, fleet_calibration
 from flead.model.thresholds import CalibratedThreshold, QuantileThreshold
@@ -75,6 +76,8 @@ class SimulationResult:
     # the epsilon the final global model carries (the largest of any device's that reached it).
     device_epsilons: dict[str, float] = field(default_factory=dict)
     model_epsilon: float | None = None
+    updates_sent: dict[str, int] = field(default_factory=dict)  # federated: per device
+    update_norms: list[float] = field(default_factory=list)  # federated: every update's delta norm, as sent
     readings_trained: int = 0
     readings_scored: int = 0
     seconds: float = 0.0
@@ -127,6 +130,8 @@ def simulate(
         history=run.history,
         device_epsilons={d: run.buffer.ledger.epsilon(d) for d in devices} if private else {},
         model_epsilon=run.buffer.epsilons[run.buffer.version] if private else None,
+        updates_sent={d: c.sequence for d, c in run.clients.items()} if mode == "federated" else {},
+        update_norms=run.norms,
         readings_trained=sum(f.height for f in train.values()) * config.epochs,
         readings_scored=frame.height,
         seconds=time.perf_counter() - started,
@@ -169,6 +174,7 @@ class _Run:
         self.history: list[dict] = []
         self.step = 0
         self.in_flight: list[tuple[int, LocalUpdate]] = []  # (arrival step, update)
+        self.norms: list[float] = []
         first = next(iter(self.clients.values())).detector
         self.cohort = TrainingCohort(config.training_devices if mode == "federated" else None)
         if mode == "federated":
@@ -216,6 +222,7 @@ class _Run:
         for client in self.clients.values():
             update = client.take_update(force=True)
             if update is not None:
+                self.norms.append(global_norm(update.arrays))
                 self.in_flight.append((self.step, update))
         self._deliver(None)
         if len(self.buffer):
@@ -261,6 +268,7 @@ class _Run:
 
     def _send(self, update: LocalUpdate | None) -> None:
         if update is not None:
+            self.norms.append(global_norm(update.arrays))
             delay = int(self.rng.integers(0, self.config.max_delay_steps + 1))
             self.in_flight.append((self.step + delay, update))
 
