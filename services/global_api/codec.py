@@ -43,6 +43,19 @@ class UpdateFormatError(ValueError):
     """The request body is not a well-formed local update; the message says what is wrong."""
 
 
+class UpdatePrivacy(BaseModel):
+    """The local differential privacy a device applied (`flead.privacy.PrivacyDeclaration`); whether it
+    meets the deployment's requirement is checked against the current configuration, with the reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mechanism: str = Field("gaussian", max_length=32, description="`gaussian`.")
+    clip_norm: float = Field(allow_inf_nan=False, description="L2 norm the update was clipped to.")
+    noise_multiplier: float = Field(
+        allow_inf_nan=False, description="Gaussian noise standard deviation over the clip norm."
+    )
+
+
 class UpdateFields(BaseModel):
     """Everything in a local update but its arrays (the binary container's header)."""
 
@@ -61,6 +74,9 @@ class UpdateFields(BaseModel):
     )
     metrics: dict[MetricName, float] = Field(
         default_factory=dict, max_length=MAX_METRICS, description="Training metrics, e.g. {'loss': 0.12}."
+    )
+    privacy: UpdatePrivacy | None = Field(
+        None, description="Local DP only: the clipping and noise applied on the device (required then)."
     )
 
 

@@ -1,7 +1,8 @@
 """The dashboard at ``/``: server-rendered HTML with two Plotly charts (global versions over time with
-their metrics; an anomaly timeline per device) and three tables (devices, with how many of their
-readings were judged and against whose calibration; the latest events, rule alarms marked apart from
-the model's; the latest anomalous readings).
+their metrics and their privacy epsilon; an anomaly timeline per device) and three tables (devices, with
+how many of their readings were judged and against whose calibration, and the privacy each one spent;
+the latest events, rule alarms marked apart from the model's; the latest anomalous readings). With
+differential privacy off, every epsilon reads "no DP".
 
 Chart data is embedded as JSON in the page and drawn by ``/static/dashboard.js`` with the
 ``plotly.min.js`` of the installed plotly package: the page needs no network beyond this API.
@@ -32,7 +33,8 @@ def render_dashboard(service: GlobalModelService) -> str:
     events = service.events.page(EventFilter(), limit=LATEST_EVENTS).items
     latest = versions[-1] if versions else None
     subtitle = (
-        f"global model version {latest['version']} ({latest['strategy'] or 'initial'}), "
+        f"global model version {latest['version']} ({latest['strategy'] or 'initial'}, "
+        f"{privacy_text(latest['privacy'])}), "
         f"{pending} pending updates, {len(devices)} devices, "
         f"anomaly counts as of {anomalies_as_of:%Y-%m-%d %H:%M:%S} UTC"
         if latest
@@ -53,7 +55,7 @@ def versions_figure(versions: list[dict]) -> dict:
     times = [v["created_at"] for v in versions]
     hover = [
         f"version {v['version']}<br>{v['strategy'] or 'initial'}, {v['n_updates']} updates "
-        f"from {v['n_devices']} devices"
+        f"from {v['n_devices']} devices<br>{privacy_text(v['privacy'])}"
         for v in versions
     ]
     data = [
@@ -88,7 +90,41 @@ def versions_figure(versions: list[dict]) -> dict:
         "yaxis2": {"title": {"text": "mean loss"}, "overlaying": "y", "side": "right", "showgrid": False},
         "legend": {"orientation": "h", "y": 1.12},
     }
+    epsilons = [(v["created_at"], v["privacy"].get("epsilon")) for v in versions]
+    epsilons = [(t, e) for t, e in epsilons if e is not None]
+    if epsilons:  # a third axis, on the left of the loss's
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "privacy epsilon",
+                "x": [t for t, _ in epsilons],
+                "y": [e for _, e in epsilons],
+                "yaxis": "y3",
+                "line": {"shape": "hv", "dash": "dot"},
+            }
+        )
+        layout["xaxis"]["domain"] = [0.0, 0.88]
+        layout["yaxis3"] = {
+            "title": {"text": "epsilon"},
+            "overlaying": "y",
+            "side": "right",
+            "anchor": "free",
+            "position": 1.0,
+            "showgrid": False,
+            "rangemode": "tozero",
+        }
     return {"data": data, "layout": layout}
+
+
+def privacy_text(privacy: dict) -> str:
+    """A version's privacy in words: ``local DP, epsilon 3.21 (delta 1e-05)`` or ``no DP``."""
+    mode = privacy.get("mode", "off")
+    if mode == "off":
+        return "no DP"
+    if privacy.get("epsilon") is None:
+        return f"{mode} DP, no epsilon bound ({privacy.get('note') or 'an ancestor was made without DP'})"
+    return f"{mode} DP, epsilon {privacy['epsilon']:.3g} (delta {privacy.get('delta'):g})"
 
 
 def anomaly_timeline_figure(anomalies: list[Anomaly]) -> dict:
@@ -140,6 +176,7 @@ def devices_table(devices: list[dict]) -> str:
         "threshold",
         "anomalies",
         "last anomaly (UTC)",
+        "privacy epsilon",
     )
     rows = "".join(
         "<tr>"
@@ -155,11 +192,23 @@ def devices_table(devices: list[dict]) -> str:
         f"<td>{escape(str(d['stats'].get('threshold_source') or '-'))}</td>"
         f'<td class="num">{_number(d["anomalies"]["count"])}</td>'
         f"<td>{_when(d['anomalies']['last_ts'])}</td>"
+        f"{_epsilon_cell(d['privacy'])}"
         "</tr>"
         for d in devices
     )
     head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
     return f'<table id="devices-table"><thead>{head}</thead><tbody>{rows}</tbody></table>'
+
+
+def _epsilon_cell(privacy: dict) -> str:
+    """The device's epsilon ("no DP" when DP is off), its releases and delta in the cell's title."""
+    if privacy["mode"] == "off" or privacy["epsilon"] is None:
+        return '<td class="epsilon">no DP</td>'
+    title = f"{privacy['releases']} releases, delta {privacy['delta']:g}"
+    if privacy["budget"] is not None:
+        title += f", budget {privacy['budget']:g}"
+    exhausted = ' <span class="status status-idle">budget spent</span>' if privacy["budget_exhausted"] else ""
+    return f'<td class="num epsilon" title="{escape(title)}">{privacy["epsilon"]:.3g}{exhausted}</td>'
 
 
 def _unjudged_cell(stats: dict) -> str:

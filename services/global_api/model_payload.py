@@ -3,7 +3,8 @@
 JSON::
 
     {"version": 3, "created_at": "2026-...+00:00", "parent_version": 2, "strategy": "fedavg",
-     "model": <AnomalyModel.to_json_dict()>, "client": {"proximal_mu": 0.0, "personal_mix": 0.5}}
+     "model": <AnomalyModel.to_json_dict()>, "client": {"proximal_mu": 0.0, "personal_mix": 0.5},
+     "privacy": {"mode": "local", "epsilon": 3.2, "delta": 1e-05, ...}}
 
 Binary: ``AnomalyModel.to_bytes()``, with the same version fields in the header's ``metadata``.
 The ETag is the format plus a digest of the body, so it differs per version and per format.
@@ -111,6 +112,7 @@ class ModelPayloads:
                 "strategy": meta.strategy,
                 "model": model.to_json_dict(),
                 "client": meta.client,
+                "privacy": meta.privacy_summary(),
             }
             body = json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
         digest = hashlib.sha256(body).hexdigest()[:20]

@@ -17,9 +17,11 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
+from flead.privacy.config import PrivacyConfig
 from services.global_api.anomaly_pages import EPOCH, PageKey, read_events
 from services.global_api.anomaly_summary import AnomalySummaries
 from services.global_api.pages import KeyCursor, Page
+from services.global_api.privacy_store import PrivacyStore, device_privacy
 from services.global_api.update_store import UpdateStore
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,22 @@ class DeviceStats(BaseModel):
     updated_at: UtcTime | None = Field(None, description="Wall-clock time of the trainer's last write.")
 
 
+class DevicePrivacy(BaseModel):
+    """The device's differential privacy spent (docs/privacy.md)."""
+
+    mode: Literal["off", "local", "central"] = Field(description="The deployment's DP mode.")
+    epsilon: float | None = Field(
+        description="Epsilon of everything the device released, at `delta` (null: DP is off, no bound)."
+    )
+    delta: float | None = None
+    releases: int = Field(description="Gaussian releases the accountant counted for it.")
+    budget: float | None = Field(None, description="The epsilon budget (null: none).")
+    budget_exhausted: bool = Field(
+        description="One more release at the deployment's noise multiplier would pass the budget: its "
+        "updates are refused (it keeps detecting with its personal model)."
+    )
+
+
 class Device(BaseModel):
     device_id: str
     status: Literal["active", "idle", "unknown"] = Field(
@@ -174,6 +192,7 @@ class Device(BaseModel):
     n_refused_updates: int
     last_update_at: UtcTime | None = None
     anomalies: DeviceAnomalies
+    privacy: DevicePrivacy
     stats: DeviceStats
 
 
@@ -188,11 +207,20 @@ DEVICE_CURSOR = KeyCursor("device", str)
 
 class Monitoring:
     def __init__(
-        self, devices: Collection, anomalies: Collection, updates: UpdateStore, *, summary_max_age_s: float
+        self,
+        devices: Collection,
+        anomalies: Collection,
+        updates: UpdateStore,
+        *,
+        summary_max_age_s: float,
+        privacy: PrivacyStore,
+        privacy_config: PrivacyConfig,
     ) -> None:
         self._devices = devices
         self._anomalies = anomalies
         self._updates = updates
+        self._privacy = privacy
+        self._privacy_config = privacy_config
         self.summaries = AnomalySummaries(anomalies, max_age_s=summary_max_age_s)
 
     def ensure_indexes(self) -> None:
@@ -238,8 +266,9 @@ class Monitoring:
             stats[str(device_id)] = {k: v for k, v in doc.items() if k != "_id"}
         updates = self._updates.per_device()
         summary = self.summaries.get()
+        spent = self._privacy.devices(self._privacy_config.delta)
         rows = []
-        for device_id in sorted(set(stats) | set(updates) | set(summary.devices)):
+        for device_id in sorted(set(stats) | set(updates) | set(summary.devices) | set(spent)):
             trainer = stats.get(device_id, {})
             received = updates.get(device_id, {})
             flagged = summary.devices.get(device_id)
@@ -267,6 +296,7 @@ class Monitoring:
                             "last_ts": flagged.scope.last if flagged else None,
                             "max_score": flagged.max_score if flagged else None,
                         },
+                        "privacy": device_privacy(spent.get(device_id), self._privacy_config),
                         "stats": trainer,
                     }
                 )

@@ -55,6 +55,9 @@ class ModelVersion:
     total_samples: int = 0
     metrics: dict = field(default_factory=dict)
     update_keys: tuple[str, ...] = ()
+    # Differential privacy of the version (`privacy_store.version_privacy`); versions stored before FLEAD
+    # had DP were made without it.
+    privacy: dict = field(default_factory=lambda: {"mode": "off", "epsilon": None, "accountant": None})
 
     @classmethod
     def from_doc(cls, doc: dict) -> ModelVersion:
@@ -71,6 +74,7 @@ class ModelVersion:
             total_samples=doc.get("total_samples", 0),
             metrics=doc.get("metrics") or {},
             update_keys=tuple(doc.get("update_keys") or ()),
+            **({"privacy": doc["privacy"]} if doc.get("privacy") else {}),
         )
 
     def model_config(self) -> ModelConfig:
@@ -89,7 +93,12 @@ class ModelVersion:
             "total_samples": self.total_samples,
             "metrics": self.metrics,
             "client": self.client,
+            "privacy": self.privacy,
         }
+
+    def privacy_summary(self) -> dict:
+        """The privacy block without the per-device contributions (what travels with the model)."""
+        return {name: value for name, value in self.privacy.items() if name != "contributions"}
 
 
 class ModelRegistry:
@@ -209,19 +218,28 @@ class ModelRegistry:
             "parent_version": version.parent_version,
             "strategy": version.strategy,
             "client": version.client,
+            "privacy": version.privacy_summary(),
         }
         return model
 
     # ------------------------------------------------------------------------------ writing
 
     def create_initial(
-        self, config: ModelConfig, *, seed: int, client: ClientConfig, now: datetime | None = None
+        self,
+        config: ModelConfig,
+        *,
+        seed: int,
+        client: ClientConfig,
+        privacy: dict | None = None,
+        now: datetime | None = None,
     ) -> bool:
         """Version 0 from a freshly initialised model; False when a version 0 already exists."""
         model = AnomalyModel(config, seed=seed)
         state = GlobalState.initial(model.get_weights(), now=now or datetime.now(UTC))
         doc = _state_doc(state, config, strategy=None, trigger="init", client=client)
         doc["seed"] = seed
+        if privacy is not None:
+            doc["privacy"] = privacy
         try:
             self._versions.insert_one(doc)
         except DuplicateKeyError:
@@ -239,6 +257,7 @@ class ModelRegistry:
         client: ClientConfig,
         update_keys: list[str],
         metrics: dict,
+        privacy: dict,
     ) -> ModelVersion:
         """Store ``result.new_state``; ``VersionConflict`` when that version exists already."""
         state = result.new_state
@@ -252,6 +271,7 @@ class ModelRegistry:
             n_devices=summary.n_devices,
             total_samples=summary.total_samples,
             metrics=metrics,
+            privacy=privacy,
         )
         try:
             self._versions.insert_one(doc)

@@ -4,13 +4,17 @@ staleness bound, and the client settings served with new global versions.
 
 The first read seeds it from the settings (``FLEAD_AGGREGATION_STRATEGY``,
 ``FLEAD_AUTO_AGGREGATE_THRESHOLD``, ``FLEAD_MAX_STALENESS``); ``POST /api/config`` changes it.
+
+The differential-privacy settings (``privacy``, from ``FLEAD_DP_*``) travel with it but are the
+deployment's, never persisted nor changed at run time: the devices privatise by the same settings, and a
+stored value would outlive a restart that turned DP on, leaving updates un-noised without a word.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 
 from pymongo.collection import Collection
@@ -18,6 +22,7 @@ from pymongo.errors import DuplicateKeyError
 
 from flead.config import Settings
 from flead.federated import STRATEGY_NAMES, AggregationConfig, ClientConfig
+from flead.privacy.config import PrivacyConfig
 
 CONFIG_ID = "aggregation"
 # How long a process may use the configuration from memory (``load(max_age_s=...)``): a change made
@@ -32,6 +37,7 @@ class RuntimeConfig:
     max_staleness: int
     proximal_mu: float = ClientConfig.proximal_mu
     personal_mix: float = ClientConfig.personal_mix
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # not persisted: see the docstring
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGY_NAMES:
@@ -49,16 +55,26 @@ class RuntimeConfig:
             strategy=settings.aggregation_strategy,
             auto_aggregate_threshold=settings.auto_aggregate_threshold,
             max_staleness=settings.max_staleness,
+            privacy=settings.privacy(),
         )
 
     def aggregation(self) -> AggregationConfig:
-        return AggregationConfig(strategy=self.strategy, max_staleness=self.max_staleness)
+        return AggregationConfig(
+            strategy=self.strategy, max_staleness=self.max_staleness, privacy=self.privacy
+        )
 
     def client(self) -> ClientConfig:
         return ClientConfig(proximal_mu=self.proximal_mu, personal_mix=self.personal_mix)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def persisted(self) -> dict:
+        """What is stored (and may be changed): everything but the deployment's privacy settings."""
+        return {name: value for name, value in self.to_dict().items() if name not in NOT_PERSISTED}
+
+
+NOT_PERSISTED = frozenset({"privacy"})
 
 
 class RuntimeConfigStore:
@@ -76,12 +92,12 @@ class RuntimeConfigStore:
         doc = self._configs.find_one({"_id": CONFIG_ID})
         if doc is None:
             try:
-                self._configs.insert_one({"_id": CONFIG_ID, **self._defaults.to_dict()})
+                self._configs.insert_one({"_id": CONFIG_ID, **self._defaults.persisted()})
             except DuplicateKeyError:  # another replica seeded it first
                 return self.load()
             config = self._defaults
         else:
-            known = {f.name for f in fields(RuntimeConfig)}
+            known = {f.name for f in fields(RuntimeConfig)} - NOT_PERSISTED
             config = replace(self._defaults, **{k: v for k, v in doc.items() if k in known})
         self._remember(config, loaded_at)
         return config
@@ -93,13 +109,13 @@ class RuntimeConfigStore:
 
     def update(self, changes: dict) -> RuntimeConfig:
         """Apply ``changes`` (validated together with the current values) and persist them."""
-        unknown = set(changes) - {f.name for f in fields(RuntimeConfig)}
+        unknown = set(changes) - ({f.name for f in fields(RuntimeConfig)} - NOT_PERSISTED)
         if unknown:
             raise ValueError(f"unknown configuration fields {sorted(unknown)}")
         updated = replace(self.load(), **changes)  # raises ValueError when invalid
         self._configs.update_one(
             {"_id": CONFIG_ID},
-            {"$set": {**updated.to_dict(), "updated_at": datetime.now(UTC)}},
+            {"$set": {**updated.persisted(), "updated_at": datetime.now(UTC)}},
             upsert=True,
         )
         self._remember(updated, time.monotonic())

@@ -23,6 +23,44 @@ class ClientSettings(BaseModel):
     personal_mix: float | None = Field(None, description="Personalisation mix.")
 
 
+class DeviceContribution(BaseModel):
+    device_id: str
+    noise_multiplier: float = Field(description="Noise over the clip norm of its share of the release.")
+    count: int = Field(description="Releases at that multiplier.")
+
+
+class VersionPrivacy(BaseModel):
+    """The differential privacy of a version (docs/privacy.md). `mode` `off`: no DP, no bound (epsilon
+    null)."""
+
+    mode: Literal["off", "local", "central"]
+    epsilon: float | None = Field(
+        None,
+        description="The largest epsilon, at `delta`, of any device whose updates this version's weights "
+        "carry (through it or an earlier version); null: no bound (DP off here or in an ancestor).",
+    )
+    delta: float | None = None
+    clip_norm: float | None = None
+    noise_multiplier: float | None = None
+    epsilon_budget: float | None = None
+    accountant: str | None = Field(None, description="How epsilon was computed.")
+    n_contributors: int | None = Field(None, description="Devices whose updates made this version.")
+    note: str | None = Field(None, description="Why epsilon has no bound although DP is on.")
+    contributions: list[DeviceContribution] | None = Field(
+        None, description="Central DP: what each device released in this version (history only)."
+    )
+
+
+class PrivacySettings(BaseModel):
+    """The deployment's differential privacy (`FLEAD_DP_*`; not changeable at run time)."""
+
+    mode: Literal["off", "local", "central"]
+    clip_norm: float
+    noise_multiplier: float
+    delta: float
+    epsilon_budget: float | None = None
+
+
 class VersionSummary(BaseModel):
     version: int
     created_at: UtcTime
@@ -36,6 +74,7 @@ class VersionSummary(BaseModel):
         description="Aggregation counts and the sample-weighted means of the updates' metrics (`mean_loss`)."
     )
     client: ClientSettings
+    privacy: VersionPrivacy
 
 
 class VersionPage(Page[VersionSummary]):
@@ -67,6 +106,7 @@ class RuntimeSettings(BaseModel):
     max_staleness: int = Field(description="Versions an update's base may lag.")
     proximal_mu: float = Field(description="Served with the versions made from now on.")
     personal_mix: float = Field(description="Served with the versions made from now on.")
+    privacy: PrivacySettings
 
 
 class Status(BaseModel):
@@ -166,3 +206,4 @@ class GlobalModelDocument(BaseModel):
     strategy: str | None = None
     model: ModelDocument
     client: ClientSettings
+    privacy: VersionPrivacy = Field(description="The version's privacy, without per-device contributions.")

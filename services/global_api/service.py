@@ -17,6 +17,7 @@ from services.global_api.keys import KeyStore
 from services.global_api.model_payload import ModelPayloads
 from services.global_api.monitoring import Monitoring
 from services.global_api.normal_acks import NormalAckStore
+from services.global_api.privacy_store import PrivacyStore, initial_privacy
 from services.global_api.registry import ModelRegistry
 from services.global_api.runtime_config import RuntimeConfig, RuntimeConfigStore
 from services.global_api.submission import Submissions
@@ -39,6 +40,7 @@ class GlobalModelService:
     payloads: ModelPayloads
     events: EventPages
     normal_acks: NormalAckStore
+    privacy: PrivacyStore
 
     @classmethod
     def open(cls, settings: Settings) -> GlobalModelService:
@@ -49,7 +51,8 @@ class GlobalModelService:
         config = RuntimeConfigStore(db[settings.collection_api_config], RuntimeConfig.from_settings(settings))
         admin_key = settings.api_admin_key.get_secret_value() if settings.api_admin_key else None
         keys = KeyStore(db[settings.collection_api_keys], admin_key=admin_key)
-        aggregator = Aggregator(registry, updates, config)
+        privacy = PrivacyStore(db[settings.collection_privacy])
+        aggregator = Aggregator(registry, updates, config, privacy)
         return cls(
             settings=settings,
             client=client,
@@ -58,26 +61,31 @@ class GlobalModelService:
             config=config,
             keys=keys,
             aggregator=aggregator,
-            submissions=Submissions(registry, updates, config, aggregator),
+            submissions=Submissions(registry, updates, config, aggregator, privacy),
             monitoring=Monitoring(
                 db[settings.collection_devices],
                 db[settings.collection_anomalies],
                 updates,
                 summary_max_age_s=settings.api_anomaly_summary_max_age_s,
+                privacy=privacy,
+                privacy_config=settings.privacy(),
             ),
             payloads=ModelPayloads(registry),
             events=EventPages(db[settings.collection_events]),
             normal_acks=NormalAckStore(db[settings.collection_normal_acks], db[settings.collection_devices]),
+            privacy=privacy,
         )
 
     def initialise(self, model_config: ModelConfig | None = None, *, seed: int = INITIAL_SEED) -> bool:
         """Create version 0 when there is no version yet (True), else leave the registry as it is."""
         if self.registry.latest_version() is not None:
             return False
+        config = self.config.load()
         return self.registry.create_initial(
             model_config or model_for_fleet(self.settings.fleet),
             seed=seed,
-            client=self.config.load().client(),
+            client=config.client(),
+            privacy=initial_privacy(config.privacy),
         )
 
     def start(self) -> None:

@@ -10,6 +10,11 @@ meanwhile loses none (the next submission at the threshold, in any replica, aggr
 decides on a pending count at most ``PENDING_MAX_AGE_S`` old (this process's own writes counted at
 once), so one that reaches the threshold with another replica's updates of the last second may leave
 the aggregation to the next submission.
+
+Under local differential privacy a new update is charged to its device's privacy ledger (one release at
+its declared noise multiplier, keyed by the update) just before it is stored, and refused with the
+reason when that would pass the device's epsilon budget; a resubmission is recognised first and charges
+nothing (see ``privacy_store``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flead.federated import LocalUpdate, SubmitStatus, UpdateRefused, prepare_update
+from flead.privacy.config import PrivacyConfig
 from services.global_api.aggregation import AggregationBusy, AggregationOutcome, Aggregator
+from services.global_api.privacy_store import PrivacyStore, update_source
 from services.global_api.registry import LATEST_MAX_AGE_S, ModelRegistry
 from services.global_api.runtime_config import CONFIG_MAX_AGE_S, RuntimeConfigStore
 from services.global_api.update_store import UpdateStore, update_key
@@ -68,11 +75,13 @@ class Submissions:
         updates: UpdateStore,
         config: RuntimeConfigStore,
         aggregator: Aggregator,
+        privacy: PrivacyStore,
     ) -> None:
         self._registry = registry
         self._updates = updates
         self._config = config
         self._aggregator = aggregator
+        self._privacy = privacy
         self._auto_lock = threading.Lock()
         self._background = BackgroundAggregation(self._aggregate_while_due)
         # Told of every aggregation the background thread makes (e.g. to count it in the API's metrics).
@@ -96,6 +105,12 @@ class Submissions:
             if self._updates.exists(update.device_id, update.update_id):
                 return self._duplicate()
             raise
+        if aggregation.privacy.mode == "local":
+            if self._updates.exists(update.device_id, update.update_id):
+                return self._duplicate()
+            refused = self._charge_local(update.device_id, [update], aggregation.privacy)
+            if refused:
+                raise UpdateRefused(refused[0])
         if not self._updates.insert_pending(update, norm=prepared.norm, submitted_by=submitted_by):
             return self._duplicate()
         pending = self._updates.pending_count()
@@ -134,6 +149,8 @@ class Submissions:
                 refused[index] = exc.reason
                 continue
             valid.append((index, update, prepared.norm))
+        if aggregation.privacy.mode == "local":
+            valid = self._charge_local_many(valid, keys, outcomes, aggregation.privacy)
         # As in `submit`: a resubmission of an update received earlier (when it still fitted) is a duplicate.
         known = self._updates.existing(keys[index] for index in refused)
         for index, reason in refused.items():
@@ -152,6 +169,41 @@ class Submissions:
         if scheduled:
             self._background.wake()
         return BatchOutcome([o for o in outcomes if o is not None], pending, latest, scheduled)
+
+    def _charge_local(self, device_id: str, updates: list[LocalUpdate], privacy: PrivacyConfig) -> list[str]:
+        """Charge the device one release per update at its declared multiplier, in order; the budget
+        refusal of each update that would pass the budget, in order (the others are charged)."""
+        charges = [(local_source(u), {float(u.privacy["noise_multiplier"]): 1}) for u in updates]
+        outcome = self._privacy.charge(device_id, charges, privacy=privacy)
+        return [outcome.refused[source] for source, _ in charges if source in outcome.refused]
+
+    def _charge_local_many(
+        self,
+        valid: list[tuple[int, LocalUpdate, float]],
+        keys: list[str],
+        outcomes: list[ItemOutcome | None],
+        privacy: PrivacyConfig,
+    ) -> list[tuple[int, LocalUpdate, float]]:
+        """`_charge_local` for a batch's valid updates: those stored before are duplicates, those over
+        their device's budget refused (both written to ``outcomes``); the ones charged are returned."""
+        known = self._updates.existing(keys[index] for index, _, _ in valid)
+        by_device: dict[str, list[tuple[int, LocalUpdate, float]]] = {}
+        for item in valid:
+            index, update, _ = item
+            if keys[index] in known:
+                outcomes[index] = ItemOutcome(SubmitStatus.DUPLICATE)
+            else:
+                by_device.setdefault(update.device_id, []).append(item)
+        charged = []
+        for device_id, items in by_device.items():
+            charges = [(local_source(u), {float(u.privacy["noise_multiplier"]): 1}) for _, u, _ in items]
+            outcome = self._privacy.charge(device_id, charges, privacy=privacy)
+            for (source, _), item in zip(charges, items, strict=True):
+                if source in outcome.refused:
+                    outcomes[item[0]] = ItemOutcome(SubmitStatus.REFUSED, outcome.refused[source])
+                else:
+                    charged.append(item)
+        return sorted(charged, key=lambda item: item[0])
 
     def close(self) -> None:
         """Stop the background aggregation (after the round it is in, if any)."""
@@ -189,6 +241,11 @@ class Submissions:
         return SubmitOutcome(
             SubmitStatus.DUPLICATE, self._updates.pending_count(), self._registry.latest_version()
         )
+
+
+def local_source(update: LocalUpdate) -> str:
+    """The ledger key of a local-DP update's charge."""
+    return update_source(update_key(update.device_id, update.update_id))
 
 
 class BackgroundAggregation:

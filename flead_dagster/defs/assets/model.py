@@ -47,6 +47,7 @@ def global_model(context: AssetExecutionContext, flead: FleadResource) -> Materi
     else:
         context.log.info(f"no new version ({outcome['reason']}); the current one is {outcome['version']}")
     metrics = current.get("metrics") or {}
+    privacy = current.get("privacy") or {"mode": "off"}
     return MaterializeResult(
         metadata={
             "version": current["version"],
@@ -60,8 +61,27 @@ def global_model(context: AssetExecutionContext, flead: FleadResource) -> Materi
             "loss": metrics.get("mean_loss") if metrics.get("mean_loss") is not None else float("nan"),
             "refused": len(outcome["refused"]),
             "metrics": MetadataValue.json(metrics),
+            **privacy_metadata(privacy),
         }
     )
+
+
+def privacy_metadata(privacy: dict) -> dict:
+    """``dp_mode`` and ``privacy`` (in words) always; ``epsilon`` (a float, so the UI plots it over
+    materialisations) only when the version has a bound: no DP means no epsilon, not a number."""
+    mode = privacy.get("mode", "off")
+    epsilon = privacy.get("epsilon")
+    if mode == "off":
+        text = "no DP"
+    elif epsilon is None:
+        text = f"{mode} DP, no epsilon bound: {privacy.get('note') or 'an ancestor was made without DP'}"
+    else:
+        accountant = privacy.get("accountant")
+        text = f"{mode} DP: epsilon {epsilon:.4g} at delta {privacy.get('delta'):g} ({accountant})"
+    metadata: dict = {"dp_mode": mode, "privacy": text}
+    if mode != "off" and epsilon is not None:
+        metadata["epsilon"] = float(epsilon)
+    return metadata
 
 
 @flead_asset(
