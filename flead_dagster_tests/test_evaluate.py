@@ -22,6 +22,7 @@ from flead.datasets.synthetic import generate_fleet
 from flead.evaluation.loader import LabelledSeries
 from flead.evaluation.references import REFERENCES
 from flead.evaluation.runner import DETECTOR_MODES, EvaluationPlan, evaluate
+from flead.privacy import rdp_epsilon
 from flead.schema import MEASUREMENTS
 
 FLEAD = str(Path(sys.executable).parent / "flead")
@@ -97,6 +98,34 @@ def test_online_mode_scores_every_reading(csv_folder, tmp_path):
     r = json.loads(out.read_text())["results"]["local"]
     total = sum(pl.read_csv(p, separator=";").height for p in csv_folder.rglob("*.csv"))
     assert r["readings_trained"] == 0 and r["readings_scored"] == total
+
+
+def test_federated_mode_reports_the_privacy_its_updates_released(csv_folder, tmp_path):
+    out = tmp_path / "private.json"
+    common = [str(csv_folder), "--sep", ";", "--time", "time", "--label", "anomaly", "-m", "federated"]
+    dp = [
+        "--dp-mode",
+        "local",
+        "--dp-clip-norm",
+        "0.5",
+        "--dp-noise-multiplier",
+        "3",
+        "--dp-epsilon-budget",
+        "9",
+    ]
+    result = run(tmp_path / "home", *common, *dp, "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    privacy = json.loads(out.read_text())["results"]["federated"]["privacy"]
+    sent = privacy["max_updates_per_device"]
+    # The devices' epsilon is the accountant's for what they sent; the model carries the worst of them.
+    assert privacy["max_device_epsilon"] == pytest.approx(rdp_epsilon(3.0, sent, 1e-5))
+    assert sent >= 1 and 0 < privacy["max_device_epsilon"] <= 9
+    assert privacy["model_epsilon"] == pytest.approx(privacy["max_device_epsilon"])
+    assert f"the final global model carries epsilon {privacy['model_epsilon']:.3g}" in result.stdout
+    plain = run(tmp_path / "home", *common, "--dp-mode", "off", "--out", str(out))
+    assert "federated privacy: no DP" in plain.stdout
+    wrong = run(tmp_path / "home", *common, "--dp-mode", "sometimes")
+    assert wrong.returncode == 1 and "mode must be one of off, local, central" in wrong.stdout
 
 
 def test_bad_input_is_a_clear_error(csv_folder, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -22,6 +23,8 @@ from flead.evaluation.runner import (
     evaluate,
     load_lake_benchmark,
 )
+from flead.federated.config import AggregationConfig
+from flead.federated.simulate import SimulationConfig
 
 DEFAULT_TRAIN_FRACTION = 0.3  # without a split, a given part or --online
 PLAN = EvaluationPlan(train_fraction=DEFAULT_TRAIN_FRACTION)  # the defaults the options show
@@ -112,6 +115,18 @@ def evaluate_command(
         max=1.0,
         help="PCA reference: share of variance the kept components explain.",
     ),
+    dp_mode: str = typer.Option(
+        None, help="Federated mode's device-level DP: off, local or central (default FLEAD_DP_MODE)."
+    ),
+    dp_clip_norm: float = typer.Option(None, min=0, help="DP clip norm (default FLEAD_DP_CLIP_NORM)."),
+    dp_noise_multiplier: float = typer.Option(
+        None, min=0, help="DP noise multiplier (default FLEAD_DP_NOISE_MULTIPLIER)."
+    ),
+    dp_epsilon_budget: float = typer.Option(
+        None,
+        min=0,
+        help="Epsilon past which a device's updates are refused (default FLEAD_DP_EPSILON_BUDGET).",
+    ),
     out: Path = typer.Option(None, help="JSON results file (default HOME/evaluations/evaluation.json)."),
 ) -> None:
     """Measure detection quality (point P/R/F1, FAR, MAR, event F1, PR-AUC) against the references."""
@@ -171,8 +186,21 @@ def evaluate_command(
     if inputs and not chosen_inputs:
         raise fail(f"--inputs {inputs!r} matches no column of the data ({', '.join(series.features)})")
 
+    overrides = {
+        "mode": dp_mode,
+        "clip_norm": dp_clip_norm,
+        "noise_multiplier": dp_noise_multiplier,
+        "epsilon_budget": dp_epsilon_budget,
+    }
+    try:
+        privacy = replace(settings.privacy(), **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    simulation = SimulationConfig(aggregation=AggregationConfig(privacy=privacy))
+
     def plan(m: str) -> EvaluationPlan:
         return EvaluationPlan(
+            simulation=simulation,
             mode=m,
             train_fraction=train_fraction,
             train_rows=train_rows,
@@ -211,6 +239,8 @@ def evaluate_command(
             bar.remove_task(task)
             results[m] = outcome.to_dict()
     _print(results)
+    if "federated" in results:
+        console.print(privacy_line(results["federated"]["privacy"]), highlight=False)
     path = out or Path(settings.home) / "evaluations" / "evaluation.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     setup = {
@@ -225,6 +255,7 @@ def evaluate_command(
         "threshold_quantile": quantile,
         "false_alarm_rate": false_alarm_rate,
         "pca_variance": pca_variance,
+        "privacy": privacy.to_dict(),
         "parts": split,
     }
     path.write_text(json.dumps({"setup": setup, "results": results}, indent=2, allow_nan=False))
@@ -262,6 +293,23 @@ def _print_source(
 
 def _names(option: str | None) -> list[str]:
     return [name.strip() for name in option.split(",") if name.strip()] if option else []
+
+
+def privacy_line(privacy: dict) -> str:
+    """What the federated run's updates released, in a sentence."""
+    if privacy["mode"] == "off":
+        return (
+            "federated privacy: no DP (FLEAD_DP_MODE=off or --dp-mode): the updates' leakage is not bounded"
+        )
+    budget = privacy["epsilon_budget"]
+    return (
+        f"federated privacy: {privacy['mode']} DP, clip norm {privacy['clip_norm']:g}, noise multiplier "
+        f"{privacy['noise_multiplier']:g}, delta {privacy['delta']:g}"
+        + (f", budget {budget:g}" if budget is not None else ", no budget")
+        + f": the final global model carries epsilon {privacy['model_epsilon']:.3g}; devices' epsilon "
+        f"max {privacy['max_device_epsilon']:.3g}, median {privacy['median_device_epsilon']:.3g} "
+        "(dp-accounting RDP, a device's readings replaced, no sampling amplification)"
+    )
 
 
 def _print(results: dict) -> None:
