@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flead.federated.weights import Weights, global_norm
 from flead.privacy.config import PrivacyConfig
+
+Weights = dict[str, np.ndarray]
 
 # A declared clip norm or noise multiplier may differ from the requirement by this relative rounding.
 DECLARATION_TOLERANCE = 1e-6
@@ -43,7 +44,8 @@ class PrivacyDeclaration:
 def clip(arrays: Mapping[str, np.ndarray], clip_norm: float) -> tuple[dict[str, np.ndarray], float, bool]:
     """(the arrays scaled to L2 norm ``clip_norm`` if over it, as float64; their norm before; whether
     they were scaled)."""
-    norm = global_norm(arrays)
+    # flead.federated's global_norm, computed here: flead.federated imports this module.
+    norm = math.sqrt(sum(float(np.vdot(a, a)) for a in (np.asarray(x, np.float64) for x in arrays.values())))
     scale = clip_norm / norm if norm > clip_norm else 1.0
     clipped = {name: np.asarray(a, dtype=np.float64) * scale for name, a in arrays.items()}
     return clipped, norm, scale < 1.0
