@@ -18,14 +18,18 @@ from flead.config import Settings
 from flead.federated.cohort import TrainingCohort
 from flead.federated.weights import global_norm
 from flead.fleet import INTEL_LAB
+from flead.local.services import free_port
 from flead.model.config import TrainConfig
 from flead.privacy import rdp_epsilon
 from flead.schema import MEASUREMENTS
 from flead.storage.mongo import get_database, make_mongo_client
+from flead_dagster_tests.helpers.exchange import KEY, OPTIONS
 from flead_dagster_tests.helpers.readings import SMALL, readings, records
+from services.global_api.live_server import LiveServer
 from services.stream_trainer.checkpoints import CheckpointStore, OwnedPartition
 from services.stream_trainer.devices import Federation, privacy_summary
 from services.stream_trainer.exchange import InProcessExchange
+from services.stream_trainer.exchange_http import HttpExchange
 from services.stream_trainer.health import Counters
 from services.stream_trainer.intake import Watermarks, take_in
 from services.stream_trainer.options import TrainerOptions
@@ -234,3 +238,44 @@ def test_without_dp_devices_show_no_privacy_fields(settings):
     assert fed.exchange.buffer.pending()[0].privacy is None
     assert not any(k.startswith("privacy") for k in device_stats(slots["dev-a"], "t", datetime.now(UTC)))
     assert privacy_summary(slots.values(), settings.privacy()) == {"mode": "off"}
+
+
+def test_the_apis_budget_refusal_stops_the_device(services_env):
+    """Local DP against the real global model API: the API's budget allows one update, the trainer's
+    devices have none of their own; the API's refusal of the second marks the device, which sends no
+    third while it keeps detecting."""
+    api_settings = dp_settings(
+        Settings(
+            api_admin_key=KEY, api_key=KEY, api_url=f"http://127.0.0.1:{free_port()}"
+        ),  # secrets validated
+        "local",
+        budget_for(1),
+        mongo_db=f"test_trainer_dp_{uuid.uuid4().hex[:8]}",
+        auto_aggregate_threshold=10_000,
+    )
+    server = LiveServer(api_settings).start()
+    exchange = None
+    try:
+        trainer_settings = api_settings.model_copy(update={"dp_epsilon_budget": None})
+        exchange = HttpExchange(trainer_settings, OPTIONS)
+        assert exchange.open(lambda: False)
+        fed = Federation(trainer_settings, OPTIONS, exchange, Counters())
+        slots: dict = {}
+        feed(fed, slots, "dev-a", 2 * PUSH_EVERY)  # two updates
+        assert exchange.flush(20), exchange.stats()
+        stats = exchange.stats()
+        assert (stats["delivered"], stats["refused"], stats["budget_refused"]) == (1, 1, 1), stats
+        feed(fed, slots, "dev-a", 4 * PUSH_EVERY, start=2 * PUSH_EVERY)
+        assert exchange.flush(20)
+        client = slots["dev-a"].client
+        assert client.budget_exhausted and fed.counters.get("privacy_exhausted_by_server") == 1
+        assert exchange.stats()["pushed"] == fed.counters.get("updates_pushed") == 2
+        assert client.released == {Z: 2}  # the refused one reached the server: it counts
+        assert slots["dev-a"].readings == 6 * PUSH_EVERY
+    finally:
+        if exchange is not None:
+            exchange.close()
+        server.stop()
+        mongo = make_mongo_client(api_settings)
+        mongo.drop_database(api_settings.mongo_db)
+        mongo.close()
