@@ -28,6 +28,7 @@ from dp_accounting.rdp import RdpAccountant
 
 Contributions = dict[float, int]  # noise multiplier -> releases at it
 REPLACE_ONE_SENSITIVITY = 2.0  # in units of the clip norm
+BUDGET_EXHAUSTED = "privacy budget exhausted"  # how every budget refusal's reason starts
 
 
 def _key(multiplier: float) -> float:
@@ -141,7 +142,7 @@ def budget_refusal(current: float, after: float, budget: float | None, delta: fl
     if budget is None or after <= budget or not math.isfinite(budget):
         return None
     return (
-        f"privacy budget exhausted: this update would take the device to epsilon {after:.3g} "
+        f"{BUDGET_EXHAUSTED}: this update would take the device to epsilon {after:.3g} "
         f"(delta {delta:g}), over the budget of {budget:g} (it is at {current:.3g}); its updates are "
         "refused from now on, and it keeps detecting with its personal model"
     )

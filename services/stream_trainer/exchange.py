@@ -25,6 +25,7 @@ from flead.federated import (
 )
 from flead.model.anomaly_model import AnomalyModel
 from flead.model.config import ModelConfig
+from flead.privacy.accountant import BUDGET_EXHAUSTED
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,6 @@ class ModelExchange(Protocol):
     def close(self) -> None: ...
 
 
-# How `flead.privacy.accountant.budget_refusal` starts: a refusal the device cannot outgrow.
-BUDGET_REFUSAL = "privacy budget exhausted"
-
-
 class BudgetRefusals:
     """The devices the server refused for their privacy budget (thread-safe: the HTTP exchange adds
     from its delivery thread). Kept for the process's life, so a device restored here after a
@@ -70,7 +67,7 @@ class BudgetRefusals:
 
     def note(self, device_id: str, reason: str | None) -> bool:
         """Count the refusal if it is the budget's; True when it is."""
-        if not (reason or "").startswith(BUDGET_REFUSAL):
+        if not (reason or "").startswith(BUDGET_EXHAUSTED):
             return False
         with self._lock:
             self.refused += 1
