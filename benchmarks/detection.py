@@ -167,9 +167,7 @@ def main() -> None:
                     "readings": series.frame.height,
                     "devices": series.frame["device_id"].n_unique(),
                     "splits": {
-                        "given" if fraction is None else f"{fraction:g}": privacy_utility(
-                            series, fraction, args
-                        )
+                        split_label(fraction): privacy_utility(series, fraction, args)
                         for fraction in splits.get(name, args.train_fractions)
                     },
                 }
