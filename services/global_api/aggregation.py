@@ -181,7 +181,7 @@ def privacy_of(
     contributors = {a.device_id for a in result.accepted}
     epsilons = {d: ledger.epsilon(d, result.contributions.get(d)) for d in contributors}
     return version_privacy(
-        aggregation,
+        aggregation.privacy,
         parent=parent.privacy,
         parent_version=parent.version,
         epsilons=epsilons,

@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from flead.federated import AggregationConfig
 from flead.privacy.accountant import Contributions, PrivacyLedger, budget_refusal, contributions_epsilon
 from flead.privacy.config import PrivacyConfig
 
@@ -164,20 +163,20 @@ class PrivacyStore:
 
 
 def version_privacy(
-    config: AggregationConfig,
+    privacy: PrivacyConfig,
     *,
-    parent: dict | None,
-    parent_version: int,
-    epsilons: Mapping[str, float],
+    parent: dict | None = None,
+    parent_version: int = 0,
+    epsilons: Mapping[str, float] | None = None,
     contributions: Mapping[str, Contributions] | None = None,
 ) -> dict:
     """The ``privacy`` block of a new version: the deployment's mechanism and the worst epsilon of any
     device its weights carry (``epsilons``: this version's contributors', after charging; the parent's
-    carries the earlier ones). Epsilon is None (no bound) when DP is off, or when an ancestor other than
-    version 0 (which holds no device data) was made without it."""
-    privacy = config.privacy
+    carries the earlier ones). Version 0 holds no device data: epsilon 0 under DP. Epsilon is None (no
+    bound) when DP is off, or when an ancestor other than version 0 was made without it."""
     if not privacy.enabled:
         return {"mode": "off", "epsilon": None, "accountant": None}
+    epsilons = epsilons or {}
     inherited = 0.0 if parent_version == 0 else version_epsilon(parent)
     worst = max([inherited, *epsilons.values()])
     block: dict = {
@@ -199,22 +198,6 @@ def version_privacy(
             for multiplier, count in sorted(released.items())
         ]
     return block
-
-
-def initial_privacy(privacy: PrivacyConfig) -> dict:
-    """Version 0's block: no device data, so epsilon 0 under DP."""
-    if not privacy.enabled:
-        return {"mode": "off", "epsilon": None, "accountant": None}
-    return {
-        "mode": privacy.mode,
-        "clip_norm": privacy.clip_norm,
-        "noise_multiplier": privacy.noise_multiplier,
-        "delta": privacy.delta,
-        "epsilon_budget": privacy.epsilon_budget,
-        "epsilon": 0.0,
-        "accountant": ACCOUNTANT,
-        "n_contributors": 0,
-    }
 
 
 def version_epsilon(block: dict | None) -> float:

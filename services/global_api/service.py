@@ -17,7 +17,7 @@ from services.global_api.keys import KeyStore
 from services.global_api.model_payload import ModelPayloads
 from services.global_api.monitoring import Monitoring
 from services.global_api.normal_acks import NormalAckStore
-from services.global_api.privacy_store import PrivacyStore, initial_privacy
+from services.global_api.privacy_store import PrivacyStore, version_privacy
 from services.global_api.registry import ModelRegistry
 from services.global_api.runtime_config import RuntimeConfig, RuntimeConfigStore
 from services.global_api.submission import Submissions
@@ -85,7 +85,7 @@ class GlobalModelService:
             model_config or model_for_fleet(self.settings.fleet),
             seed=seed,
             client=config.client(),
-            privacy=initial_privacy(config.privacy),
+            privacy=version_privacy(config.privacy),
         )
 
     def start(self) -> None:
