@@ -222,32 +222,25 @@ def main() -> None:
                         },
                     }
             results[name] = entry
-    if args.privacy:
-        report = {
-            "command": "python benchmarks/detection.py --privacy "
-            + f"--synthetic-devices {args.synthetic_devices} --synthetic-days {args.synthetic_days} "
-            + f"--train-fractions {' '.join(f'{f:g}' for f in args.train_fractions)} "
-            + f"--datasets {' '.join(args.datasets)} --epsilons {' '.join(f'{e:g}' for e in args.epsilons)} "
-            + f"--dp-modes {' '.join(args.dp_modes)} --false-alarm-rate {args.false_alarm_rate:g} "
-            + f"--seed {args.seed}",
-            "python": platform.python_version(),
-            "results": results,
-        }
-        print(json.dumps(report, indent=2))
-        if args.privacy_markdown:
-            write_between_markers(args.privacy_markdown, "privacy-utility", privacy_markdown(report))
-        return
+    privacy = (
+        f"--epsilons {' '.join(f'{e:g}' for e in args.epsilons)} --dp-modes {' '.join(args.dp_modes)} "
+        if args.privacy
+        else ""
+    )
     report = {
         "command": "python benchmarks/detection.py "
+        + ("--privacy " if args.privacy else "")
         + f"--synthetic-devices {args.synthetic_devices} --synthetic-days {args.synthetic_days} "
         + f"--train-fractions {' '.join(f'{f:g}' for f in args.train_fractions)} "
-        + f"--datasets {' '.join(args.datasets)} --false-alarm-rate {args.false_alarm_rate:g} "
+        + f"--datasets {' '.join(args.datasets)} {privacy}--false-alarm-rate {args.false_alarm_rate:g} "
         + f"--seed {args.seed}",
         "python": platform.python_version(),
         "results": results,
     }
     print(json.dumps(report, indent=2))
-    if args.markdown:
+    if args.privacy and args.privacy_markdown:
+        write_between_markers(args.privacy_markdown, "privacy-utility", privacy_markdown(report))
+    if not args.privacy and args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown(report))
 
