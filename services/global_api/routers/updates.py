@@ -9,6 +9,7 @@ from collections import Counter
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from flead.federated import SubmitStatus, UpdateRefused
 from services.global_api.auth import authenticated, get_service
@@ -30,10 +31,32 @@ from services.global_api.submission import ItemOutcome
 router = APIRouter(tags=["updates"])
 BATCH_PATH = "/api/local-updates"
 
+
+def inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its nested models written in place: the request bodies are
+    hand-written OpenAPI, where pydantic's ``#/$defs/...`` references resolve to nothing."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+UPDATE_SCHEMA = inline_schema(UpdateBody)
+
 REQUEST_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": UpdateBody.model_json_schema()},
+        "application/json": {"schema": UPDATE_SCHEMA},
         "application/octet-stream": {
             "schema": {"type": "string", "format": "binary"},
             "description": "flead.model.serialization container, header format 'flead-update'.",
@@ -93,7 +116,7 @@ BATCH_REQUEST_BODY = {
                 "properties": {
                     "updates": {
                         "type": "array",
-                        "items": UpdateBody.model_json_schema(),
+                        "items": UPDATE_SCHEMA,
                         "description": "The updates, each accepted or refused on its own.",
                     }
                 },
