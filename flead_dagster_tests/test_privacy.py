@@ -14,6 +14,7 @@ from scipy import optimize, stats
 
 from flead.federated import (
     AggregationConfig,
+    ClientConfig,
     GlobalState,
     LocalUpdate,
     UpdateBuffer,
@@ -235,3 +236,25 @@ def test_a_device_stops_sending_at_its_budget_and_keeps_detecting():
     ledger = PrivacyLedger(DELTA)
     ledger.charge("mote-1", {4.0: len(sent)})
     assert ledger.epsilon("mote-1") == pytest.approx(client.epsilon)
+
+
+def test_under_dp_a_device_keeps_its_own_weights_when_a_new_global_fits_its_readings_worse():
+    config = ModelConfig(features=("x",), window=4, hidden=(8, 2), time_features=False)
+    detector = OnlineDetector(config, seed=0)
+    privacy = PrivacyConfig(mode="central", clip_norm=0.5, noise_multiplier=4.0)
+    client = DeviceClient(
+        "mote-1", detector, ClientConfig(personal_mix=1.0), push_every=10**6, privacy=privacy
+    )
+    initial = GlobalState.initial(detector.get_weights())
+    client.adopt(initial)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        client.process(np.sin(np.arange(64) / 5.0 + rng.uniform(0, 6)).reshape(-1, 1))
+    own = detector.get_weights()
+    noised = {n: a + rng.normal(0, 3.0, a.shape).astype(np.float32) for n, a in initial.weights.items()}
+    client.adopt(GlobalState(version=1, weights=noised))
+    assert client.rejected_versions == 1 and client.base_version == 1
+    assert all(np.array_equal(detector.get_weights()[n], own[n]) for n in own)
+    # The same global again moves nothing (mix 1 keeps the device's own learning): adopted.
+    client.adopt(GlobalState(version=2, weights=noised))
+    assert client.rejected_versions == 1 and client.base_version == 2

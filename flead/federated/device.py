@@ -19,6 +19,7 @@ answered "duplicate" and dropped.
 from __future__ import annotations
 
 import secrets
+from collections import deque
 
 import numpy as np
 import polars as pl
@@ -33,10 +34,11 @@ from flead.privacy.accountant import Contributions, budget_refusal, contribution
 from flead.privacy.config import PrivacyConfig
 from flead.privacy.mechanism import PrivacyDeclaration, privatise
 
-# A new global is kept when its mean score on the device's latest readings is within this factor of the
-# device's own weights' (``adoption_guard``). The mean, not the median: a noised model can match a flat
-# signal's typical reading and still miss its excursions.
+# A new global is kept when its mean score on the device's latest readings (about GUARD_READINGS of them)
+# is within this factor of the device's own weights' (``adoption_guard``). The mean, not the median: a
+# noised model can match a flat signal's typical reading and still miss its excursions.
 ADOPTION_TOLERANCE = 1.0
+GUARD_READINGS = 1024
 
 
 class DeviceClient:
@@ -72,7 +74,7 @@ class DeviceClient:
         self.budget_exhausted = False
         self.adoption_guard = self.privacy.enabled
         self.rejected_versions = 0  # globals the guard did not adopt
-        self._latest: tuple[Batch, np.ndarray | None] | None = None  # what the guard judges on
+        self._latest: deque[tuple[Batch, np.ndarray | None]] = deque()  # what the guard judges on
 
     @property
     def epsilon(self) -> float:
@@ -107,7 +109,8 @@ class DeviceClient:
             return
         own = self.detector.get_weights()
         weights = personalise(own, state.weights, self.adopted, self.client.personal_mix)
-        if self.adoption_guard and self._latest is not None and not self._fits(weights, own):
+        # No readings to judge on (e.g. restored from a checkpoint): keep its own weights, to be safe.
+        if self.adoption_guard and (not self._latest or not self._fits(weights, own)):
             weights = own
             self.rejected_versions += 1
         self.detector.set_weights(weights)
@@ -125,7 +128,11 @@ class DeviceClient:
         `OnlineDetector.process_many`; `explain` adds the per-feature errors)."""
         mu = self.client.proximal_mu if self.anchor is not None else 0.0
         if self.adoption_guard and learn and self.training:
-            self._latest = (batch, ts)
+            # A copy: a trainer's batch can be a view of a whole poll's readings.
+            copied = batch.copy() if isinstance(batch, np.ndarray) else batch
+            self._latest.append((copied, None if ts is None else np.array(ts)))
+            while sum(len(b) for b, _ in self._latest) - len(self._latest[0][0]) >= GUARD_READINGS:
+                self._latest.popleft()
         return self.detector.process_many(
             batch, ts=ts, learn=learn and self.training, proximal_mu=mu, anchor=self.anchor, explain=explain
         )
@@ -174,11 +181,11 @@ class DeviceClient:
 
     def _fits(self, candidate: Weights, own: Weights) -> bool:
         """Whether ``candidate`` scores the latest readings (mean) no worse than ``own`` does."""
-        batch, ts = self._latest
         means = []
         for weights in (candidate, own):
             self.detector.set_weights(weights)
-            means.append(float(np.mean(self.detector.score_many(batch, ts=ts))))
+            scores = np.concatenate([self.detector.score_many(b, ts=t) for b, t in self._latest])
+            means.append(float(scores.mean()))
         return means[0] <= means[1] * ADOPTION_TOLERANCE
 
 
