@@ -22,9 +22,13 @@ import math
 import threading
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import dp_accounting
-from dp_accounting.rdp import RdpAccountant
+if TYPE_CHECKING:
+    import dp_accounting
+
+# dp-accounting is imported where epsilon is computed, not here: it pulls SciPy and mpmath in, about a
+# second of start-up that every process importing flead.federated would pay with DP off.
 
 Contributions = dict[float, int]  # noise multiplier -> releases at it
 REPLACE_ONE_SENSITIVITY = 2.0  # in units of the clip norm
@@ -37,6 +41,8 @@ def _key(multiplier: float) -> float:
 
 def contributions_event(contributions: Mapping[float, int]) -> dp_accounting.DpEvent:
     """The contributions as one dp-accounting event (replace-one: multiplier / 2 per release)."""
+    import dp_accounting
+
     return dp_accounting.ComposedDpEvent(
         [
             dp_accounting.SelfComposedDpEvent(
@@ -52,6 +58,8 @@ def contributions_event(contributions: Mapping[float, int]) -> dp_accounting.DpE
 def _rdp_epsilon(items: tuple[tuple[float, int], ...], delta: float) -> float:
     if not items:
         return 0.0
+    from dp_accounting.rdp import RdpAccountant
+
     accountant = RdpAccountant()
     accountant.compose(contributions_event(dict(items)))
     return float(accountant.get_epsilon(delta))
@@ -75,6 +83,9 @@ def noise_for_epsilon(target_epsilon: float, count: int, delta: float) -> float:
     """The smallest noise multiplier (to 0.1 %) whose ``count`` releases stay within ``target_epsilon``."""
     if target_epsilon <= 0 or count < 1:
         raise ValueError(f"target_epsilon must be > 0 and count >= 1, got {target_epsilon!r}, {count!r}")
+
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
 
     def event(multiplier: float) -> dp_accounting.DpEvent:
         return contributions_event({multiplier: count})
