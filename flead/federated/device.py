@@ -30,7 +30,7 @@ from flead.federated.state import GlobalState
 from flead.federated.update import LocalUpdate
 from flead.federated.weights import Weights
 from flead.model.detector import Batch, OnlineDetector
-from flead.privacy.accountant import Contributions, budget_refusal, contributions_epsilon
+from flead.privacy.accountant import Contributions, budget_refusal, contributions_epsilon, merge_contributions
 from flead.privacy.config import PrivacyConfig
 from flead.privacy.mechanism import PrivacyDeclaration, privatise
 
@@ -172,9 +172,7 @@ class DeviceClient:
         """Whether one more local-DP update stays within the budget (once not, never again)."""
         if not self.budget_exhausted:
             z = self.privacy.noise_multiplier
-            after = contributions_epsilon(
-                {**self.released, z: self.released.get(z, 0) + 1}, self.privacy.delta
-            )
+            after = contributions_epsilon(merge_contributions(self.released, {z: 1}), self.privacy.delta)
             reason = budget_refusal(self.epsilon, after, self.privacy.epsilon_budget, self.privacy.delta)
             self.budget_exhausted = reason is not None
         return not self.budget_exhausted

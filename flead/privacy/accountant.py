@@ -35,8 +35,15 @@ REPLACE_ONE_SENSITIVITY = 2.0  # in units of the clip norm
 BUDGET_EXHAUSTED = "privacy budget exhausted"  # how every budget refusal's reason starts
 
 
-def _key(multiplier: float) -> float:
-    return round(float(multiplier), 9)
+def merge_contributions(*parts: Mapping[float, int]) -> Contributions:
+    """The contributions together (multipliers equal to 9 decimals are one)."""
+    merged: Contributions = {}
+    for part in parts:
+        for multiplier, count in part.items():
+            if count > 0:
+                key = round(float(multiplier), 9)
+                merged[key] = merged.get(key, 0) + int(count)
+    return merged
 
 
 def contributions_event(contributions: Mapping[float, int]) -> dp_accounting.DpEvent:
@@ -67,11 +74,7 @@ def _rdp_epsilon(items: tuple[tuple[float, int], ...], delta: float) -> float:
 
 def contributions_epsilon(contributions: Mapping[float, int], delta: float) -> float:
     """Epsilon at ``delta`` of these contributions composed (0 when there are none)."""
-    merged: Contributions = {}
-    for multiplier, count in contributions.items():
-        if count > 0:
-            merged[_key(multiplier)] = merged.get(_key(multiplier), 0) + int(count)
-    return _rdp_epsilon(tuple(sorted(merged.items())), float(delta))
+    return _rdp_epsilon(tuple(sorted(merge_contributions(contributions).items())), float(delta))
 
 
 def rdp_epsilon(noise_multiplier: float, count: int, delta: float) -> float:
@@ -120,32 +123,21 @@ class PrivacyLedger:
 
     def epsilon(self, device_id: str, extra: Mapping[float, int] | None = None) -> float:
         """The device's epsilon, or what it would be after ``extra`` contributions."""
-        merged = self.contributions(device_id)
-        for multiplier, count in (extra or {}).items():
-            merged[_key(multiplier)] = merged.get(_key(multiplier), 0) + count
+        merged = merge_contributions(self.contributions(device_id), extra or {})
         return contributions_epsilon(merged, self.delta)
 
     def charge(self, device_id: str, contributions: Mapping[float, int]) -> float:
         """Add ``contributions`` to the device's; its epsilon after."""
         with self._lock:
-            held = self._devices.setdefault(device_id, {})
-            for multiplier, count in contributions.items():
-                held[_key(multiplier)] = held.get(_key(multiplier), 0) + int(count)
+            self._devices[device_id] = merge_contributions(self._devices.get(device_id, {}), contributions)
         return self.epsilon(device_id)
 
     def refusal(self, device_id: str, extra: Mapping[float, int], budget: float | None) -> str | None:
         """Why the device may not make ``extra`` contributions under ``budget``, or None."""
         return budget_refusal(self.epsilon(device_id), self.epsilon(device_id, extra), budget, self.delta)
 
-    def devices(self) -> dict[str, float]:
-        with self._lock:
-            ids = list(self._devices)
-        return {device_id: self.epsilon(device_id) for device_id in ids}
-
-    def max_epsilon(self, device_ids: Iterable[str] | None = None) -> float:
-        epsilons = self.devices()
-        chosen = epsilons.values() if device_ids is None else [epsilons.get(d, 0.0) for d in device_ids]
-        return max(chosen, default=0.0)
+    def max_epsilon(self, device_ids: Iterable[str]) -> float:
+        return max((self.epsilon(device_id) for device_id in device_ids), default=0.0)
 
 
 def budget_refusal(current: float, after: float, budget: float | None, delta: float) -> str | None:

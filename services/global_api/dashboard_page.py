@@ -70,19 +70,9 @@ def versions_figure(versions: list[dict]) -> dict:
             "line": {"shape": "hv"},
         }
     ]
-    losses = [(v["created_at"], v["metrics"].get("mean_loss")) for v in versions]
-    losses = [(t, loss) for t, loss in losses if loss is not None]
+    losses = _series(versions, lambda v: v["metrics"].get("mean_loss"))
     if losses:
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "markers",
-                "name": "mean training loss",
-                "x": [t for t, _ in losses],
-                "y": [loss for _, loss in losses],
-                "yaxis": "y2",
-            }
-        )
+        data.append(_trace("mean training loss", losses, "y2", mode="markers"))
     layout = {
         "margin": {"t": 10, "r": 60, "b": 40, "l": 50},
         "xaxis": {"title": {"text": "created at (UTC)"}},
@@ -90,20 +80,10 @@ def versions_figure(versions: list[dict]) -> dict:
         "yaxis2": {"title": {"text": "mean loss"}, "overlaying": "y", "side": "right", "showgrid": False},
         "legend": {"orientation": "h", "y": 1.12},
     }
-    epsilons = [(v["created_at"], v["privacy"].get("epsilon")) for v in versions]
-    epsilons = [(t, e) for t, e in epsilons if e is not None]
+    epsilons = _series(versions, lambda v: v["privacy"].get("epsilon"))
     if epsilons:  # a third axis, on the left of the loss's
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": "privacy epsilon",
-                "x": [t for t, _ in epsilons],
-                "y": [e for _, e in epsilons],
-                "yaxis": "y3",
-                "line": {"shape": "hv", "dash": "dot"},
-            }
-        )
+        dotted = {"shape": "hv", "dash": "dot"}
+        data.append(_trace("privacy epsilon", epsilons, "y3", mode="lines+markers", line=dotted))
         layout["xaxis"]["domain"] = [0.0, 0.88]
         layout["yaxis3"] = {
             "title": {"text": "epsilon"},
@@ -115,6 +95,23 @@ def versions_figure(versions: list[dict]) -> dict:
             "rangemode": "tozero",
         }
     return {"data": data, "layout": layout}
+
+
+def _series(versions: list[dict], value) -> list[tuple]:
+    """(created_at, value) of the versions that have the value."""
+    points = [(v["created_at"], value(v)) for v in versions]
+    return [(t, y) for t, y in points if y is not None]
+
+
+def _trace(name: str, points: list[tuple], yaxis: str, **style) -> dict:
+    return {
+        "type": "scatter",
+        "name": name,
+        "x": [t for t, _ in points],
+        "y": [y for _, y in points],
+        "yaxis": yaxis,
+        **style,
+    }
 
 
 def privacy_text(privacy: dict) -> str:

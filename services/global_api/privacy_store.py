@@ -29,7 +29,13 @@ from datetime import UTC, datetime
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from flead.privacy.accountant import Contributions, PrivacyLedger, budget_refusal, contributions_epsilon
+from flead.privacy.accountant import (
+    Contributions,
+    PrivacyLedger,
+    budget_refusal,
+    contributions_epsilon,
+    merge_contributions,
+)
 from flead.privacy.config import PrivacyConfig
 
 SOURCES_KEPT = 1000
@@ -124,7 +130,7 @@ class PrivacyStore:
             for source, released in charges:
                 if source in done:
                     continue
-                after = _merged(held, released)
+                after = merge_contributions(held, released)
                 after_epsilon = contributions_epsilon(after, privacy.delta)
                 budget = privacy.epsilon_budget if enforce_budget else None
                 reason = budget_refusal(epsilon, after_epsilon, budget, privacy.delta)
@@ -221,14 +227,6 @@ def _contributions(doc: Mapping) -> Contributions:
     return {float(multiplier): int(count) for multiplier, count in doc.get("contributions") or ()}
 
 
-def _merged(held: Contributions, extra: Mapping[float, int]) -> Contributions:
-    merged = dict(held)
-    for multiplier, count in extra.items():
-        key = round(float(multiplier), 9)
-        merged[key] = merged.get(key, 0) + int(count)
-    return merged
-
-
 def _chunks(keys: list[str]) -> Iterator[list[str]]:
     for start in range(0, len(keys), IN_CHUNK):
         yield keys[start : start + IN_CHUNK]
@@ -252,7 +250,7 @@ def device_privacy(spent: DevicePrivacy | None, privacy: PrivacyConfig) -> dict:
     epsilon = spent.epsilon if spent else 0.0
     exhausted = False
     if privacy.epsilon_budget is not None:
-        after = contributions_epsilon(_merged(held, {privacy.noise_multiplier: 1}), privacy.delta)
+        after = contributions_epsilon(merge_contributions(held, {privacy.noise_multiplier: 1}), privacy.delta)
         exhausted = budget_refusal(epsilon, after, privacy.epsilon_budget, privacy.delta) is not None
     return {
         "mode": privacy.mode,
